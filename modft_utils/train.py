@@ -1,0 +1,160 @@
+"""One training entry for both adapters: DAPT (domain) and SFT (task) differ only in data and collator.
+
+Training goes through the Hugging Face Trainer (checkpointing, resumption, logging, Accelerate for
+several GPUs), guarded so that only the adapter being trained can change: every other adapter is
+fingerprinted before and compared bit for bit after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import adapters
+from .config import TrainSpec
+
+
+@dataclass
+class TrainResult:
+    adapter_name: str
+    adapter_dir: Path
+    trainable_params: int
+    steps: int
+    train_loss: float
+    final_eval_loss: float | None
+    train_seconds: float
+    tokens_seen: int
+    tokens_per_second: float
+    frozen_unchanged: dict[str, bool]
+    resumed_from: str | None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir``, if a previous run left one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str, progress: bool):
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        logging_steps=spec.logging_steps,
+        eval_strategy="steps",
+        eval_steps=spec.eval_steps,
+        save_strategy="steps" if spec.save_steps else "no",
+        save_steps=spec.save_steps or 500,
+        save_total_limit=2,
+        report_to=[] if spec.report_to == "none" else [spec.report_to],
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=on_gpu and compute_dtype == "bfloat16",
+        fp16=on_gpu and compute_dtype == "float16",
+        use_cpu=not on_gpu,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        # The frozen 4-bit base is never saved by a checkpoint; only adapter weights are.
+        save_only_model=False,
+    )
+
+
+def train_adapter(
+    model,
+    adapter_name: str,
+    train_dataset,
+    eval_dataset,
+    spec: TrainSpec,
+    output_dir: str | Path,
+    collator,
+    *,
+    compute_dtype: str = "float32",
+    progress: bool = True,
+    resume: bool = True,
+) -> TrainResult:
+    """Train adapter ``adapter_name`` of ``model`` and save it to ``output_dir/adapter``.
+
+    Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
+    checkpoint from an interrupted run and ``resume`` is set, training continues from it.
+    """
+    from transformers import Trainer
+
+    output_dir = Path(output_dir)
+    trainable = adapters.check_only_trainable(model, adapter_name)
+    frozen = {
+        name: adapters.fingerprint(adapters.adapter_state(model, name))
+        for name in adapters.loaded_adapters(model)
+        if name != adapter_name
+    }
+    if spec.gradient_checkpointing:
+        model.enable_input_require_grads()
+    args = training_arguments(spec, output_dir / "checkpoints", compute_dtype=compute_dtype, progress=progress)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+    )
+    resume_from = last_checkpoint(output_dir / "checkpoints") if resume else None
+    start = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - start
+    model.eval()
+    history = list(trainer.state.log_history)
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    tokens = _tokens_seen(train_dataset, spec, trainer.state.global_step)
+    unchanged = {
+        name: adapters.fingerprint(adapters.adapter_state(model, name)) == fp for name, fp in frozen.items()
+    }
+    if not all(unchanged.values()):
+        raise adapters.AdapterError(f"frozen adapter(s) changed while training {adapter_name!r}: {unchanged}")
+    adapter_dir = adapters.save_adapter(model, adapter_name, output_dir / "adapter")
+    adapters.set_trainable(model, None)
+    return TrainResult(
+        adapter_name=adapter_name,
+        adapter_dir=adapter_dir,
+        trainable_params=trainable,
+        steps=trainer.state.global_step,
+        train_loss=float(out.training_loss),
+        final_eval_loss=eval_losses[-1] if eval_losses else None,
+        train_seconds=seconds,
+        tokens_seen=tokens,
+        tokens_per_second=tokens / seconds if seconds else 0.0,
+        frozen_unchanged=unchanged,
+        resumed_from=resume_from,
+        log_history=history,
+    )
+
+
+def _tokens_seen(dataset, spec: TrainSpec, steps: int) -> int:
+    """Non-padding tokens in the batches trained on (estimated from the mean example length)."""
+    if "input_ids" not in dataset.column_names or len(dataset) == 0:
+        return 0
+    lengths = [len(x) for x in dataset["input_ids"]]
+    mean_len = sum(lengths) / len(lengths)
+    return int(round(mean_len * spec.batch_size * spec.grad_accum * steps))
+
+
+def loss_curves(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """(step, loss) pairs for the training and evaluation loss, from the Trainer's log history."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    return {"train": train, "eval": evals}
