@@ -54,16 +54,25 @@ def loaded_adapters(model) -> list[str]:
     return list(getattr(model, "peft_config", {}).keys())
 
 
-def add_adapter(model, name: str, lora_config):
-    """Attach a new, trainable adapter ``name``; turn a plain base into a PeftModel on first use."""
+def add_adapter(model, name: str, lora_config, *, seed: int = 0):
+    """Attach a new, trainable adapter ``name``; turn a plain base into a PeftModel on first use.
+
+    LoRA's A matrices start random: they are drawn from ``seed`` (without disturbing the global
+    generator) so the same profile trains the same adapter.
+    """
     from peft import PeftModel, get_peft_model
 
-    if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            raise AdapterError(f"adapter {name!r} is already loaded; pick another name or delete it first")
-        model.add_adapter(name, lora_config)
-    else:
-        model = get_peft_model(model, lora_config, adapter_name=name)
+    from .quant import check_lora_targets
+
+    check_lora_targets(model, lora_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(model, PeftModel):
+            if name in model.peft_config:
+                raise AdapterError(f"adapter {name!r} is already loaded; pick another name or delete it first")
+            model.add_adapter(name, lora_config)
+        else:
+            model = get_peft_model(model, lora_config, adapter_name=name)
     return model
 
 

@@ -66,6 +66,9 @@ class ModelSpec(_Section):
     load_in_4bit: bool = Field(True, description="QLoRA: store the frozen base in bitsandbytes 4-bit")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 suits normally distributed weights")
     double_quant: bool = Field(True, description="also quantize the 4-bit scales (saves ~0.4 bit/param)")
+    experts_4bit: bool = Field(
+        True, description="with load_in_4bit, store the fused MoE experts in NF4 too (stock bitsandbytes leaves them 16-bit)"
+    )
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "bfloat16", description="dtype of matmuls and LoRA weights; float32 on CPU keeps invariants bit-exact"
     )
@@ -163,6 +166,8 @@ class ComposeSpec(_Section):
 
 class RollbackSpec(_Section):
     regression_tolerance: float = Field(1.0, ge=0, description="F1 points a candidate may lose before the gate refuses it")
+    candidate_steps: int = Field(40, ge=1, description="steps of the deliberately regressing candidate in the drill")
+    probe_examples: int = Field(8, ge=1, description="held-out prompts whose logits are compared exactly")
 
 
 class Profile(_Section):
@@ -177,9 +182,14 @@ class Profile(_Section):
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     registry: str = Field("../outputs/registry", description="artifact store: a folder or an fsspec URL")
     cache_dir: str = Field("../outputs/cache", description="where locally built bases are kept and reused")
+    runs_dir: str = Field("../outputs/runs", description="where `modft run` creates run folders")
 
     # Set by load_profile, not by the YAML: where the profile came from.
     source: str = Field("", exclude=True)
+
+    def registry_uri(self) -> str:
+        """The artifact store: an fsspec URL as written, or a folder resolved like other paths."""
+        return self.registry if "://" in self.registry else str(self.resolve(self.registry))
 
     def resolve(self, path: str) -> Path:
         """A path from this profile, absolute; relative ones are relative to the profile's folder."""

@@ -239,7 +239,11 @@ def quantization_config(profile: Profile):
 
 
 def load_base(profile: Profile, base: BaseRef, *, load_in_4bit: bool | None = None):
-    """Load the frozen base: the same call for the tiny base and for ``MiniMaxAI/MiniMax-M2``."""
+    """Load the frozen base: the same call for the tiny base and for ``MiniMaxAI/MiniMax-M2``.
+
+    In 4-bit, bitsandbytes quantizes the ``nn.Linear`` layers (attention) while loading; the
+    fused experts, which it leaves in 16-bit, are then stored in NF4 by :mod:`modft_utils.quant`.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -260,6 +264,11 @@ def load_base(profile: Profile, base: BaseRef, *, load_in_4bit: bool | None = No
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(base.name_or_path, **kwargs)
     _keep_cpu_4bit_exact(model)
+    if quant is not None and spec.experts_4bit:
+        from .quant import quantize_experts
+
+        quantize_experts(model, quant_type=spec.quant_type, compute_dtype=_dtype(spec.compute_dtype),
+                         compress_statistics=spec.double_quant)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,1202 @@
+"""Memory planning: will this profile's QLoRA training fit on this GPU? Answered before anything is rented.
+
+``plan(profile)`` reads only the base's *config* (never its weights), counts parameters by part
+(experts, attention, embeddings, lm_head, other), prices each part in the dtype the load really
+gives it, adds adapters, gradients, AdamW states, activations and a CUDA allowance, and says
+whether the sum fits ``gpus`` GPUs of ``gpu_memory`` each. When it does not, it lists only the
+changes that make it fit by the same arithmetic (gradient checkpointing, fewer tokens per step,
+more GPUs, CPU offload, a smaller base).
+
+Where the numbers come from (all checked in ``tests/test_plan.py``):
+
+* Parameter counts: closed form for ``minimax_m2`` configs, equal to instantiating the model on the
+  meta device (no memory); other architectures are counted on the meta device directly.
+* 4-bit bytes: bitsandbytes' NF4 layout, byte for byte (packed 4-bit weights, one absmax per
+  64-weight block, double quantization of the absmax in blocks of 256, the per-tensor code tables),
+  equal to the tensors a 4-bit load creates.
+* Activations: every tensor autograd saves in a MiniMax-M2 decoder layer, itemised from a saved-tensor
+  hook on the tiny model (sdpa and eager attention; eager, grouped_mm and batched_mm experts).
+* The whole training step: the tiny profile's measured peak resident memory (``measure_training_peak``).
+
+The seed's claim that MiniMax-M2 QLoRA-trains "on a single 24 GB GPU" is what this module exists to
+refute: its ~229B parameters are ~120 GB even with every expert in NF4, and stock bitsandbytes does
+not quantize the fused experts at all (``BitsAndBytesConfig(load_in_4bit=True)`` converts
+``nn.Linear`` only), which leaves ~450 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import LoraSpec, Profile, ProfileError, load_profile
+
+GiB = 1 << 30
+GB = 10**9
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "params" / "configs"
+# Hub ids whose published config.json ships with the workbook, so planning them needs no network.
+BUNDLED_CONFIGS: dict[str, Path] = {"MiniMaxAI/MiniMax-M2": CONFIG_DIR / "MiniMax-M2.config.json"}
+
+# bitsandbytes' 4-bit layout (checked on bitsandbytes 0.50.2): the weight is packed two per byte;
+# each block of 64 weights has an absmax scale, fp32, or with double quantization uint8 plus one fp32
+# absmax per 256 blocks, a 256-entry fp32 code table and an fp32 offset; every tensor also keeps the
+# 16-entry fp32 NF4/FP4 code table. Tables are per tensor, not shared (checked: distinct storages).
+NF4_BLOCKSIZE = 64
+NESTED_BLOCKSIZE = 256
+NF4_CODE_BYTES = 16 * 4
+NESTED_CODE_BYTES = 256 * 4
+NESTED_OFFSET_BYTES = 4
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+DEFAULT_GPU_BYTES = 24 * GiB
+# A reference size for "how many of the big cards": A100/H100 80 GB boards expose 80 GiB.
+REFERENCE_GPU_BYTES = 80 * GiB
+REFERENCE_GPU_LABEL = "80 GB (A100/H100)"
+# Per-GPU allowance outside the model's tensors: the CUDA context with cuBLAS/cuDNN loaded takes
+# about 0.5-1 GiB on current cards, and PyTorch's caching allocator loses a few percent to
+# fragmentation over a training run. 1 GiB + 5% of the tensors is the figure used for both.
+OVERHEAD_FIXED_BYTES = 1 * GiB
+OVERHEAD_FRACTION = 0.05
+# Beyond this many GPUs the answer is "not this base on this kind of card", not a count.
+MAX_GPUS = 64
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made; the message names the config, id or key at fault and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Units
+
+
+_UNIT_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_bytes(text: int | float | str) -> int:
+    """``"24GiB"``, ``"24 GB"``, ``"80G"``, ``"1.5TiB"``, ``25769803776`` -> bytes.
+
+    SI units (kB, MB, GB, TB) are powers of 1000, as disk and GPU vendors print them; IEC units
+    (KiB, MiB, GiB, TiB) and bare letters (K, M, G, T, as ``free -g`` and ``docker --memory`` read
+    them) are powers of 1024. A bare number is bytes.
+    """
+    if isinstance(text, bool):
+        raise PlanError(f"not a memory size: {text!r}")
+    if isinstance(text, (int, float)):
+        if text <= 0:
+            raise PlanError(f"memory size must be positive, got {text!r}")
+        return int(text)
+    match = _UNIT_RE.match(str(text))
+    if not match:
+        raise PlanError(f"not a memory size: {text!r} (write e.g. 24GiB, 80GB, 80G or 1.5TiB)")
+    number, prefix, binary, byte = match.groups()
+    prefix = prefix.lower()
+    value = float(number)
+    if not prefix:
+        base = 1  # "512", "512b": bytes
+    elif binary or not byte:
+        base = 1024 ** _POWERS[prefix]
+    else:
+        base = 1000 ** _POWERS[prefix]
+    result = int(round(value * base))
+    if result <= 0:
+        raise PlanError(f"memory size must be positive, got {text!r}")
+    return result
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / GiB:,.1f}"
+
+
+def _size(n: int | float) -> str:
+    """Bytes in the largest binary unit that keeps a digit before the point (tables mix GiB and KiB)."""
+    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _gb(n: int | float) -> str:
+    return f"{n / GB:,.0f} GB"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the base's config (never its weights)
+
+
+class _SpecVocab:
+    """Stands in for the tiny base's tokenizer in ``modeling.tiny_config``: its size and special ids.
+
+    The tokenizer trained by ``modeling.train_tokenizer`` puts ``<|pad|>`` at 0 and ``<|endoftext|>``
+    at 1; its size is the spec's ``vocab_size`` (a corpus too small to fill the vocabulary gives a
+    few tokens fewer, which the planner ignores).
+    """
+
+    pad_token_id = 0
+    eos_token_id = 1
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a library error (transformers' run to paragraphs of advice that does not apply)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return text + "."
+
+
+def _read_config_file(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        raise PlanError(
+            f"cannot read the model config {path}: {_first_line(exc)} Give a config.json with a known 'model_type' "
+            "(e.g. the model's own config.json, or params/configs/MiniMax-M2.config.json)."
+        ) from exc
+
+
+def read_model_config(profile: Profile, config_path: str | os.PathLike | None = None):
+    """The base's ``PretrainedConfig``, without downloading weights.
+
+    * ``config_path`` given: that config.json (or model folder) wins, whatever ``model.id`` says.
+    * ``model.id == "tiny"``: built from ``model.tiny`` exactly as ``modeling.tiny_config`` builds it.
+    * a local folder: its ``config.json``.
+    * ``MiniMaxAI/MiniMax-M2``: the published config bundled in ``params/configs`` (no network).
+    * any other hub id: ``AutoConfig.from_pretrained(id, revision)``, which fetches config.json only;
+      offline, a :class:`PlanError` says to pass a local config path instead.
+    """
+    spec = profile.model
+    if config_path is not None:
+        path = Path(config_path).expanduser()
+        if not path.exists():
+            raise PlanError(f"model config {path} does not exist; pass a config.json or a model folder")
+        return _read_config_file(path)
+    if spec.id == "tiny":
+        from .modeling import tiny_config
+
+        return tiny_config(spec.tiny, _SpecVocab(spec.tiny.vocab_size))
+    local = profile.resolve(spec.id) if profile.source else Path(spec.id).expanduser()
+    if local.exists():
+        config_file = local / "config.json" if local.is_dir() else local
+        if not config_file.is_file():
+            raise PlanError(f"model.id: {local} has no config.json; point model.id at a model folder")
+        return _read_config_file(config_file)
+    if spec.id in BUNDLED_CONFIGS:
+        return _read_config_file(BUNDLED_CONFIGS[spec.id])
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(spec.id, revision=spec.revision)
+    except Exception as exc:  # noqa: BLE001 - offline, gated, misspelt: the fix is the same
+        raise PlanError(
+            f"cannot read the config of {spec.id!r} (revision {spec.revision or 'default'}): {_first_line(exc)} "
+            "Download its config.json once and pass it: `modft plan --profile ... --config path/to/config.json`."
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter inventory
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """One parameter or buffer of the base, with what decides its dtype after loading."""
+
+    name: str
+    part: str  # experts | attention | dense_mlp | embeddings | lm_head | other
+    shape: tuple[int, ...]
+    kind: str  # linear (bnb quantizes it) | experts (fused 3-D) | float (stays 16/32-bit) | buffer
+    layer: int | None = None
+    buffer_itemsize: int = 0  # buffers keep their own dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+PARTS = ("experts", "attention", "dense_mlp", "embeddings", "lm_head", "other")
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _minimax_m2_tensors(config) -> list[_Tensor]:
+    """MiniMax-M2's parameters and buffers in closed form (module names as in transformers 5.x)."""
+    h, f = config.hidden_size, config.intermediate_size
+    nh, nkv, hd = config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
+    n_exp, vocab = config.num_local_experts, config.vocab_size
+    out: list[_Tensor] = [_Tensor("model.embed_tokens.weight", "embeddings", (vocab, h), "float")]
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        out += [
+            _Tensor(p + "self_attn.q_proj.weight", "attention", (nh * hd, h), "linear", i),
+            _Tensor(p + "self_attn.k_proj.weight", "attention", (nkv * hd, h), "linear", i),
+            _Tensor(p + "self_attn.v_proj.weight", "attention", (nkv * hd, h), "linear", i),
+            _Tensor(p + "self_attn.o_proj.weight", "attention", (h, nh * hd), "linear", i),
+            # q_norm/k_norm normalise the whole projection (not per head) in MiniMax-M2.
+            _Tensor(p + "self_attn.q_norm.weight", "other", (nh * hd,), "float", i),
+            _Tensor(p + "self_attn.k_norm.weight", "other", (nkv * hd,), "float", i),
+            # The router is a bare Parameter, not nn.Linear, so bitsandbytes leaves it alone.
+            _Tensor(p + "mlp.gate.weight", "other", (n_exp, h), "float", i),
+            _Tensor(p + "mlp.experts.gate_up_proj", "experts", (n_exp, 2 * f, h), "experts", i),
+            _Tensor(p + "mlp.experts.down_proj", "experts", (n_exp, h, f), "experts", i),
+            _Tensor(p + "input_layernorm.weight", "other", (h,), "float", i),
+            _Tensor(p + "post_attention_layernorm.weight", "other", (h,), "float", i),
+            # Created with torch.zeros, so it takes the load dtype.
+            _Tensor(p + "mlp.e_score_correction_bias", "other", (n_exp,), "buffer", i, 0),
+        ]
+    out.append(_Tensor("model.norm.weight", "other", (h,), "float"))
+    if not config.tie_word_embeddings:
+        out.append(_Tensor("lm_head.weight", "lm_head", (vocab, h), "lm_head"))
+    rope = getattr(config, "rope_parameters", None) or {}
+    rot = int(hd * rope.get("partial_rotary_factor", 1.0))
+    # inv_freq and original_inv_freq are built in fp32 explicitly, whatever the load dtype.
+    for name in ("inv_freq", "original_inv_freq"):
+        out.append(_Tensor(f"model.rotary_emb.{name}", "other", ((rot + 1) // 2,), "buffer", None, 4))
+    return out
+
+
+def _part_from_name(name: str) -> str:
+    if "attn" in name or "attention" in name:
+        return "attention"
+    return "dense_mlp"
+
+
+def _meta_model(config, dtype_name: str = "float32"):
+    """The base instantiated on the meta device: shapes and module types, no memory, no download."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype_name))
+
+
+def _meta_tensors(config, dtype_name: str = "float32") -> list[_Tensor]:
+    """Any architecture's parameters and buffers, classified from a meta-device instance."""
+    import torch
+
+    model = _meta_model(config, dtype_name)
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    seen: set[int] = set()
+    tensors: list[_Tensor] = []
+    layer_re = re.compile(r"\.layers\.(\d+)\.")
+    for mod_name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # tied weights are one tensor
+                continue
+            seen.add(id(param))
+            name = f"{mod_name}.{pname}" if mod_name else pname
+            m = layer_re.search("." + name)
+            layer = int(m.group(1)) if m else None
+            shape = tuple(param.shape)
+            if module is out_emb:
+                part, kind = "lm_head", "lm_head"
+            elif module is in_emb:
+                part, kind = "embeddings", "float"
+            elif param.dim() == 3 and "expert" in name:
+                part, kind = "experts", "experts"
+            elif isinstance(module, torch.nn.Linear) and pname == "weight":
+                # Per-expert nn.Linear (older MoE code) is still expert weight; shared experts are dense.
+                part, kind = ("experts" if "expert" in name and "shared" not in name else _part_from_name(name)), "linear"
+            else:  # norms, routers held as bare parameters, biases
+                part, kind = "other", "float"
+            tensors.append(_Tensor(name, part, shape, kind, layer))
+        for bname, buf in module.named_buffers(recurse=False):
+            name = f"{mod_name}.{bname}" if mod_name else bname
+            m = layer_re.search("." + name)
+            tensors.append(_Tensor(name, "other", tuple(buf.shape), "buffer", int(m.group(1)) if m else None, buf.element_size()))
+    return tensors
+
+
+def _tensors(config, dtype_name: str = "float32") -> list[_Tensor]:
+    """The inventory: closed form for MiniMax-M2, the meta device (in the load dtype) otherwise."""
+    if getattr(config, "model_type", None) == "minimax_m2":
+        return _minimax_m2_tensors(config)
+    return _meta_tensors(config, dtype_name)
+
+
+def count_params(config) -> dict[str, int]:
+    """Parameters by part (plus ``total``): closed form for ``minimax_m2``, meta device otherwise.
+
+    Parts: ``experts`` (fused 3-D expert weights), ``attention`` (q/k/v/o projections),
+    ``dense_mlp`` (other nn.Linear layers, e.g. shared experts; 0 for MiniMax-M2), ``embeddings``,
+    ``lm_head`` (0 when tied), ``other`` (norms incl. q_norm/k_norm, routers, biases). Buffers such
+    as the router's score-correction bias are memory but not parameters and are not counted here.
+    """
+    counts = dict.fromkeys(PARTS, 0)
+    for t in _tensors(config):
+        if t.kind != "buffer":
+            counts[t.part] += t.numel
+    counts["total"] = sum(counts[p] for p in PARTS)
+    return counts
+
+
+def count_params_meta(config) -> dict[str, int]:
+    """The same counts from a meta-device instance, whatever the architecture (the ground truth)."""
+    counts = dict.fromkeys(PARTS, 0)
+    for t in _meta_tensors(config):
+        if t.kind != "buffer":
+            counts[t.part] += t.numel
+    counts["total"] = sum(counts[p] for p in PARTS)
+    return counts
+
+
+def nf4_bytes(numel: int, *, double_quant: bool = True) -> int:
+    """Bytes bitsandbytes holds for one 4-bit tensor of ``numel`` weights (weights + quant state)."""
+    blocks = -(-numel // NF4_BLOCKSIZE)
+    packed = (numel + 1) // 2
+    if double_quant:
+        nested = -(-blocks // NESTED_BLOCKSIZE)
+        state = blocks + nested * 4 + NESTED_CODE_BYTES + NESTED_OFFSET_BYTES
+    else:
+        state = blocks * 4
+    return packed + state + NF4_CODE_BYTES
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class PlanRow:
+    """One line of the weights table. ``in_total`` is False for rows shown for comparison only."""
+
+    part: str
+    params: int
+    dtype: str
+    bytes: int
+    note: str = ""
+    in_total: bool = True
+
+
+@dataclass
+class Plan:
+    """Memory of one QLoRA training configuration on ``gpus`` GPUs of ``gpu_bytes`` each."""
+
+    profile: str
+    model_id: str
+    rows: list[PlanRow]
+    lora_params: int
+    lora_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    activation_bytes_checkpointed: int
+    overhead_bytes: int
+    total_bytes: int
+    gpu_bytes: int
+    gpus: int
+    fits: bool
+    suggestions: list[str]
+    stage: str = "both"
+    phase: str = "sft"  # the phase whose total is larger (the one that decides)
+    batch_size: int = 1
+    seq_len: int = 1
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    compute_dtype: str = "bfloat16"
+    experts_4bit: bool = True
+    trainable_params: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(r.bytes for r in self.rows if r.in_total)
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows if r.in_total)
+
+    @property
+    def activations_used(self) -> int:
+        return self.activation_bytes_checkpointed if self.gradient_checkpointing else self.activation_bytes
+
+    @property
+    def training_bytes(self) -> int:
+        """Everything but the CUDA allowance: what a CPU run's resident memory should grow by."""
+        return self.weight_bytes + self.lora_bytes + self.grad_bytes + self.optimizer_bytes + self.activations_used
+
+    def verdict(self) -> str:
+        cap = f"{self.gpus} x {_gib(self.gpu_bytes)} GiB"
+        if self.fits:
+            return f"FITS: needs {_gib(self.total_bytes)} GiB, available {cap}"
+        return (
+            f"DOES NOT FIT: needs {_gib(self.total_bytes)} GiB, available {cap}"
+            + (f" (short by {_gib(self.total_bytes - self.gpu_bytes * self.gpus)} GiB)" if self.total_bytes > self.gpu_bytes * self.gpus else " (no layout of whole decoder layers fits)")
+        )
+
+    def table(self) -> str:
+        """A fixed-width table: weights by part, training state, activations, overhead, verdict."""
+        ckpt = "on" if self.gradient_checkpointing else "off"
+        lines = [
+            f"modft plan: profile {self.profile} | base {self.model_id} | stage {self.stage} "
+            f"(larger phase: {self.phase}, {self.batch_size} x {self.seq_len} tokens/step, "
+            f"grad_accum {self.grad_accum}, gradient checkpointing {ckpt}, compute {self.compute_dtype})",
+            "",
+            f"{'part':<22}{'params':>18}  {'dtype':<10}{'size':>12}  note",
+            "-" * 100,
+        ]
+
+        def line(part: str, params: int | None, dtype: str, nbytes: int, note: str = "") -> None:
+            p = f"{params:,}" if params is not None else ""
+            lines.append(f"{part:<22}{p:>18}  {dtype:<10}{_size(nbytes):>12}  {note}".rstrip())
+
+        for r in self.rows:
+            if r.in_total:
+                line(r.part, r.params, r.dtype, r.bytes, r.note)
+        line("= weights", self.params, "", self.weight_bytes)
+        lines.append("")
+        line("LoRA adapters", self.lora_params, "float32", self.lora_bytes,
+             f"{self.trainable_params:,} trainable" + ("" if self.trainable_params == self.lora_params else ", the rest frozen"))
+        line("gradients", self.trainable_params, "float32", self.grad_bytes, "trainable LoRA params only")
+        line("AdamW states", self.trainable_params, "2 x fp32", self.optimizer_bytes,
+             "exp_avg + exp_avg_sq; no master copy (adapters are already fp32)")
+        other = self.activation_bytes if self.gradient_checkpointing else self.activation_bytes_checkpointed
+        line("activations", None, self.compute_dtype, self.activations_used,
+             f"checkpointing {ckpt}; {'without' if self.gradient_checkpointing else 'with'} it: {_size(other)}")
+        line("CUDA + allocator", None, "", self.overhead_bytes,
+             f"{self.gpus} x {OVERHEAD_FIXED_BYTES // GiB} GiB context + {OVERHEAD_FRACTION:.0%} fragmentation")
+        lines.append("-" * 100)
+        line("TOTAL", None, "", self.total_bytes)
+        lines.append("")
+        shown = [r for r in self.rows if not r.in_total]
+        if shown:
+            lines.append("for comparison (not in the total):")
+            for r in shown:
+                line("  " + r.part, r.params, r.dtype, r.bytes, r.note)
+            lines.append("")
+        lines.append(self.verdict())
+        if self.suggestions:
+            lines.append("what would make it fit (cheapest first; each checked by the same arithmetic):")
+            lines += [f"  {i}. {s}" for i, s in enumerate(self.suggestions, 1)]
+        elif not self.fits:
+            lines.append("no change tried here makes it fit.")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(weight_bytes=self.weight_bytes, params=self.params, training_bytes=self.training_bytes)
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture numbers the activation estimate needs
+
+
+@dataclass(frozen=True)
+class _Arch:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int  # 0: a dense MLP of width ffn
+    top_k: int
+    ffn: int
+    vocab: int
+    qk_norm: bool
+
+
+def _arch(config, tensors: list[_Tensor]) -> _Arch:
+    experts = (
+        getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+        or getattr(config, "n_routed_experts", None) or 0
+    )
+    ffn = getattr(config, "moe_intermediate_size", None) if experts else None
+    return _Arch(
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim=_head_dim(config),
+        experts=int(experts),
+        top_k=int(getattr(config, "num_experts_per_tok", 1) or 1) if experts else 1,
+        ffn=int(ffn or config.intermediate_size),
+        vocab=config.vocab_size,
+        qk_norm=any(".q_norm." in t.name for t in tensors),
+    )
+
+
+def _layer_activation_bytes(arch: _Arch, *, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str) -> int:
+    """Bytes autograd saves per token in one decoder layer (frozen 4-bit base, LoRA trained).
+
+    Itemised from a saved-tensor hook on the tiny MiniMax-M2 (fp32), then priced per dtype: RMSNorm
+    upcasts to fp32 and saves that copy, the router's sigmoid is fp32, sdpa's log-sum-exp is fp32.
+    ``s`` is the compute dtype's size.
+    """
+    h, q, kv, nh = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim, arch.heads
+    b = 2 * (4 * h + 4)  # input and post-attention RMSNorm: fp32 input copy + rsqrt
+    if arch.qk_norm:
+        b += 4 * (q + kv) + 2 * 4  # q_norm/k_norm on the projections, same fp32 saving
+    b += s * q  # rotated q
+    if attn == "eager":
+        expanded = q if arch.heads != arch.kv_heads else kv  # repeat_kv copies k and v to all heads
+        b += 2 * s * expanded
+        b += 4 * nh * seq + (s * nh * seq if s < 4 else 0)  # softmax probs in fp32 (+ cast copy)
+    else:  # sdpa (flash / memory-efficient): q, k, v, output and a per-head log-sum-exp
+        b += 2 * s * kv + s * q + 4 * nh
+    b += s * q  # o_proj input (the contiguous attention output)
+    b += s * h  # normed input of q/k/v (kept for the LoRA A gradient and by bnb's 4-bit matmul)
+    b += s * lora_rank_sum  # each LoRA's A output
+    b += 2 * 4  # cos/sin slices, masks: measured 2 fp32 per token
+    if arch.experts:
+        k, f = arch.top_k, arch.ffn
+        b += 4 * (arch.experts + 1)  # router probabilities (fp32) and top-k bookkeeping
+        if experts_impl == "eager":
+            per_slot = s * (3 * f + 2 * h) + 32  # gate_up out, act out, gathered input, down out; indices
+        elif experts_impl == "batched_mm":
+            per_slot = s * (3 * f * h + 3 * f + 2 * h) + 32  # it gathers each token's expert weights
+        else:  # grouped_mm, transformers' default
+            per_slot = s * (3 * f + h) + 40
+        b += k * per_slot
+    else:
+        b += s * (4 * arch.ffn + h)  # dense SwiGLU (not calibrated: MiniMax-M2 has no dense layers)
+    return b
+
+
+def _loss_peak_bytes_per_token(arch: _Arch, s: int) -> int:
+    """The loss's peak at the start of backward: fp32 log-softmax, its gradient and the logits' gradient.
+
+    transformers upcasts the logits to fp32 for the loss; with a 16-bit compute dtype the fp32
+    gradient is also cast back (2 more bytes). Labels are int64, shifted once.
+    """
+    return arch.vocab * (12 + (2 if s < 4 else 0)) + 16
+
+
+@dataclass
+class _Activations:
+    full: int
+    checkpointed: int
+    per_layer: int  # bytes for the whole step, one layer, no checkpointing
+    boundary: int  # bytes for the whole step, one layer's checkpointed input
+    loss_peak: int
+    final: int
+
+
+def _activations(arch: _Arch, *, batch: int, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str) -> _Activations:
+    """Activation memory for ``batch`` sequences of ``seq`` tokens, with and without checkpointing.
+
+    Without checkpointing every layer's saved tensors are alive when backward starts, and the loss's
+    peak (log-softmax + two gradients of vocab size) comes on top. With checkpointing only each
+    layer's input survives the forward; backward recomputes one layer at a time, whose saved tensors
+    and their gradients (about as large again) are alive together.
+    """
+    n = batch * seq
+    per_layer = n * _layer_activation_bytes(arch, seq=seq, s=s, lora_rank_sum=lora_rank_sum, attn=attn, experts_impl=experts_impl)
+    boundary = n * s * arch.hidden
+    final = n * (4 * arch.hidden + 4)  # final RMSNorm
+    loss = n * _loss_peak_bytes_per_token(arch, s)
+    full = arch.layers * per_layer + final + max(loss, per_layer)
+    ckpt = arch.layers * boundary + final + max(loss, 2 * per_layer)
+    return _Activations(full, ckpt, per_layer, boundary, loss, final)
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA
+
+
+def _lora_targets(tensors: list[_Tensor], lora: LoraSpec, where: str) -> list[_Tensor]:
+    """The nn.Linear weights PEFT wraps for ``target_modules`` (a name or a dotted suffix matches)."""
+    linears = [t for t in tensors if t.kind in ("linear", "lm_head") and t.name.endswith(".weight")]
+    if lora.target_modules == ["all-linear"]:
+        return [t for t in linears if t.kind == "linear"]
+    hits: list[_Tensor] = []
+    for target in lora.target_modules:
+        found = [t for t in linears if (mod := t.name[: -len(".weight")]) == target or mod.endswith("." + target)]
+        if not found:
+            raise PlanError(
+                f"{where}.target_modules: {target!r} matches no nn.Linear in this base "
+                "(fused experts need PEFT's target_parameters, which this profile key does not set)"
+            )
+        hits += [t for t in found if t not in hits]
+    return hits
+
+
+def _lora_params(targets: list[_Tensor], r: int) -> int:
+    return sum(r * (t.shape[0] + t.shape[1]) for t in targets)  # A: r x in, B: out x r
+
+
+# --------------------------------------------------------------------------------------------------
+# Fitting
+
+
+@dataclass
+class _Phase:
+    """One training phase (DAPT or SFT) priced on a given base."""
+
+    name: str
+    batch: int
+    seq: int
+    grad_accum: int
+    checkpointing: bool
+    lora_params: int  # resident adapters (trained + frozen)
+    trainable: int
+    trainable_tensors: int
+    lora_rank_sum_per_layer: int
+    acts: _Activations
+    act_args: dict[str, Any]
+
+    @property
+    def lora_bytes(self) -> int:
+        return 4 * self.lora_params  # PEFT keeps adapters in fp32 (autocast_adapter_dtype=True)
+
+    @property
+    def grad_bytes(self) -> int:
+        return 4 * self.trainable
+
+    @property
+    def optimizer_bytes(self) -> int:
+        return 8 * self.trainable + 4 * self.trainable_tensors  # two fp32 moments + a step counter per tensor
+
+    @property
+    def state_bytes(self) -> int:
+        return self.lora_bytes + self.grad_bytes + self.optimizer_bytes
+
+    def activations(self, checkpointing: bool | None = None) -> int:
+        ckpt = self.checkpointing if checkpointing is None else checkpointing
+        return self.acts.checkpointed if ckpt else self.acts.full
+
+
+def _with_batch(phase: _Phase, arch: _Arch, batch: int) -> _Phase:
+    acts = _activations(arch, batch=batch, seq=phase.seq, **phase.act_args)
+    accum = -(-phase.batch * phase.grad_accum // batch)  # keep the tokens per optimizer step
+    return _Phase(phase.name, batch, phase.seq, accum, phase.checkpointing, phase.lora_params, phase.trainable,
+                  phase.trainable_tensors, phase.lora_rank_sum_per_layer, acts, phase.act_args)
+
+
+def _usable(gpu_bytes: int) -> float:
+    """Tensor bytes one GPU holds once the context and fragmentation allowance are taken."""
+    return (gpu_bytes - OVERHEAD_FIXED_BYTES) / (1 + OVERHEAD_FRACTION)
+
+
+def _overhead(content: int, gpus: int) -> int:
+    return int(gpus * OVERHEAD_FIXED_BYTES + OVERHEAD_FRACTION * content)
+
+
+@dataclass
+class _Layout:
+    """The base split the way ``device_map="auto"`` splits it: whole decoder layers, in order."""
+
+    head: int  # embeddings (+ layer-less buffers)
+    layers: list[int]  # weight bytes per decoder layer
+    tail: int  # final norm + lm_head
+
+    @property
+    def total(self) -> int:
+        return self.head + sum(self.layers) + self.tail
+
+
+def _layout(tensors: list[_Tensor], byte_of: dict[str, int], n_layers: int) -> _Layout:
+    layers = [0] * n_layers
+    head = tail = 0
+    for t in tensors:
+        nb = byte_of[t.name]
+        if t.layer is not None:
+            layers[t.layer] += nb
+        elif t.part == "lm_head" or t.name.endswith("norm.weight"):
+            tail += nb
+        else:
+            head += nb
+    return _Layout(head, layers, tail)
+
+
+def _gpus_needed(layout: _Layout, phase: _Phase, gpu_bytes: int, checkpointing: bool, limit: int = MAX_GPUS) -> int | None:
+    """Fewest GPUs a sequential split of whole decoder layers fits on, or None beyond ``limit``.
+
+    Each decoder layer brings its weights, its share of the adapter state and the activations it
+    keeps until backward (all of them, or only its input when checkpointing); a GPU holding layers
+    also reserves room for the largest transient among them (a layer's backward, or its recompute
+    plus backward when checkpointing); the last GPU holds lm_head and reserves the loss peak.
+    """
+    cap = _usable(gpu_bytes)
+    acts = phase.acts
+    share = phase.state_bytes / max(1, len(layout.layers))
+    kept = acts.boundary if checkpointing else acts.per_layer
+    transient = 2 * acts.per_layer if checkpointing else acts.per_layer
+    items = [(float(layout.head), 0.0)] + [(w + share + kept, float(transient)) for w in layout.layers]
+    items.append((float(layout.tail + acts.final), float(acts.loss_peak)))
+    gpus, load, reserve = 1, 0.0, 0.0
+    for size, need in items:
+        if load + size + max(reserve, need) > cap:
+            if size + need > cap:
+                return None
+            gpus, load, reserve = gpus + 1, 0.0, 0.0
+            if gpus > limit:
+                return None
+        load, reserve = load + size, max(reserve, need)
+    return gpus
+
+
+def _content(weights: int, phase: _Phase, checkpointing: bool | None = None) -> int:
+    return weights + phase.state_bytes + phase.activations(checkpointing)
+
+
+def _fits(layout: _Layout, phase: _Phase, gpu_bytes: int, gpus: int, checkpointing: bool) -> bool:
+    if gpus == 1:
+        content = _content(layout.total, phase, checkpointing)
+        return content + _overhead(content, 1) <= gpu_bytes
+    needed = _gpus_needed(layout, phase, gpu_bytes, checkpointing, limit=gpus)
+    return needed is not None and needed <= gpus
+
+
+@dataclass
+class _Priced:
+    """A base priced for a profile: what ``plan`` and the smaller-base search both need."""
+
+    arch: _Arch
+    tensors: list[_Tensor]
+    rows: list[PlanRow]
+    byte_of: dict[str, int]
+    layout: _Layout
+    phases: list[_Phase]
+
+
+def _dtype_label(kind: str, load_in_4bit: bool, experts_4bit: bool, quant: str, compute: str) -> str:
+    if kind == "linear" and load_in_4bit:
+        return quant
+    if kind == "experts" and load_in_4bit and experts_4bit:
+        return quant
+    return compute
+
+
+def _price(profile: Profile, config, *, experts_4bit: bool, stage: str) -> _Priced:
+    spec = profile.model
+    s = DTYPE_BYTES[spec.compute_dtype]
+    tensors = _tensors(config, spec.compute_dtype)
+    arch = _arch(config, tensors)
+
+    def tensor_bytes(t: _Tensor, exp4: bool) -> int:
+        if t.kind == "buffer":
+            return t.numel * (t.buffer_itemsize or s)
+        if _dtype_label(t.kind, spec.load_in_4bit, exp4, spec.quant_type, spec.compute_dtype) == spec.quant_type:
+            return nf4_bytes(t.numel, double_quant=spec.double_quant)  # fp4 has the same layout
+        return t.numel * s
+
+    byte_of = {t.name: tensor_bytes(t, experts_4bit) for t in tensors}
+    rows: list[PlanRow] = []
+    for part in PARTS:
+        members = [t for t in tensors if t.part == part]
+        params = sum(t.numel for t in members if t.kind != "buffer")
+        if not members or (params == 0 and part != "other"):
+            continue
+        kinds = {t.kind for t in members if t.kind != "buffer"}
+        label = spec.compute_dtype
+        if kinds == {"linear"} or kinds == {"experts"}:
+            label = _dtype_label(kinds.pop(), spec.load_in_4bit, experts_4bit, spec.quant_type, spec.compute_dtype)
+        note = {
+            "experts": "fused 3-D expert weights",
+            "attention": "q/k/v/o projections (nn.Linear: bitsandbytes quantizes them)" if spec.load_in_4bit else "q/k/v/o projections",
+            "dense_mlp": "other nn.Linear layers",
+            "embeddings": "kept in the compute dtype",
+            "lm_head": "bitsandbytes skips the output layer",
+            "other": "norms, q_norm/k_norm, routers; buffers",
+        }[part]
+        if part == "experts" and spec.load_in_4bit:
+            note = ("fused 3-D experts in NF4 per expert (modft_utils.quant; model.experts_4bit)"
+                    if experts_4bit else "stock BitsAndBytesConfig: fused 3-D experts are NOT quantized (bitsandbytes #1849)")
+        rows.append(PlanRow(part, params, label, sum(byte_of[t.name] for t in members), note))
+    experts = [t for t in tensors if t.part == "experts"]
+    if experts and spec.load_in_4bit:
+        # Show the other expert dtype too: the difference is the point of this table.
+        alt = sum(tensor_bytes(t, not experts_4bit) for t in experts)
+        alt_label = _dtype_label("experts", True, not experts_4bit, spec.quant_type, spec.compute_dtype)
+        alt_note = ("what stock BitsAndBytesConfig(load_in_4bit) gives: experts stay 16/32-bit"
+                    if experts_4bit else "if the fused experts were quantized too")
+        rows.append(PlanRow("experts (" + ("stock" if experts_4bit else alt_label) + ")",
+                            sum(t.numel for t in experts), alt_label, alt, alt_note, in_total=False))
+    quant_cfg = getattr(config, "quantization_config", None) or {}
+    if isinstance(quant_cfg, dict) and quant_cfg.get("quant_method") == "fp8":
+        bh, bw = quant_cfg.get("weight_block_size") or (128, 128)
+        params = [t for t in tensors if t.kind in ("linear", "experts")]
+        scale = sum(4 * math.prod(-(-d // blk) for d, blk in zip(t.shape[-2:], (bh, bw))) * math.prod(t.shape[:-2]) for t in params)
+        fp8 = sum(t.numel for t in params) + scale
+        rest = sum(t.numel * 2 for t in tensors if t.kind in ("float", "lm_head"))
+        rows.append(PlanRow("checkpoint download", sum(t.numel for t in tensors if t.kind != "buffer"), "fp8+bf16",
+                            fp8 + rest, f"published weights: fp8 e4m3, {bh}x{bw} blocks; disk and download, not GPU", in_total=False))
+
+    phases = []
+    for name in (("dapt", "sft") if stage == "both" else (stage,)):
+        section = profile.dapt if name == "dapt" else profile.sft
+        lora = section.lora
+        seq = profile.data.block_size if name == "dapt" else profile.data.max_sft_tokens
+        targets = _lora_targets(tensors, lora, f"{name}.lora")
+        trainable = _lora_params(targets, lora.r)
+        resident = trainable
+        if name == "sft":
+            # The workbook trains the task adapter on top of the frozen domain adapter: both resident.
+            resident += _lora_params(_lora_targets(tensors, profile.dapt.lora, "dapt.lora"), profile.dapt.lora.r)
+        # Only the trained adapter's A outputs are saved for backward (checked: a frozen adapter's are not).
+        per_layer_rank = lora.r * sum(1 for t in targets if t.layer == 0)
+        act_args = dict(s=s, lora_rank_sum=per_layer_rank, attn=spec.attn_implementation,
+                        experts_impl=spec.experts_implementation or "grouped_mm")
+        acts = _activations(arch, batch=section.train.batch_size, seq=seq, **act_args)
+        phases.append(_Phase(name, section.train.batch_size, seq, section.train.grad_accum,
+                             section.train.gradient_checkpointing, resident, trainable, 2 * len(targets),
+                             per_layer_rank, acts, act_args))
+    return _Priced(arch, tensors, rows, byte_of, _layout(tensors, byte_of, arch.layers), phases)
+
+
+# Published configs of smaller MoE bases with fused experts in transformers 5.x, largest first, for
+# the "smaller base" suggestion. Values are from each model's config.json on the hub.
+SMALLER_BASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("mistralai/Mixtral-8x7B-v0.1", "mixtral", dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
+        tie_word_embeddings=False)),
+    ("Qwen/Qwen3-30B-A3B", "qwen3_moe", dict(
+        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=48,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+        num_experts_per_tok=8, vocab_size=151936, tie_word_embeddings=False, decoder_sparse_step=1,
+        mlp_only_layers=[])),
+    ("allenai/OLMoE-1B-7B-0924", "olmoe", dict(
+        hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, num_experts=64, num_experts_per_tok=8, vocab_size=50304,
+        tie_word_embeddings=False)),
+)
+
+
+def _smaller_base_config(model_type: str, values: dict[str, Any]):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **values)
+
+
+def _binding(priced: _Priced) -> _Phase:
+    """The phase that needs more memory, each with its own checkpointing setting."""
+    return max(priced.phases, key=lambda p: _content(priced.layout.total, p))
+
+
+def _suggestions(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int, experts_4bit: bool, stage: str) -> list[str]:
+    """Changes that make it fit, cheapest first; every one re-checked with the same arithmetic.
+
+    The cheap ones (checkpointing, smaller micro-batches) end the list as soon as one works; the
+    expensive ones (more GPUs, CPU offload, another base) are alternatives, all listed if they work.
+    """
+    out: list[str] = []
+    layout, arch, phases = priced.layout, priced.arch, priced.phases
+    keys = " / ".join(f"{p.name}.train.gradient_checkpointing" for p in phases)
+
+    # 1. Gradient checkpointing: about one extra forward per step, nothing else changes.
+    if any(not p.checkpointing for p in phases) and all(_fits(layout, p, gpu_bytes, gpus, True) for p in phases):
+        worst = max(_content(layout.total, p, True) for p in phases)
+        out.append(f"turn on gradient checkpointing ({keys}: true): {_gib(worst + _overhead(worst, gpus))} GiB")
+        return out
+    # 2. Fewer tokens per micro-batch, same tokens per optimizer step (grad_accum up), checkpointing on.
+    reduced: list[_Phase] | None = []
+    for p in phases:
+        fitting = (c for b in range(p.batch, 0, -1)
+                   if _fits(layout, c := _with_batch(p, arch, b), gpu_bytes, gpus, True))
+        best = next(fitting, None)
+        if best is None:
+            reduced = None
+            break
+        reduced.append(best)
+    if reduced and any(c.batch < p.batch for c, p in zip(reduced, phases)):
+        changes = [f"{c.name}.train.batch_size: {c.batch}, {c.name}.train.grad_accum: {c.grad_accum}"
+                   for c, p in zip(reduced, phases) if c.batch < p.batch]
+        out.append("fewer tokens per step with gradient checkpointing on: " + "; ".join(changes) + f" ({keys}: true)")
+        return out
+
+    # 3. More GPUs with device_map="auto" (whole decoder layers per GPU), checkpointing on.
+    def gpus_for(size: int) -> int | None:
+        counts = [_gpus_needed(layout, p, size, True) for p in phases]
+        return None if None in counts else max(counts)
+
+    n_here = gpus_for(gpu_bytes)
+    if n_here is not None and n_here > gpus:
+        out.append(f"{n_here} x {_gib(gpu_bytes)} GiB GPUs with model.device_map: auto and gradient checkpointing on")
+    if gpu_bytes < REFERENCE_GPU_BYTES:
+        n_big = gpus_for(REFERENCE_GPU_BYTES)
+        if n_big is not None:
+            out.append(f"{n_big} x {REFERENCE_GPU_LABEL} GPUs with model.device_map: auto and gradient checkpointing on")
+    # 4. CPU offload of whole decoder layers, checkpointing on.
+    offload = _offload(priced, profile, gpu_bytes, gpus)
+    if offload:
+        out.append(offload)
+    # 5. A smaller base that fits as configured, checkpointing on.
+    for model_id, model_type, values in SMALLER_BASES:
+        try:
+            cand = _price(profile, _smaller_base_config(model_type, values), experts_4bit=experts_4bit, stage=stage)
+        except PlanError:
+            continue  # the profile's LoRA targets do not exist there
+        if all(_fits(cand.layout, p, gpu_bytes, gpus, True) for p in cand.phases):
+            params = sum(t.numel for t in cand.tensors if t.kind != "buffer")
+            out.append(f"a smaller MoE base with fused experts: {model_id} ({params / 1e9:.1f}B params, "
+                       f"{_gib(cand.layout.total)} GiB of weights priced the same way) with gradient checkpointing on")
+            break
+    return out
+
+
+def _offload(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int) -> str | None:
+    """Offload the fewest trailing decoder layers to CPU RAM so the rest fits; None if that cannot work.
+
+    bitsandbytes does not quantize what is placed on the CPU (transformers adds those modules to
+    ``modules_to_not_convert``), so host RAM holds them in the compute dtype, and accelerate streams
+    one offloaded layer at a time onto the GPU in that dtype, which needs room there too.
+    """
+    layout = priced.layout
+    phase = max(priced.phases, key=lambda p: _content(layout.total, p, True))
+    s = DTYPE_BYTES[profile.model.compute_dtype]
+    layer_params = [0] * len(layout.layers)
+    for t in priced.tensors:
+        if t.layer is not None and t.kind != "buffer":
+            layer_params[t.layer] += t.numel
+    on_gpu = _content(layout.total, phase, True)
+    for k in range(1, len(layout.layers) + 1):
+        moved = sum(layout.layers[-k:])
+        content = on_gpu - moved + max(layer_params[-k:]) * s
+        if content + _overhead(content, gpus) <= gpus * gpu_bytes:
+            return (f"offload {k} of {len(layout.layers)} decoder layers to CPU (device_map: auto with max_memory, "
+                    f"llm_int8_enable_fp32_cpu_offload): {_gb(moved)} of weights leave the GPU and sit unquantized "
+                    f"in host RAM ({_gb(sum(layer_params[-k:]) * s)}); every step streams them over PCIe (very slow)")
+    return None
+
+
+def _profile_gpu_target(profile: Profile) -> int | str | None:
+    """The GPU size the profile itself declares, if its schema has such a key (``model.gpu_memory``)."""
+    return getattr(profile.model, "gpu_memory", None)
+
+
+def plan(
+    profile: Profile,
+    *,
+    gpu_memory: int | str | None = None,
+    gpus: int = 1,
+    experts_4bit: bool | None = None,
+    stage: Literal["dapt", "sft", "both"] = "both",
+    config_path: str | os.PathLike | None = None,
+) -> Plan:
+    """Price QLoRA training of ``profile`` on ``gpus`` GPUs of ``gpu_memory`` each (default 24 GiB).
+
+    ``experts_4bit`` (default: the profile's ``model.experts_4bit``) prices the fused experts in
+    4-bit, as :mod:`modft_utils.quant` stores them; False prices them as stock ``BitsAndBytesConfig(load_in_4bit=True)`` leaves them, in the compute
+    dtype. Both appear in the table. ``stage="both"`` plans for the larger of DAPT and SFT (SFT keeps
+    the frozen domain adapter loaded beside the task adapter).
+    """
+    if stage not in ("dapt", "sft", "both"):
+        raise PlanError(f"stage must be dapt, sft or both, got {stage!r}")
+    if experts_4bit is None:
+        experts_4bit = profile.model.experts_4bit
+    if gpus < 1:
+        raise PlanError(f"gpus must be at least 1, got {gpus}")
+    target = gpu_memory if gpu_memory is not None else _profile_gpu_target(profile)
+    gpu_bytes = parse_bytes(target) if target is not None else DEFAULT_GPU_BYTES
+    config = read_model_config(profile, config_path)
+    priced = _price(profile, config, experts_4bit=experts_4bit, stage=stage)
+    layout = priced.layout
+    phase = _binding(priced)
+    content = _content(layout.total, phase)
+    fits = all(_fits(layout, p, gpu_bytes, gpus, p.checkpointing) for p in priced.phases)
+    suggestions = [] if fits else _suggestions(priced, profile, gpu_bytes, gpus, experts_4bit, stage)
+    notes = [
+        "activations assume every sequence is full length (packed DAPT blocks; SFT examples padded to "
+        "data.max_sft_tokens) and use the profile's attention and experts kernels "
+        f"({profile.model.attn_implementation}, {profile.model.experts_implementation or 'grouped_mm'})",
+    ]
+    if experts_4bit and profile.model.load_in_4bit and priced.arch.experts:
+        notes.append("experts priced in 4-bit, as modeling.load_base stores them (model.experts_4bit); "
+                     "`--stock-experts` prices stock BitsAndBytesConfig loading, which leaves them 16-bit")
+    if profile.model.id == "tiny":
+        notes.append("tiny base: vocabulary taken from model.tiny.vocab_size (the trained tokenizer may be a few tokens smaller)")
+    if not priced.arch.experts:
+        notes.append("dense MLP activations are not calibrated (the estimate is calibrated on MiniMax-M2's MoE layers)")
+    model_id = profile.model.id if config_path is None else f"{profile.model.id} (config {config_path})"
+    return Plan(
+        profile=profile.name,
+        model_id=model_id,
+        rows=priced.rows,
+        lora_params=phase.lora_params,
+        lora_bytes=phase.lora_bytes,
+        grad_bytes=phase.grad_bytes,
+        optimizer_bytes=phase.optimizer_bytes,
+        activation_bytes=phase.acts.full,
+        activation_bytes_checkpointed=phase.acts.checkpointed,
+        overhead_bytes=_overhead(content, gpus),
+        total_bytes=content + _overhead(content, gpus),
+        gpu_bytes=gpu_bytes,
+        gpus=gpus,
+        fits=fits,
+        suggestions=suggestions,
+        stage=stage,
+        phase=phase.name,
+        batch_size=phase.batch,
+        seq_len=phase.seq,
+        grad_accum=phase.grad_accum,
+        gradient_checkpointing=phase.checkpointing,
+        compute_dtype=profile.model.compute_dtype,
+        experts_4bit=experts_4bit,
+        trainable_params=phase.trainable,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring a real training step (CPU), to check the arithmetic
+
+
+_MEASURE_SCRIPT = r"""
+import json, os, sys
+args = json.loads(sys.argv[1])
+sys.path.insert(0, args["repo"])
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+import torch, transformers, peft, bitsandbytes  # noqa: F401 - imported before the baseline on purpose
+from modft_utils.config import Profile
+from modft_utils.modeling import BaseRef, load_base, lora_config
+torch.manual_seed(0)
+baseline = status("VmRSS")
+try:  # reset the high-water mark so import-time peaks do not count
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    reset = True
+except OSError:
+    reset = False
+profile = Profile.model_validate_json(args["profile"])
+model = load_base(profile, BaseRef(args["base"]))
+after_load = status("VmRSS")
+model = peft.get_peft_model(model, lora_config(profile.dapt.lora), adapter_name="domain")
+if args["stage"] == "sft":
+    model.add_adapter("task", lora_config(profile.sft.lora))
+    model.base_model.set_adapter(["domain", "task"])
+    for name, p in model.named_parameters():  # set_adapter makes every listed adapter trainable
+        p.requires_grad_(".task." in name)
+trainable = [p for p in model.parameters() if p.requires_grad]
+if args["checkpointing"]:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+model.train()
+opt = torch.optim.AdamW(trainable, lr=1e-4)
+ids = torch.randint(2, args["vocab"], (args["batch"], args["seq"]))
+peaks, losses = [], []
+for _ in range(args["steps"]):
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    losses.append(float(loss))
+    peaks.append(status("VmHWM"))
+print(json.dumps({
+    "baseline_rss": baseline, "after_load_rss": after_load, "hwm": status("VmHWM"), "hwm_per_step": peaks,
+    "hwm_reset": reset, "trainable_params": sum(p.numel() for p in trainable), "losses": losses,
+    "threads": torch.get_num_threads(),
+}))
+"""
+
+
+def measure_training_peak(
+    profile: Profile,
+    *,
+    stage: Literal["dapt", "sft"] = "sft",
+    steps: int = 2,
+    checkpointing: bool | None = None,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    malloc_mmap_threshold: int | None = 65536,
+    timeout: float = 600,
+) -> dict[str, Any]:
+    """Peak resident-memory growth of real QLoRA training steps of a local base, on CPU.
+
+    A fresh Python process imports torch/transformers/peft/bitsandbytes, takes its resident memory
+    as the baseline (and resets the high-water mark), loads the base in 4-bit through
+    ``modeling.load_base``, adds the adapters (for SFT the frozen domain adapter too), and runs
+    ``steps`` AdamW steps at the profile's batch and sequence length. ``measured_bytes`` is the
+    high-water mark (VmHWM) minus the baseline. A subprocess because a process's peak only rises.
+    Only for bases that need no download (``tiny`` or a local folder): the weights are random, which
+    changes no size.
+
+    ``malloc_mmap_threshold`` (glibc's ``MALLOC_MMAP_THRESHOLD_``) makes every allocation of that
+    many bytes or more its own mapping, returned to the system when freed, so resident memory follows
+    the live tensors. With glibc's default (None) freed blocks stay in the heap and are reused
+    imperfectly: measured on the tiny profile, the peak then grows from step to step and ends near
+    twice the live-tensor peak, a property of the CPU allocator, not of the training step.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not Path("/proc/self/status").exists():
+        raise PlanError("measure_training_peak reads /proc/self/status and needs Linux")
+    spec = profile.model
+    if spec.id != "tiny" and not profile.resolve(spec.id).exists():
+        raise PlanError(f"measure_training_peak builds the base locally; {spec.id!r} is not a local base")
+    config = read_model_config(profile)
+    section = profile.dapt if stage == "dapt" else profile.sft
+    batch = batch_size or section.train.batch_size
+    seq = seq_len or (profile.data.block_size if stage == "dapt" else profile.data.max_sft_tokens)
+    ckpt = section.train.gradient_checkpointing if checkpointing is None else checkpointing
+    with tempfile.TemporaryDirectory(prefix="modft-measure-") as tmp:
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
+        args = {
+            "repo": str(REPO_ROOT), "profile": profile.model_dump_json(), "base": tmp, "stage": stage,
+            "batch": batch, "seq": seq, "steps": steps, "checkpointing": ckpt, "vocab": config.vocab_size,
+        }
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        if malloc_mmap_threshold is not None:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
+        proc = subprocess.run([sys.executable, "-c", _MEASURE_SCRIPT, json.dumps(args)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training-step measurement failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(stage=stage, batch=batch, seq=seq, checkpointing=ckpt, steps=steps,
+                  malloc_mmap_threshold=malloc_mmap_threshold, measured_bytes=result["hwm"] - result["baseline_rss"])
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_plan(args) -> int:
+    try:
+        profile = load_profile(args.profile, check_paths=False)
+        result = plan(profile, gpu_memory=args.gpu_memory, gpus=args.gpus, experts_4bit=not args.stock_experts,
+                      stage=args.stage, config_path=args.config)
+    except (PlanError, ProfileError) as exc:
+        print(f"modft plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
+    return 1 if args.check and not result.fits else 0
+
+
+def add_plan_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``modft plan``: print the memory plan of a profile (no weights are downloaded)."""
+    p = subparsers.add_parser("plan", help="will this profile's training fit on this GPU? (reads configs only)")
+    p.add_argument("--profile", required=True, help="profile YAML, e.g. params/minimax_m2.yaml")
+    p.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB, 80GB (default: the profile's, else 24GiB)")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (device_map='auto' splits whole layers)")
+    p.add_argument("--stage", choices=("dapt", "sft", "both"), default="both", help="which training phase(s)")
+    p.add_argument("--stock-experts", action="store_true",
+                   help="price the fused experts as stock bitsandbytes leaves them (16-bit), not 4-bit")
+    p.add_argument("--config", help="a local config.json to use instead of the profile's base (offline hub ids)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--check", action="store_true", help="exit 1 when it does not fit")
+    p.set_defaults(func=_cmd_plan)
+    return p
