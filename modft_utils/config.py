@@ -165,7 +165,10 @@ class ComposeSpec(_Section):
 
 
 class RollbackSpec(_Section):
-    regression_tolerance: float = Field(1.0, ge=0, description="F1 points a candidate may lose before the gate refuses it")
+    gate_metric: Literal["f1", "exact_match", "answer_nll"] = Field(
+        "f1", description="held-out metric the promotion gate compares (answer_nll: lower is better)"
+    )
+    regression_tolerance: float = Field(1.0, ge=0, description="how much worse than production a candidate may score on gate_metric")
     candidate_steps: int = Field(40, ge=1, description="steps of the deliberately regressing candidate in the drill")
     probe_examples: int = Field(8, ge=1, description="held-out prompts whose logits are compared exactly")
 

@@ -113,3 +113,77 @@ def logits(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
+
+
+# ---------------------------------------------------------------- comparing adapter stacks
+
+STACKS: dict[str, list[str]] = {
+    "base": [],
+    "base+domain": ["domain"],
+    "base+task": ["task"],
+    "base+domain+task": ["domain", "task"],
+}
+
+
+def comparison_grid(
+    model, tokenizer, *, stacks: dict[str, list[str]], eval_blocks, qa_examples: Sequence[dict[str, Any]],
+    qa_tokenized, collator, max_new_tokens: int, progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Every stack scored on the same held-out data: one row per stack.
+
+    Switching goes through :func:`modft_utils.adapters.activate` on the one loaded base; nothing
+    is reloaded between rows.
+    """
+    from . import adapters
+
+    rows = []
+    for label, names in stacks.items():
+        adapters.activate(model, names)
+        qa = qa_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
+        rows.append({
+            "stack": label,
+            "domain_ppl": perplexity(model, eval_blocks, progress=progress),
+            "exact_match": qa["exact_match"],
+            "f1": qa["f1"],
+            "answer_nll": answer_nll(model, qa_tokenized, collator, progress=progress),
+        })
+    return rows
+
+
+def grid_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``compose.grid.<stack>.<metric>`` keys for metrics.json."""
+    return {f"compose.grid.{r['stack']}.{k}": v for r in rows for k, v in r.items() if k != "stack"}
+
+
+def grid_table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6} {'answer NLL':>10}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f} {r['answer_nll']:>10.3f}")
+    return "\n".join(lines)
+
+
+LOWER_IS_BETTER = frozenset({"answer_nll", "domain_ppl"})
+
+
+def promotion_gate(candidate: dict[str, float], production: dict[str, float], *, metric: str = "f1", tolerance: float) -> dict[str, Any]:
+    """Refuse a candidate that scores more than ``tolerance`` worse than production on ``metric``.
+
+    ``drop`` is how much worse the candidate is (positive: worse), whichever direction the metric runs.
+    """
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    drop = sign * (production[metric] - candidate[metric])
+    return {
+        "metric": metric,
+        "production": production[metric],
+        "candidate": candidate[metric],
+        "drop": drop,
+        "tolerance": tolerance,
+        "allowed": drop <= tolerance,
+    }
+
+
+def stack_scores(model, tokenizer, qa_examples: Sequence[dict[str, Any]], qa_tokenized, collator, *, max_new_tokens: int) -> dict[str, Any]:
+    """Exact match, F1 and answer NLL of the active stack: what the promotion gate compares."""
+    qa = qa_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens)
+    return {"exact_match": qa["exact_match"], "f1": qa["f1"], "answer_nll": answer_nll(model, qa_tokenized, collator)}

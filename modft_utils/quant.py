@@ -456,3 +456,22 @@ def check_lora_targets(model: nn.Module, lora_config: Any) -> dict[str, list[str
                              f"layers: {linear_names})")
     # A PEFT wrapper and its base_layer share a stripped name: report each once.
     return {"modules": list(dict.fromkeys(matched_modules)), "parameters": list(dict.fromkeys(matched_params))}
+
+
+def memory_vs_bf16(model: nn.Module) -> dict[str, int]:
+    """The loaded model's weight bytes beside what the same weights take in bf16.
+
+    ``quantizable_*`` covers what 4-bit applies to (attention projections and experts); the
+    ``footprint_*`` pair is the whole model as ``get_memory_footprint()`` counts it, with the bf16
+    figure being every parameter and buffer at 2 bytes.
+    """
+    from .plan import count_params
+
+    counts = count_params(model.config)
+    buffers = sum(b.nelement() for n, b in model.named_buffers() if _part_of(n) == "other")
+    return {
+        "quantizable_bytes_4bit": quantizable_bytes(model),
+        "quantizable_bytes_bf16": 2 * (counts["experts"] + counts["attention"]),
+        "footprint_4bit_bytes": int(model.get_memory_footprint()),
+        "footprint_bf16_bytes": 2 * (counts["total"] + buffers),
+    }

@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= params/tiny.yaml
+# A CPU build of torch keeps the install small where no GPU is used; on a GPU machine set
+# TORCH_SPEC=torch (PyPI's default Linux wheel is the CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.modft-installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: install run test test-fast baseline lab bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on the default profile: all five notebooks, headless, into outputs/runs/<run-id>/
+run: install
+	$(OFFLINE) $(BIN)/modft run --profile $(PROFILE)
+
+## The whole suite: unit tests, the notebook pipeline test, nbval regression on the committed notebooks
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+## Unit tests only (no notebooks): seconds
+test-fast: install
+	$(OFFLINE) $(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
+
+## Regenerate the outputs nbval compares, from a clean top-to-bottom run
+baseline: install
+	rm -rf outputs/runs/interactive
+	$(OFFLINE) $(BIN)/modft baseline
+
+## JupyterLab with this environment registered as the "modft" kernel
+lab: install
+	$(BIN)/python -m ipykernel install --sys-prefix --name modft --display-name "modft (.venv)"
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf outputs/runs outputs/cache outputs/registry

@@ -1,0 +1,494 @@
+"""Data preparation for both adapters: load, clean, scrub, split, tokenize, pack.
+
+The same loaders read the hub datasets (``wikitext``/``wikitext-2-raw-v1``, ``squad``) and the
+local sample files shipped in the same row format; everything after loading is one code path.
+Prepared data is saved in the run folder so later notebooks read exactly what 01 produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import squad
+from .clean import CleanConfig, StepReport, clean_corpus, clean_wikitext, report_table  # noqa: F401
+from .config import CorpusSpec, Profile
+from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noqa: F401  (public: modft_utils.data.scrub_pii)
+
+SFT_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file, split or row."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_rows(spec: CorpusSpec, profile: Profile) -> dict[str, Any]:
+    """The ``train`` and ``validation`` splits as ``datasets`` tables, from the hub or local files."""
+    from datasets import load_dataset
+
+    if spec.hub_name:
+        try:
+            ds = load_dataset(spec.hub_name, spec.hub_config)
+        except Exception as exc:  # the hub client raises many types; name the dataset either way
+            raise DataError(f"could not load hub dataset {spec.hub_name!r} ({spec.hub_config}): {exc}") from exc
+        return {"train": ds["train"], "validation": ds["validation"]}
+    files = {"train": profile.resolve(spec.train_file), "validation": profile.resolve(spec.validation_file)}
+    out = {}
+    for split, path in files.items():
+        try:
+            out[split] = load_dataset("json", data_files={split: str(path)}, split=split)
+        except Exception as exc:
+            raise DataError(f"{path}: not readable as JSON lines ({type(exc).__name__}: {exc})") from exc
+    return out
+
+
+# ---------------------------------------------------------------- DAPT
+
+
+def pack(token_lists: list[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
+    """Concatenate documents (each ended by EOS) and cut fixed blocks: no padding at all.
+
+    The tail shorter than one block is dropped; documents may straddle blocks, as in GPT-style
+    pretraining, and EOS marks where one ends.
+    """
+    stream: list[int] = []
+    for ids in token_lists:
+        stream.extend(ids)
+        stream.append(eos_id)
+    n = len(stream) // block_size
+    return [stream[i * block_size : (i + 1) * block_size] for i in range(n)]
+
+
+@dataclass
+class DaptData:
+    train_docs: list[str]
+    eval_docs: list[str]
+    train_blocks: Any  # datasets.Dataset with input_ids, labels
+    eval_blocks: Any
+    reports: dict[str, list[StepReport]]
+    pii_replacements: int
+    leaked_eval_docs: int
+
+    @property
+    def train_tokens(self) -> int:
+        return len(self.train_blocks) * len(self.train_blocks[0]["input_ids"]) if len(self.train_blocks) else 0
+
+
+def _tokenize_docs(docs: list[str], tokenizer, progress: bool) -> list[list[int]]:
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": docs})
+    ds = ds.map(
+        lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
+        batched=True, batch_size=256, remove_columns=["text"], desc="tokenizing",
+    )
+    return ds["ids"]
+
+
+def _blocks_dataset(blocks: list[list[int]]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def prepare_dapt(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> DaptData:
+    """Clean, scrub, de-duplicate and pack the domain corpus; save the blocks in the run folder."""
+    cfg = CleanConfig(
+        normalization=None if profile.data.normalization == "none" else profile.data.normalization,
+        section_headings=profile.data.section_headings,
+        min_chars=profile.data.min_doc_chars,
+        near_dup_threshold=profile.data.near_dup_threshold,
+    )
+    counter = Counter()
+
+    def scrub(text: str) -> tuple[str, int]:
+        new, spans = scrub_pii_with_spans(text)
+        counter.update(s.kind for s in spans)
+        return new, len(spans)
+
+    rows = load_rows(profile.data.dapt, profile)
+    docs, reports = {}, {}
+    for split in ("train", "validation"):
+        texts = rows[split]["text"]
+        if not texts:
+            raise DataError(f"data.dapt {split}: the split has no rows")
+        try:
+            docs[split], reports[split] = clean_corpus(texts, cfg, scrub if profile.data.scrub_pii else None)
+        except ValueError as exc:
+            raise DataError(f"data.dapt {split}: {exc}") from exc
+    # A held-out document that also appears in training would flatter the perplexity.
+    seen = {_norm_key(d) for d in docs["train"]}
+    eval_docs = [d for d in docs["validation"] if _norm_key(d) not in seen]
+    leaked = len(docs["validation"]) - len(eval_docs)
+    if not eval_docs:
+        raise DataError("data.dapt validation: no held-out document left after removing copies of training documents")
+    block = profile.data.block_size
+    train_blocks = pack(_tokenize_docs(docs["train"], tokenizer, progress), block, tokenizer.eos_token_id)
+    eval_blocks = pack(_tokenize_docs(eval_docs, tokenizer, progress), block, tokenizer.eos_token_id)
+    if not train_blocks or not eval_blocks:
+        raise DataError(f"data.dapt: fewer tokens than one block of {block}; lower data.block_size")
+    data = DaptData(
+        train_docs=docs["train"], eval_docs=eval_docs,
+        train_blocks=_blocks_dataset(train_blocks), eval_blocks=_blocks_dataset(eval_blocks),
+        reports=reports, pii_replacements=sum(counter.values()), leaked_eval_docs=leaked,
+    )
+    out = Path(run_dir) / "data"
+    data.train_blocks.save_to_disk(str(out / "dapt_train"))
+    data.eval_blocks.save_to_disk(str(out / "dapt_eval"))
+    (out / "dapt_pii_counts.json").write_text(json.dumps(dict(counter), indent=2) + "\n")
+    return data
+
+
+def _norm_key(text: str) -> str:
+    return hashlib.sha1(" ".join(text.casefold().split()).encode()).hexdigest()
+
+
+def load_dapt_blocks(run_dir: str | Path) -> tuple[Any, Any]:
+    """The packed (train, eval) blocks notebook 01 saved."""
+    from datasets import load_from_disk
+
+    out = Path(run_dir) / "data"
+    _require(out / "dapt_train", "01_data_prep")
+    return load_from_disk(str(out / "dapt_train")), load_from_disk(str(out / "dapt_eval"))
+
+
+def _require(path: Path, notebook: str) -> None:
+    if not path.exists():
+        raise DataError(f"{path} is missing: run notebook {notebook} for this run folder first")
+
+
+def clean_report_rows(reports: dict[str, list[StepReport]]) -> list[dict[str, Any]]:
+    return [{"split": split, **asdict(r)} for split, rs in reports.items() for r in rs]
+
+
+def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
+    """``data.clean.<split>.<step>.{rows,chars}_{in,out}`` for metrics.json."""
+    out = {}
+    for split, rs in reports.items():
+        for r in rs:
+            key = f"data.clean.{split}.{r.step}"
+            out.update({f"{key}.rows_in": r.rows_in, f"{key}.rows_out": r.rows_out,
+                        f"{key}.chars_in": r.chars_in, f"{key}.chars_out": r.chars_out})
+    return out
+
+
+# ---------------------------------------------------------------- tokenizer coverage
+
+_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*", re.UNICODE)
+
+
+def tokenizer_coverage(tokenizer, docs: list[str], *, threshold: float, top_n: int = 30, min_freq: int = 5) -> dict[str, Any]:
+    """How well the base tokenizer covers the domain, and whether to extend it.
+
+    Byte-level BPE never produces an unknown token; its failure mode is falling back to single
+    bytes, so "byte-fallback" counts pieces that are one byte symbol for a non-ASCII character.
+    """
+    counts = Counter(w for d in docs for w in _WORD.findall(d))
+    if not counts:
+        raise DataError("tokenizer coverage: the corpus has no words")
+    words = list(counts)
+    pieces = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
+    n_pieces = {w: len(p) for w, p in zip(words, pieces)}
+    total_words = sum(counts.values())
+    total_pieces = sum(n_pieces[w] * c for w, c in counts.items())
+    fallback_ids = _byte_fallback_ids(tokenizer)
+    fallback = sum(c * sum(1 for t in p if t in fallback_ids) for (w, c), p in zip(counts.items(), pieces))
+    split4 = sum(c for w, c in counts.items() if n_pieces[w] >= 4)
+    frequent = [w for w, c in counts.items() if c >= min_freq]
+    fragmented = sorted(frequent, key=lambda w: (-n_pieces[w], -counts[w], w))[:top_n]
+    tpw = total_pieces / total_words
+    return {
+        "words": total_words,
+        "unique_words": len(words),
+        "tokens_per_word": tpw,
+        "byte_fallback_share": fallback / total_pieces,
+        "split_4plus_share": split4 / total_words,
+        "most_fragmented": [{"word": w, "pieces": n_pieces[w], "count": counts[w]} for w in fragmented],
+        "threshold": threshold,
+        "extend": tpw > threshold,
+    }
+
+
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's byte -> printable-symbol table, which every byte-level BPE (MiniMax-M2's too) uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    symbols = dict(zip(printable, map(chr, printable)))
+    extra = (b for b in range(256) if b not in symbols)
+    symbols.update((b, chr(256 + i)) for i, b in enumerate(extra))
+    return symbols
+
+
+def _byte_fallback_ids(tokenizer) -> set[int]:
+    # In byte-level BPE the 256 single-symbol tokens are the raw bytes; bytes >= 0x80 on their own
+    # are pieces of a character the vocabulary could not merge.
+    high = {ch for b, ch in _byte_symbols().items() if b >= 0x80}
+    vocab = tokenizer.get_vocab()
+    return {i for tok, i in vocab.items() if len(tok) == 1 and tok in high}
+
+
+# ---------------------------------------------------------------- SFT
+
+
+def format_prompt(context: str, question: str) -> str:
+    return SFT_PROMPT.format(context=context, question=question)
+
+
+@dataclass
+class SftReport:
+    loaded: dict[str, Any] = field(default_factory=dict)
+    pii_replacements: int = 0
+    answers_rewritten: int = 0
+    answers_dropped_pii: int = 0
+    contexts_cut: int = 0
+    overlapping_titles_removed: int = 0
+    train_examples: int = 0
+    eval_examples: int = 0
+
+
+def scrub_example(ex: squad.QAExample) -> tuple[squad.QAExample | None, int, bool]:
+    """Scrub context, question and answers; re-locate every answer in the scrubbed context.
+
+    An answer that is (or contains) personal data is rewritten to its scrubbed form when that form
+    sits at the re-located position, otherwise dropped. Returns (example or None, replacements,
+    whether an answer was rewritten).
+    """
+    context, spans = scrub_pii_with_spans(ex.context)
+    question, qspans = scrub_pii_with_spans(ex.question)
+    if not spans and not qspans:
+        return ex, 0, False
+    answers, starts, rewritten = [], [], False
+    for text, start in zip(ex.answers, ex.answer_starts):
+        moved = remap_span(spans, start, start + len(text))
+        if moved is not None:
+            answers.append(text)
+            starts.append(moved[0])
+            continue
+        # The answer is (or contains) personal data: its scrubbed form must sit where the
+        # scrubbed answer now starts, i.e. after the shift of every span that ends before it.
+        new_text = scrub_pii(text)
+        new_start = start + sum(len(placeholder(s.kind)) - (s.end - s.start) for s in spans if s.end <= start)
+        if context[new_start : new_start + len(new_text)] == new_text:
+            answers.append(new_text)
+            starts.append(new_start)
+            rewritten = True
+    n = len(spans) + len(qspans)
+    if not answers:
+        return None, n, False
+    return (
+        squad.QAExample(id=ex.id, title=ex.title, context=context, question=question,
+                        answers=tuple(answers), answer_starts=tuple(starts), is_impossible=ex.is_impossible),
+        n,
+        rewritten,
+    )
+
+
+def tokenize_example(ex: squad.QAExample, tokenizer, max_tokens: int) -> tuple[dict[str, Any], bool]:
+    """Prompt + first answer + EOS, loss on the answer only; cut the context around the answer if too long."""
+    context, start, cut = ex.context, ex.answer_starts[0], False
+    answer = ex.answers[0]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    max_chars = len(context)
+    while True:
+        prompt_ids = tokenizer(format_prompt(context, ex.question), add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(answer_ids) <= max_tokens:
+            break
+        over = len(prompt_ids) + len(answer_ids) - max_tokens
+        max_chars = max(len(answer) + 1, max_chars - max(16, int(over * 3.5)))
+        if max_chars <= len(answer) + 1 and cut:
+            raise DataError(f"SQuAD example {ex.id}: question and answer alone exceed data.max_sft_tokens={max_tokens}")
+        context, start, cut = (*squad.window_context(ex.context, ex.answer_starts[0], answer, max_chars)[:2], True)
+    ids = prompt_ids + answer_ids
+    labels = [-100] * len(prompt_ids) + answer_ids
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, cut
+
+
+@dataclass
+class SftData:
+    train: Any  # datasets.Dataset: input_ids, labels, attention_mask
+    eval_tokenized: Any
+    eval_examples: list[dict[str, Any]]
+    report: SftReport
+
+
+def _eval_record(ex: squad.QAExample) -> dict[str, Any]:
+    return {"id": ex.id, "title": ex.title, "context": ex.context, "question": ex.question,
+            "answers": list(ex.answers), "prompt": format_prompt(ex.context, ex.question)}
+
+
+def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> SftData:
+    """Validate, scrub, subset and tokenize the QA set; save train and eval sets in the run folder."""
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    rows = load_rows(profile.data.sft, profile)
+    spec = profile.data.sft
+    report = SftReport()
+    examples = {}
+    for split in ("train", "validation"):
+        source = spec.hub_name or str(profile.resolve(getattr(spec, f"{split}_file")))
+        exs, rep = squad.rows_to_examples(rows[split], unanswerable=profile.data.unanswerable, source=f"{source} [{split}]")
+        report.loaded[split] = rep.as_dict()
+        examples[split] = exs
+    train_titles = {e.title for e in examples["train"]} | {e.context for e in examples["train"]}
+    eval_pool = [e for e in examples["validation"] if e.title not in train_titles and e.context not in train_titles]
+    report.overlapping_titles_removed = len(examples["validation"]) - len(eval_pool)
+    train = squad.subset(examples["train"], profile.data.sft_subset_size, profile.seed)
+    evals = squad.subset(eval_pool, profile.data.sft_eval_size, profile.seed)
+
+    def scrubbed(exs):
+        out = []
+        for ex in tqdm(exs, desc="scrubbing QA", disable=not progress, leave=False):
+            if profile.data.scrub_pii:
+                new, n, rewritten = scrub_example(ex)
+                report.pii_replacements += n
+                report.answers_rewritten += int(rewritten)
+                if new is None:
+                    report.answers_dropped_pii += 1
+                    continue
+                ex = new
+            out.append(ex)
+        return out
+
+    train, evals = scrubbed(train), scrubbed(evals)
+    tok_train, tok_eval = [], []
+    for exs, sink in ((train, tok_train), (evals, tok_eval)):
+        for ex in exs:
+            row, cut = tokenize_example(ex, tokenizer, profile.data.max_sft_tokens)
+            report.contexts_cut += int(cut)
+            sink.append(row)
+    report.train_examples, report.eval_examples = len(tok_train), len(tok_eval)
+    if not tok_train or not tok_eval:
+        raise DataError("data.sft: no usable training or evaluation examples left")
+    data = SftData(
+        train=Dataset.from_list(tok_train),
+        eval_tokenized=Dataset.from_list(tok_eval),
+        eval_examples=[_eval_record(e) for e in evals],
+        report=report,
+    )
+    out = Path(run_dir) / "data"
+    with open(out / "sft_train.jsonl", "w", encoding="utf-8") as fh:
+        for ex in train:
+            fh.write(json.dumps(asdict(ex), ensure_ascii=False) + "\n")
+    data.train.save_to_disk(str(out / "sft_train"))
+    data.eval_tokenized.save_to_disk(str(out / "sft_eval_tokenized"))
+    with open(out / "sft_eval.jsonl", "w", encoding="utf-8") as fh:
+        for rec in data.eval_examples:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    (out / "sft_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return data
+
+
+def load_sft(run_dir: str | Path) -> SftData:
+    """The SFT sets notebook 01 saved."""
+    from datasets import load_from_disk
+
+    out = Path(run_dir) / "data"
+    _require(out / "sft_train", "01_data_prep")
+    with open(out / "sft_eval.jsonl", encoding="utf-8") as fh:
+        evals = [json.loads(line) for line in fh]
+    rep = SftReport(**json.loads((out / "sft_report.json").read_text()))
+    return SftData(load_from_disk(str(out / "sft_train")), load_from_disk(str(out / "sft_eval_tokenized")), evals, rep)
+
+
+def shuffled_answer_set(run_dir: str | Path, tokenizer, max_tokens: int, seed: int):
+    """The SFT training set with answers permuted across questions: a deliberately bad task set.
+
+    The rollback drill trains a regressing candidate on it, so the promotion gate has something real
+    to refuse.
+    """
+    import random
+
+    from datasets import Dataset
+
+    path = Path(run_dir) / "data" / "sft_train.jsonl"
+    _require(path, "01_data_prep")
+    with open(path, encoding="utf-8") as fh:
+        examples = [json.loads(line) for line in fh]
+    answers = [e["answers"][0] for e in examples]
+    random.Random(seed).shuffle(answers)
+    rows = []
+    for ex, wrong in zip(examples, answers):
+        prompt_ids = tokenizer(format_prompt(ex["context"], ex["question"]), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(" " + wrong, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(prompt_ids) + len(answer_ids) <= max_tokens:
+            ids = prompt_ids + answer_ids
+            rows.append({"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids, "attention_mask": [1] * len(ids)})
+    return Dataset.from_list(rows)
+
+
+def sft_collator(tokenizer):
+    """Pads each batch to its longest example; padded label positions are -100 (no loss)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding="longest", return_tensors="pt")
+
+
+def fingerprint_dataset(ds) -> str:
+    """sha256 of a tokenized dataset's token ids: which exact data an adapter was trained on."""
+    h = hashlib.sha256()
+    for ids in ds["input_ids"]:
+        h.update(json.dumps(ids).encode())
+    return h.hexdigest()
+
+
+def probe_batch(run_dir: str | Path, n: int):
+    """``n`` held-out domain blocks as one tensor: fixed inputs for exact logit comparisons."""
+    import torch
+
+    _, eval_blocks = load_dapt_blocks(run_dir)
+    return torch.tensor(eval_blocks[: min(n, len(eval_blocks))]["input_ids"])
+
+
+def validate_inputs(profile: Profile) -> dict[str, int]:
+    """Read every local data file of the profile once and fail on the first bad row, naming it.
+
+    Runs before any model is built or loaded, so a malformed file costs a second, not a
+    training run. Hub datasets are checked when they are loaded. Returns rows per file.
+    """
+    counts: dict[str, int] = {}
+    dapt, sft = profile.data.dapt, profile.data.sft
+    for key in ("train_file", "validation_file"):
+        if getattr(dapt, key):
+            path = profile.resolve(getattr(dapt, key))
+            counts[str(path)] = _check_text_rows(path, f"data.dapt.{key}")
+        if getattr(sft, key):
+            path = profile.resolve(getattr(sft, key))
+            try:
+                rows = squad.read_squad_file(path)
+                squad.rows_to_examples(rows, unanswerable=profile.data.unanswerable, source=str(path))
+            except (squad.SquadFormatError, ValueError) as exc:
+                raise DataError(f"data.sft.{key}: {exc}") from exc
+            counts[str(path)] = len(rows)
+    if profile.model.tiny is not None:
+        path = profile.resolve(profile.model.tiny.generic_corpus)
+        counts[str(path)] = _check_text_rows(path, "model.tiny.generic_corpus")
+    return counts
+
+
+def _check_text_rows(path: Path, key: str) -> int:
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
+                n += 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{key}: {path}: not valid UTF-8 at byte {exc.start}") from None
+    if n == 0:
+        raise DataError(f"{key}: {path} has no rows")
+    return n

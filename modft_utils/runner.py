@@ -1,0 +1,134 @@
+"""Headless runs: the numbered notebooks executed in order by papermill into one run folder.
+
+Every notebook gets the same three parameters (profile, run_dir, overrides), so a run is the
+profile plus its overrides, and the executed notebooks beside ``metrics.json`` show how each
+number was produced.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import data, record
+from .config import Profile, check_device, load_profile, new_run_id, prepare_run_dir
+
+NOTEBOOKS = ("01_data_prep", "02_dapt", "03_sft", "04_compose", "05_rollback")
+
+
+def notebooks_dir() -> Path:
+    """The numbered notebooks: beside the package in a checkout, or MODFT_NOTEBOOKS."""
+    env = os.environ.get("MODFT_NOTEBOOKS")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "notebooks"
+    if not (path / f"{NOTEBOOKS[0]}.ipynb").is_file():
+        raise FileNotFoundError(f"notebooks not found in {path}; set MODFT_NOTEBOOKS to the notebooks/ folder")
+    return path
+
+
+class NotebookFailed(RuntimeError):
+    def __init__(self, notebook: str, executed: Path, reason: str):
+        super().__init__(f"notebook {notebook} failed: {reason}\n  executed copy with the error: {executed}")
+        self.notebook, self.executed, self.reason = notebook, executed, reason
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def select(names: list[str] | None) -> list[str]:
+    """Notebook names from prefixes: ``["01", "03_sft"]`` -> the matching numbered notebooks."""
+    if not names:
+        return list(NOTEBOOKS)
+    chosen = []
+    for name in names:
+        hits = [nb for nb in NOTEBOOKS if nb == name or nb.startswith(name)]
+        if len(hits) != 1:
+            raise ValueError(f"notebook {name!r} matches {hits or 'none'} of {list(NOTEBOOKS)}")
+        chosen.append(hits[0])
+    return [nb for nb in NOTEBOOKS if nb in chosen]
+
+
+def run_notebooks(
+    profile_path: str | os.PathLike,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    notebooks: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    log_output: bool = False,
+    progress: bool = True,
+    echo=print,
+) -> RunResult:
+    """Validate the profile, then execute the chosen notebooks in order into the run folder.
+
+    The profile is checked before any kernel starts; a failing notebook stops the run, and its
+    executed copy (with the traceback) stays in ``run_dir/notebooks``.
+    """
+    import papermill as pm
+
+    overrides = dict(overrides or {})
+    profile: Profile = load_profile(profile_path, overrides)
+    check_device(profile)
+    data.validate_inputs(profile)
+    chosen = select(notebooks)
+    run = prepare_run_dir(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile), profile)
+    src = notebooks_dir()
+    result = RunResult(run)
+    params = {"profile": str(Path(profile_path).resolve()), "run_dir": str(run), "overrides": overrides}
+    for nb in chosen:
+        out = run / "notebooks" / f"{nb}.ipynb"
+        echo(f"[modft] {nb} ...")
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(src / f"{nb}.ipynb"), str(out), parameters=params, cwd=str(src),
+                log_output=log_output, progress_bar=progress, stdout_file=None,
+            )
+        except pm.PapermillExecutionError as exc:
+            raise NotebookFailed(nb, out, f"{exc.ename}: {exc.evalue}") from None
+        seconds = time.perf_counter() - start
+        result.seconds[nb] = seconds
+        echo(f"[modft] {nb} done in {seconds:.1f} s")
+    record.record(run, {f"run.seconds.{nb}": round(s, 1) for nb, s in result.seconds.items()}, show=False)
+    result.metrics = record.load_metrics(run)
+    return result
+
+
+def strip_for_baseline(path: Path) -> None:
+    """Keep only outputs nbval checks (cells marked ``# NBVAL_CHECK_OUTPUT``) in a notebook.
+
+    Other outputs (progress bars, timings, paths, widgets) change on every run and would make the
+    committed notebooks noisy; execution counts stay, since nbval rejects outputs without one.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        checked = "NBVAL_CHECK_OUTPUT" in cell.source
+        if not checked:
+            cell.outputs = []
+            cell.execution_count = None
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+    nb.metadata.pop("papermill", None)
+    nbformat.write(nb, path)
+
+
+def make_baseline(*, echo=print) -> None:
+    """Re-execute the committed notebooks top to bottom with their own defaults, as nbval will,
+    and keep only the checked outputs: baselines are regenerated, never edited by hand."""
+    import papermill as pm
+
+    src = notebooks_dir()
+    for nb in NOTEBOOKS:
+        echo(f"[modft] baseline {nb}")
+        path = src / f"{nb}.ipynb"
+        pm.execute_notebook(str(path), str(path), cwd=str(src), progress_bar=False)
+        strip_for_baseline(path)

@@ -1,0 +1,141 @@
+"""Adapter control: the invariants the rollback policy rests on, checked as numbers."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import default_data_collator
+
+from modft_utils import adapters, evaluate, modeling, train
+from modft_utils.config import LoraSpec, TrainSpec
+from modft_utils.modeling import BaseRef
+
+
+def _blocks(n=16, length=24, seed=0):
+    # Counting sequences with random starts: a pattern LoRA on attention can pick up in a few steps.
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, 90, (n, 1), generator=g)
+    ids = ((starts + torch.arange(length)) % 90 + 2).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+@pytest.fixture
+def base(micro_profile):
+    return modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))
+
+
+def _train(model, name, tmp_path, steps=3, seed=0):
+    spec = TrainSpec(max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=seed)
+    return train.train_adapter(model, name, _blocks(), _blocks(4, seed=1), spec, tmp_path / name, default_data_collator, progress=False)
+
+
+def test_base_is_4bit_and_frozen(base):
+    import bitsandbytes as bnb
+
+    assert isinstance(base.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+def test_peft_set_adapter_trap_and_activate_fix(base, tmp_path):
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    model = adapters.add_adapter(model, "task", modeling.lora_config(LoraSpec(r=2, alpha=4)))
+    model.base_model.set_adapter(["domain", "task"])  # PEFT's own call: both trainable again
+    counts = adapters.trainable_by_adapter(model)
+    assert counts["domain"] > 0 and counts["task"] > 0
+    with pytest.raises(adapters.AdapterError, match="other parameters are trainable"):
+        adapters.check_only_trainable(model, "task")
+    adapters.activate(model, ["domain", "task"], trainable="task")
+    assert set(adapters.trainable_by_adapter(model)) == {"task"}
+    assert adapters.check_only_trainable(model, "task") == counts["task"]
+
+
+def test_domain_frozen_bit_identical_after_task_training(base, tmp_path):
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    _train(model, "domain", tmp_path)
+    before = adapters.fingerprint(adapters.adapter_state(model, "domain"))
+    model = adapters.add_adapter(model, "task", modeling.lora_config(LoraSpec(r=2, alpha=4)))
+    adapters.activate(model, ["domain", "task"], trainable="task")
+    result = _train(model, "task", tmp_path)
+    assert result.frozen_unchanged == {"domain": True}
+    assert adapters.fingerprint(adapters.adapter_state(model, "domain")) == before
+
+
+def test_disabling_adapters_equals_separately_loaded_models(micro_profile, base, tmp_path):
+    ref = BaseRef(micro_profile.model.id)
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    domain = _train(model, "domain", tmp_path)
+    model = adapters.add_adapter(model, "task", modeling.lora_config(LoraSpec(r=2, alpha=4)))
+    adapters.activate(model, ["domain", "task"], trainable="task")
+    _train(model, "task", tmp_path)
+    x = torch.randint(2, 96, (2, 20), generator=torch.Generator().manual_seed(3))
+
+    adapters.activate(model, ["domain", "task"])
+    full = evaluate.logits(model, x)
+    adapters.activate(model, ["domain"])
+    task_off = evaluate.logits(model, x)
+    adapters.activate(model, [])
+    all_off = evaluate.logits(model, x)
+
+    base_domain = adapters.load_adapter(modeling.load_base(micro_profile, ref), domain.adapter_dir, "domain")
+    adapters.activate(base_domain, ["domain"])
+    bare = modeling.load_base(micro_profile, ref)
+    assert evaluate.max_abs_diff(task_off, evaluate.logits(base_domain, x)) == 0.0
+    assert evaluate.max_abs_diff(all_off, evaluate.logits(bare, x)) == 0.0
+    assert evaluate.max_abs_diff(full, task_off) > 0.0  # the task adapter does something
+
+
+def test_saving_an_adapter_does_not_change_the_4bit_base(base, tmp_path):
+    x = torch.randint(2, 96, (1, 16))
+    before = evaluate.logits(base, x)
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    adapters.save_adapter(model, "domain", tmp_path / "a")
+    adapters.save_adapter(model, "domain", tmp_path / "b")
+    adapters.activate(model, [])
+    assert evaluate.max_abs_diff(before, evaluate.logits(model, x)) == 0.0
+
+
+def test_switch_flips_flags_without_copying_weights(base):
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    model = adapters.add_adapter(model, "task", modeling.lora_config(LoraSpec(r=2, alpha=4)))
+    ptrs = {k: p.data_ptr() for k, p in model.named_parameters()}
+    for stack in ([], ["domain"], ["task"], ["domain", "task"]):
+        adapters.activate(model, stack)
+        assert adapters.active_adapters(model) == stack
+    assert ptrs == {k: p.data_ptr() for k, p in model.named_parameters()}
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(adapters.AdapterError, match="not loaded"):
+        adapters.activate(model, ["nope"])
+
+
+def test_saved_adapter_layout_and_load_refusals(micro_profile, base, tmp_path):
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    out = adapters.save_adapter(model, "domain", tmp_path / "domain")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"] or \
+        {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    ref = BaseRef(micro_profile.model.id)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text((out / "adapter_config.json").read_text())
+    torch.save({}, pickled / "adapter_model.bin")
+    with pytest.raises(adapters.AdapterError, match="pickle"):
+        adapters.load_adapter(modeling.load_base(micro_profile, ref), pickled, "domain")
+
+    # A rank-2 adapter's file under a rank-4 config: shapes disagree, PEFT must not load it quietly.
+    other = adapters.add_adapter(modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8, target_modules=["q_proj"])))
+    partial = adapters.save_adapter(other, "domain", tmp_path / "partial")
+    cfg = (out / "adapter_config.json").read_text()
+    (partial / "adapter_config.json").write_text(cfg)  # claims all four projections, file has only q_proj
+    with pytest.raises(adapters.AdapterError, match="missing from the file"):
+        adapters.load_adapter(modeling.load_base(micro_profile, ref), partial, "domain")
+
+
+def test_training_is_deterministic(micro_profile, tmp_path):
+    ref = BaseRef(micro_profile.model.id)
+    losses = []
+    for i in range(2):
+        model = adapters.add_adapter(modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+        result = _train(model, "domain", tmp_path / str(i), steps=8)
+        losses.append([loss for _, loss in train.loss_curves(result.log_history)["train"]])
+    assert len(losses[0]) == 8
+    torch.testing.assert_close(losses[0], losses[1])
+    assert losses[0][-1] < losses[0][0]

@@ -1,0 +1,126 @@
+"""The five notebooks end to end through papermill on the default profile, into a temporary run folder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from modft_utils import runner
+
+REQUIRED = [
+    "data.dapt_train_tokens", "data.sft_train_examples", "data.pii_replacements", "data.tokens_per_word",
+    "dapt.ppl_base", "dapt.ppl_domain", "sft.em_domain", "sft.f1_domain", "sft.em_stack", "sft.f1_stack",
+    "sft.answer_nll_domain", "sft.answer_nll_stack", "sft.domain_adapter_unchanged", "compose.switch_ms",
+    "rollback.max_abs_logit_diff_task_off", "rollback.max_abs_logit_diff_all_off",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline(root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    result = runner.run_notebooks(
+        root / "params" / "tiny.yaml", run_dir=tmp / "run", overrides={"registry": str(tmp / "registry")}, progress=False,
+    )
+    return result
+
+
+@pytest.mark.slow
+def test_every_metric_is_recorded(pipeline):
+    missing = [k for k in REQUIRED if k not in pipeline.metrics]
+    assert not missing
+    on_disk = json.loads((pipeline.run_dir / "metrics.json").read_text())
+    assert on_disk == pipeline.metrics
+
+
+@pytest.mark.slow
+def test_outputs_are_in_the_run_folder(pipeline):
+    run = pipeline.run_dir
+    for nb in runner.NOTEBOOKS:
+        assert (run / "notebooks" / f"{nb}.ipynb").is_file()
+    for name in ("domain", "task"):
+        adapter = run / "adapters" / name / "adapter"
+        assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+        assert not list(adapter.glob("*.bin"))
+    assert (run / "figures" / "dapt_loss.png").is_file() and (run / "figures" / "compose_grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_data_numbers(pipeline):
+    m = pipeline.metrics
+    assert m["data.sft_train_examples"] >= 990  # the 1,000-example subset, less answers dropped for PII
+    assert m["data.dapt_train_tokens"] > 100_000
+    assert m["data.pii_replacements"] > 0
+    assert 1.0 < m["data.tokens_per_word"] < 5.0
+
+
+@pytest.mark.slow
+def test_adapters_help_where_they_should(pipeline):
+    m = pipeline.metrics
+    assert m["dapt.ppl_domain"] < m["dapt.ppl_base"]
+    assert m["sft.answer_nll_stack"] < m["sft.answer_nll_domain"]
+    assert 0.0 <= m["sft.f1_stack"] <= 100.0 and 0.0 <= m["sft.em_stack"] <= m["sft.f1_stack"] + 1e-9
+    assert m["sft.domain_adapter_unchanged"] is True
+
+
+@pytest.mark.slow
+def test_experts_are_really_4bit(pipeline):
+    m = pipeline.metrics
+    assert m["dapt.quantizable_bytes_4bit"] <= 0.30 * m["dapt.quantizable_bytes_bf16"]
+    assert m["dapt.footprint_4bit_bytes"] < m["dapt.footprint_bf16_bytes"]
+
+
+@pytest.mark.slow
+def test_rollback_drill(pipeline):
+    m = pipeline.metrics
+    assert m["rollback.gate_allowed"] is False  # the shuffled-answer candidate is refused
+    assert m["rollback.gate_drop"] > 0
+    assert m["rollback.max_abs_logit_diff_after_rollback"] == 0.0
+    assert m["rollback.task_audit_events"] == 4  # promote, candidate alias, forced promote, rollback
+
+
+@pytest.mark.slow
+def test_rollback_invariants_are_exact(pipeline):
+    m = pipeline.metrics
+    assert m["rollback.max_abs_logit_diff_task_off"] == 0.0
+    assert m["rollback.max_abs_logit_diff_all_off"] == 0.0
+    assert 0 < m["compose.switch_ms"] < 50
+
+
+def test_bad_profile_fails_before_any_notebook(root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((root / "params" / "tiny.yaml").read_text().replace("block_size: 128", "block_size: 128\n  blok_size: 5"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "modft_utils.cli", "run", "--profile", str(bad), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "data.blok_size: unknown key" in proc.stderr
+    assert not (tmp_path / "run" / "notebooks").exists()
+
+
+def test_malformed_data_file_is_named_before_any_notebook(root, tmp_path):
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"text": "fine"}\n{not json\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "modft_utils.cli", "run", "--profile", str(root / "params" / "tiny.yaml"),
+         "--run-dir", str(tmp_path / "run"), "--set", f"data.dapt.train_file={junk}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert f"{junk}, line 2: not valid JSON" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_notebook_is_named_and_kept(root, tmp_path):
+    # 02 in a run folder where 01 never ran: it fails inside the kernel, naming what is missing.
+    proc = subprocess.run(
+        [sys.executable, "-m", "modft_utils.cli", "run", "--profile", str(root / "params" / "tiny.yaml"),
+         "--run-dir", str(tmp_path / "run"), "--notebooks", "02", "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 1
+    assert "notebook 02_dapt failed" in proc.stderr
+    assert "run notebook 01_data_prep" in proc.stderr
+    executed = tmp_path / "run" / "notebooks" / "02_dapt.ipynb"
+    assert executed.is_file() and "DataError" in executed.read_text()
