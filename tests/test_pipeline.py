@@ -76,7 +76,8 @@ def test_rollback_drill(pipeline):
     assert m["rollback.gate_allowed"] is False  # the shuffled-answer candidate is refused
     assert m["rollback.gate_drop"] > 0
     assert m["rollback.max_abs_logit_diff_after_rollback"] == 0.0
-    assert m["rollback.task_audit_events"] == 4  # promote, candidate alias, forced promote, rollback
+    # two publishes, then promote, candidate alias, forced promote, rollback
+    assert m["rollback.task_audit_events"] == 6
 
 
 @pytest.mark.slow
