@@ -176,12 +176,43 @@ def build_tiny_base(spec: TinyBaseSpec, generic_corpus: Path, out_dir: Path, pro
     return info
 
 
+def preflight(profile: Profile) -> None:
+    """Refuse, before anything is downloaded or loaded, a base this profile cannot load.
+
+    Checks: a CUDA GPU where the profile requires one; a model config that can be read (a typo in
+    ``model.id`` fails here, not after a download); and no bitsandbytes 4-bit on a checkpoint that
+    is already quantized (MiniMax-M2 is published in FP8), which transformers cannot stack.
+    """
+    from .config import check_device
+
+    check_device(profile)
+    if profile.model.id == "tiny":
+        return
+    from .plan import PlanError, read_model_config
+
+    try:
+        cfg = read_model_config(profile)
+    except PlanError as exc:
+        raise ProfileError(f"{profile.source}: model.id {profile.model.id!r}: {exc}") from None
+    quant = getattr(cfg, "quantization_config", None)
+    if quant and profile.model.load_in_4bit:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
+        raise ProfileError(
+            f"{profile.source}: model.id {profile.model.id!r} is a pre-quantized checkpoint ({method}); "
+            "bitsandbytes 4-bit (model.load_in_4bit) cannot be applied on top of it. Either point model.id at a "
+            "bf16 copy of the weights (dequantize once, e.g. load with transformers' FineGrainedFP8Config"
+            "(dequantize=True) and save_pretrained), or set model.load_in_4bit: false to train on the "
+            f"{method} checkpoint as published (see `modft plan` for the memory that needs)."
+        )
+
+
 def ensure_base(profile: Profile, progress: bool = True) -> BaseRef:
     """Return what to load for this profile's base, building the tiny base once if it asks for one.
 
     The tiny base is cached under ``cache_dir`` keyed by its spec, corpus and library versions, and
     written aside then renamed, so a build that dies halfway is never mistaken for a finished one.
     """
+    preflight(profile)
     spec = profile.model
     if spec.id != "tiny":
         local = profile.resolve(spec.id)

@@ -46,7 +46,10 @@ GB = 10**9
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "params" / "configs"
 # Hub ids whose published config.json ships with the workbook, so planning them needs no network.
-BUNDLED_CONFIGS: dict[str, Path] = {"MiniMaxAI/MiniMax-M2": CONFIG_DIR / "MiniMax-M2.config.json"}
+BUNDLED_CONFIGS: dict[str, Path] = {
+    "MiniMaxAI/MiniMax-M2": CONFIG_DIR / "MiniMax-M2.config.json",
+    "Qwen/Qwen3-30B-A3B": CONFIG_DIR / "Qwen3-30B-A3B.config.json",
+}
 
 # bitsandbytes' 4-bit layout (checked on bitsandbytes 0.50.2): the weight is packed two per byte;
 # each block of 64 weights has an absmax scale, fp32, or with double quantization uint8 plus one fp32

@@ -963,20 +963,7 @@ class Registry:
         self._require(name)
         with self._lock(name):
             target = self.resolve(f"{name}@{version}").version
-            aliases = self.aliases(name)
-            event = {
-                "event": "promote",
-                "alias": alias,
-                "from": aliases.get(alias),
-                "to": target,
-                "at": _now(),
-                "actor": actor or _whoami(),
-                "reason": str(reason),
-            }
-            self._append_audit(name, event)
-            aliases[alias] = target
-            self._write_aliases(name, aliases)
-        return event
+            return self._move_alias(name, alias, target, "promote", reason, actor)
 
     def rollback(
         self, name: str, alias: str = "production", *, reason: str, actor: str | None = None
@@ -1001,18 +988,23 @@ class Registry:
                     f"{name}@{alias}: would roll back to version {target}, which does not exist "
                     f"(versions: {self.versions(name)})"
                 )
-            event = {
-                "event": "rollback",
-                "alias": alias,
-                "from": aliases.get(alias),
-                "to": target,
-                "at": _now(),
-                "actor": actor or _whoami(),
-                "reason": str(reason),
-            }
-            self._append_audit(name, event)
-            aliases[alias] = target
-            self._write_aliases(name, aliases)
+            return self._move_alias(name, alias, target, "rollback", reason, actor)
+
+    def _move_alias(self, name: str, alias: str, target: int, kind: str, reason: str, actor: str | None) -> dict[str, Any]:
+        """Record the move in the audit log, then point the alias (caller holds the lock)."""
+        aliases = self.aliases(name)
+        event = {
+            "event": kind,
+            "alias": alias,
+            "from": aliases.get(alias),
+            "to": target,
+            "at": _now(),
+            "actor": actor or _whoami(),
+            "reason": str(reason),
+        }
+        self._append_audit(name, event)
+        aliases[alias] = target
+        self._write_aliases(name, aliases)
         return event
 
     # ----------------------------------------------------------------- checking

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import data, record
-from .config import Profile, check_device, load_profile, new_run_id, prepare_run_dir
+from . import data, modeling, record
+from .config import Profile, load_profile, new_run_id, prepare_run_dir
 
 NOTEBOOKS = ("01_data_prep", "02_dapt", "03_sft", "04_compose", "05_rollback")
 
@@ -73,7 +73,7 @@ def run_notebooks(
 
     overrides = dict(overrides or {})
     profile: Profile = load_profile(profile_path, overrides)
-    check_device(profile)
+    modeling.preflight(profile)
     data.validate_inputs(profile)
     chosen = select(notebooks)
     run = prepare_run_dir(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile), profile)

@@ -1,0 +1,131 @@
+"""Runs that survive interruption: a training process killed mid-run resumes from its newest
+checkpoint and ends with the same adapter as a run that was never interrupted."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import default_data_collator
+
+from modft_utils import adapters, modeling, train
+from modft_utils.config import LoraSpec, TrainSpec
+from modft_utils.modeling import BaseRef
+
+# 16 steps over 24 examples in batches of 4: checkpoint-8 falls mid-way through the second epoch,
+# so resuming has to restore the epoch's shuffle as well as skip the batches already seen.
+STEPS, SAVE_EVERY, KILL_AFTER = 16, 4, 8
+
+# The child trains adapter "domain" of the micro base. With "gate" its collator stops before the
+# 11th batch (after step 9, so checkpoint-8 is complete and step 9 is lost) and touches a marker for
+# the parent to kill it on: the kill lands mid-run every time, not when a timer happens to fire.
+_CHILD = """
+import json, pathlib, sys, time
+import torch
+from datasets import Dataset
+from transformers import default_data_collator
+from modft_utils import adapters, modeling, train
+from modft_utils.config import LoraSpec, TrainSpec, load_profile
+from modft_utils.modeling import BaseRef
+
+profile_path, out_dir, mode, result_path = sys.argv[1:5]
+steps, save_every = int(sys.argv[5]), int(sys.argv[6])
+profile = load_profile(profile_path, check_paths=False)
+g = torch.Generator().manual_seed(0)
+ids = ((torch.randint(0, 90, (24, 1), generator=g) + torch.arange(24)) % 90 + 2).tolist()
+data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+calls = 0
+
+def collate(rows):
+    global calls
+    calls += 1
+    if mode == "gate" and calls == 11:
+        pathlib.Path(out_dir, "gate").write_text("blocked")
+        time.sleep(120)
+    return default_data_collator(rows)
+
+model = modeling.load_base(profile, BaseRef(profile.model.id))
+model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+spec = TrainSpec(max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=2,
+                 learning_rate=5e-2, save_steps=save_every, seed=0)
+res = train.train_adapter(model, "domain", data, data.select(range(4)), spec, out_dir, collate,
+                          progress=False, resume=(mode == "resume"))
+pathlib.Path(result_path).write_text(json.dumps({"resumed_from": res.resumed_from, "steps": res.steps}))
+"""
+
+
+def _child(script: Path, profile, out: Path, mode: str, tag: str) -> subprocess.Popen:
+    # One thread each: two children share the machine, and the numbers need not depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    argv = [sys.executable, str(script), profile.source, str(out), mode, str(out.parent / f"{tag}.json"),
+            str(STEPS), str(SAVE_EVERY)]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, what: str) -> None:
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f"{what} run failed ({proc.returncode}):\n{output[-3000:]}"
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_adapter(micro_profile, tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    killed.mkdir()
+    # The reference run shares the machine with the run that gets killed: it only has to finish.
+    reference = _child(script, micro_profile, straight, "plain", "straight")
+    proc = _child(script, micro_profile, killed, "gate", "killed")
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "gate").exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run to interrupt exited ({proc.returncode}) before it could be killed:\n"
+                            f"{proc.stdout.read()[-3000:]}")
+            assert time.monotonic() < deadline, "the run to interrupt never reached step 9"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = killed / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-4", f"checkpoint-{KILL_AFTER}"]
+    assert not (killed / "adapter").exists() and not (tmp_path / "killed.json").exists()
+    at_checkpoint = load_file(str(ckpts / f"checkpoint-{KILL_AFTER}" / "domain" / "adapter_model.safetensors"))
+
+    _finish(_child(script, micro_profile, killed, "resume", "resumed"), "resumed")
+    _finish(reference, "uninterrupted")
+
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed == {"resumed_from": str(ckpts / f"checkpoint-{KILL_AFTER}"), "steps": STEPS}
+    assert json.loads((tmp_path / "straight.json").read_text()) == {"resumed_from": None, "steps": STEPS}
+    got, want = _adapter(killed), _adapter(straight)
+    assert got.keys() == want.keys() and got
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    print("max abs diff resumed vs uninterrupted:", max((got[k] - want[k]).abs().max().item() for k in want))
+    # Not a vacuous pass: the steps after the checkpoint moved the adapter well beyond the tolerance.
+    assert max((want[k] - at_checkpoint[k]).abs().max().item() for k in want) > 1e-3
+
+
+def _blocks(n=24, length=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = ((torch.randint(0, 90, (n, 1), generator=g) + torch.arange(length)) % 90 + 2).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+def _spec(**kw):
+    base = dict(max_steps=8, batch_size=4, eval_steps=8, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=0)
+    return TrainSpec(**{**base, **kw})
