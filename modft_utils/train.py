@@ -7,6 +7,8 @@ fingerprinted before and compared bit for bit after.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +37,54 @@ class TrainResult:
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir``, if a previous run left one."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N`` folder in ``output_dir``, if a previous run left one.
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    The Trainer writes ``trainer_state.json`` last, so a folder without it was cut short by the
+    interruption and is skipped (transformers' ``get_last_checkpoint`` would pick it and fail to load).
+    """
+    if not output_dir.is_dir():
+        return None
+    done = [p for p in output_dir.iterdir()
+            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+def restore_adapter(model, name: str, checkpoint: str | Path) -> None:
+    """Copy adapter ``name``'s weights from a Trainer checkpoint into ``model``, in place.
+
+    A checkpoint holds every loaded adapter (``<name>/adapter_model.safetensors``; the adapter
+    called ``default`` at the top). The Trainer's own restore reloads them all, makes the *first*
+    active adapter trainable and leaves it active alone: with domain+task active while task
+    trains, the resumed run would train the domain adapter. Only ``name`` is restored here, and
+    which adapters are active or trainable stays as the caller set it.
+    """
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    weights = checkpoint / ("" if name == "default" else name) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise adapters.AdapterError(f"checkpoint {checkpoint} holds no weights for adapter {name!r}")
+    adapters.check_keys_match(model, weights, name)
+    saved = load_file(str(weights))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key in adapters.adapter_state(model, name):
+            params[key].copy_(saved[key.replace(f".{name}.", ".")])
+
+
+@functools.cache
+def _adapter_trainer():
+    from transformers import Trainer
+
+    class AdapterTrainer(Trainer):
+        """The Trainer, except that resuming restores only the adapter being trained (see restore_adapter)."""
+
+        adapter_name: str = ""
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            restore_adapter(self.model, self.adapter_name, resume_from_checkpoint)
+
+    return AdapterTrainer
 
 
 def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str, progress: bool):
@@ -94,8 +140,6 @@ def train_adapter(
     Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
     checkpoint from an interrupted run and ``resume`` is set, training continues from it.
     """
-    from transformers import Trainer
-
     output_dir = Path(output_dir)
     trainable = adapters.check_only_trainable(model, adapter_name)
     frozen = {
@@ -106,13 +150,14 @@ def train_adapter(
     if spec.gradient_checkpointing:
         model.enable_input_require_grads()
     args = training_arguments(spec, output_dir / "checkpoints", compute_dtype=compute_dtype, progress=progress)
-    trainer = Trainer(
+    trainer = _adapter_trainer()(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
     )
+    trainer.adapter_name = adapter_name
     resume_from = last_checkpoint(output_dir / "checkpoints") if resume else None
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)

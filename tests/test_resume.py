@@ -24,9 +24,9 @@ from modft_utils.modeling import BaseRef
 # so resuming has to restore the epoch's shuffle as well as skip the batches already seen.
 STEPS, SAVE_EVERY, KILL_AFTER = 16, 4, 8
 
-# The child trains adapter "domain" of the micro base. With "gate" its collator stops before the
-# 11th batch (after step 9, so checkpoint-8 is complete and step 9 is lost) and touches a marker for
-# the parent to kill it on: the kill lands mid-run every time, not when a timer happens to fire.
+# The child trains adapter "domain" of the micro base. With "gate" its collator stops at the 11th
+# batch (checkpoint-8 complete, step 9 done and about to be lost, checkpoint-12 not reached) and
+# touches a marker for the parent to kill it on: the kill lands mid-run every time, whatever the speed.
 _CHILD = """
 import json, pathlib, sys, time
 import torch
@@ -63,7 +63,7 @@ pathlib.Path(result_path).write_text(json.dumps({"resumed_from": res.resumed_fro
 
 
 def _child(script: Path, profile, out: Path, mode: str, tag: str) -> subprocess.Popen:
-    # One thread each: two children share the machine, and the numbers need not depend on it.
+    # One thread each: two children run side by side on a small machine.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     argv = [sys.executable, str(script), profile.source, str(out), mode, str(out.parent / f"{tag}.json"),
             str(STEPS), str(SAVE_EVERY)]
@@ -77,6 +77,21 @@ def _finish(proc: subprocess.Popen, what: str) -> None:
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def _blocks(n=24, length=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = ((torch.randint(0, 90, (n, 1), generator=g) + torch.arange(length)) % 90 + 2).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+def _spec(**kw):
+    base = dict(max_steps=8, batch_size=4, eval_steps=8, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=0)
+    return TrainSpec(**{**base, **kw})
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_adapter(micro_profile, tmp_path):
@@ -115,17 +130,68 @@ def test_killed_run_resumes_to_the_uninterrupted_adapter(micro_profile, tmp_path
     assert got.keys() == want.keys() and got
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
-    print("max abs diff resumed vs uninterrupted:", max((got[k] - want[k]).abs().max().item() for k in want))
-    # Not a vacuous pass: the steps after the checkpoint moved the adapter well beyond the tolerance.
-    assert max((want[k] - at_checkpoint[k]).abs().max().item() for k in want) > 1e-3
+    print(f"max abs diff, resumed vs uninterrupted: {_max_diff(got, want):.3g}")
+    # Not a vacuous pass: the steps after the checkpoint moved the adapter far beyond the tolerance.
+    assert _max_diff(want, at_checkpoint) > 1e-3
 
 
-def _blocks(n=24, length=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = ((torch.randint(0, 90, (n, 1), generator=g) + torch.arange(length)) % 90 + 2).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+def _stack(profile):
+    """Base + a frozen, non-trivial "domain" adapter + a fresh "task" adapter, as notebook 03 trains it."""
+    model = modeling.load_base(profile, BaseRef(profile.model.id))
+    model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.domain" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    model = adapters.add_adapter(model, "task", modeling.lora_config(LoraSpec(r=2, alpha=4)))
+    adapters.activate(model, ["domain", "task"], trainable="task")
+    return model
 
 
-def _spec(**kw):
-    base = dict(max_steps=8, batch_size=4, eval_steps=8, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=0)
-    return TrainSpec(**{**base, **kw})
+def test_resume_restores_only_the_adapter_being_trained(micro_profile, tmp_path):
+    spec = _spec(save_steps=4)
+    straight = _stack(micro_profile)
+    domain = adapters.fingerprint(adapters.adapter_state(straight, "domain"))
+    want = train.train_adapter(straight, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "a",
+                               default_data_collator, progress=False)
+    assert want.resumed_from is None
+    # A run folder as an interruption after step 4 leaves it: only the first checkpoint.
+    ckpt = tmp_path / "a" / "checkpoints" / "checkpoint-4"
+    assert sorted(p.parent.name for p in ckpt.glob("*/adapter_model.safetensors")) == ["domain", "task"]
+    at_checkpoint = load_file(str(ckpt / "task" / "adapter_model.safetensors"))
+    shutil.copytree(ckpt, tmp_path / "b" / "checkpoints" / "checkpoint-4")
+    model = _stack(micro_profile)
+    got = train.train_adapter(model, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "b",
+                              default_data_collator, progress=False)
+    assert got.resumed_from == str(tmp_path / "b" / "checkpoints" / "checkpoint-4")
+    assert got.steps == want.steps == 8 and got.frozen_unchanged == {"domain": True}
+    assert adapters.fingerprint(adapters.adapter_state(model, "domain")) == domain
+    a, b = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    print(f"max abs diff, resumed vs uninterrupted (task): {_max_diff(b, a):.3g}")
+    assert _max_diff(a, at_checkpoint) > 1e-3
+
+
+def test_no_checkpoints_when_save_steps_is_zero(micro_profile, tmp_path):
+    model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))
+    model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    spec = _spec(max_steps=2, eval_steps=2, save_steps=0)
+    result = train.train_adapter(model, "domain", _blocks(8), _blocks(4, seed=1), spec, tmp_path, default_data_collator,
+                                 progress=False)
+    assert result.resumed_from is None and result.steps == 2
+    assert not list(tmp_path.glob("checkpoints/checkpoint-*"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
+    # trainer_state.json is the last file the Trainer writes into a checkpoint.
+    for step, complete in [(4, True), (8, False)]:
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    assert train.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert train.last_checkpoint(tmp_path / "missing") is None
