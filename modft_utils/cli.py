@@ -18,6 +18,7 @@ from .config import ProfileError, describe, load_profile, parse_override
 from .data import DataError
 from .plan import add_plan_command
 from .registry import add_registry_commands
+from .runner import RunError
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ProfileError, DataError) as exc:
+    except (ProfileError, DataError, RunError) as exc:
         print(f"modft: {exc}", file=sys.stderr)
         return 2
 

@@ -296,7 +296,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, profile: Profile) -> Path:
         (run / sub).mkdir(parents=True, exist_ok=True)
     resolved = profile.model_dump(mode="json")
     resolved["source"] = profile.source
-    (run / "profile.resolved.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    if int(os.environ.get("RANK", "0")) == 0:  # data-parallel ranks share the folder; one writes
+        (run / "profile.resolved.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
     return run
 
 

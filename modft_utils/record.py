@@ -37,10 +37,14 @@ def load_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def record(run_dir: str | os.PathLike, values: Mapping[str, Any], *, show: bool = True) -> dict[str, Any]:
     """Merge ``values`` into the run's ``metrics.json`` and show them; returns what was written."""
+    from .distributed import is_main
+
+    new = {k: _plain(v) for k, v in values.items()}
+    if not is_main():  # data-parallel ranks compute the same figures; rank 0 writes them
+        return new
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     metrics = load_metrics(run)
-    new = {k: _plain(v) for k, v in values.items()}
     metrics.update(new)
     fd, tmp = tempfile.mkstemp(dir=run, prefix=".metrics-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -28,6 +28,10 @@ def notebooks_dir() -> Path:
     return path
 
 
+class RunError(ValueError):
+    """A run that cannot start as asked (unknown notebook, a notebook that cannot run in parallel)."""
+
+
 class NotebookFailed(RuntimeError):
     def __init__(self, notebook: str, executed: Path, reason: str):
         super().__init__(f"notebook {notebook} failed: {reason}\n  executed copy with the error: {executed}")
@@ -49,7 +53,7 @@ def select(names: list[str] | None) -> list[str]:
     for name in names:
         hits = [nb for nb in NOTEBOOKS if nb == name or nb.startswith(name)]
         if len(hits) != 1:
-            raise ValueError(f"notebook {name!r} matches {hits or 'none'} of {list(NOTEBOOKS)}")
+            raise RunError(f"notebook {name!r} matches {hits or 'none'} of {list(NOTEBOOKS)}")
         chosen.append(hits[0])
     return [nb for nb in NOTEBOOKS if nb in chosen]
 
@@ -76,12 +80,26 @@ def run_notebooks(
     modeling.preflight(profile)
     data.validate_inputs(profile)
     chosen = select(notebooks)
+    from .distributed import world_size
+
+    parallel_ok = {"02_dapt", "03_sft"}
+    if world_size() > 1 and set(chosen) - parallel_ok:
+        raise RunError(
+            f"data-parallel launch ({world_size()} processes) runs the training notebooks 02 and 03 only; "
+            f"{sorted(set(chosen) - parallel_ok)} write shared files: run them in one process, e.g. "
+            "`modft run --notebooks 01` first, then `accelerate launch -m modft_utils.cli run --notebooks 02 03 --run-dir ...`"
+        )
     run = prepare_run_dir(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile), profile)
     src = notebooks_dir()
     result = RunResult(run)
     params = {"profile": str(Path(profile_path).resolve()), "run_dir": str(run), "overrides": overrides}
+    from .distributed import rank, world_size
+
+    # Under `accelerate launch` every rank executes the notebook; each keeps its own executed copy.
+    nb_dir = run / "notebooks" if world_size() == 1 else run / "notebooks" / f"rank{rank()}"
+    nb_dir.mkdir(parents=True, exist_ok=True)
     for nb in chosen:
-        out = run / "notebooks" / f"{nb}.ipynb"
+        out = nb_dir / f"{nb}.ipynb"
         echo(f"[modft] {nb} ...")
         start = time.perf_counter()
         try:

@@ -33,6 +33,7 @@ class TrainResult:
     tokens_per_second: float
     frozen_unchanged: dict[str, bool]
     resumed_from: str | None
+    world_size: int = 1
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -115,6 +116,8 @@ def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str,
         use_cpu=not on_gpu,
         gradient_checkpointing=spec.gradient_checkpointing,
         dataloader_num_workers=0,
+        # Under a data-parallel launch every LoRA weight gets a gradient each step.
+        ddp_find_unused_parameters=False,
         remove_unused_columns=False,
         disable_tqdm=not progress,
         # The frozen 4-bit base is never saved by a checkpoint; only adapter weights are.
@@ -165,13 +168,16 @@ def train_adapter(
     model.eval()
     history = list(trainer.state.log_history)
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
-    tokens = _tokens_seen(train_dataset, spec, trainer.state.global_step)
+    tokens = _tokens_seen(train_dataset, spec, trainer.state.global_step) * trainer.args.world_size
     unchanged = {
         name: adapters.fingerprint(adapters.adapter_state(model, name)) == fp for name, fp in frozen.items()
     }
     if not all(unchanged.values()):
         raise adapters.AdapterError(f"frozen adapter(s) changed while training {adapter_name!r}: {unchanged}")
-    adapter_dir = adapters.save_adapter(model, adapter_name, output_dir / "adapter")
+    adapter_dir = output_dir / "adapter"
+    if trainer.is_world_process_zero():  # data-parallel ranks hold identical adapters; one writes
+        adapters.save_adapter(model, adapter_name, adapter_dir)
+    trainer.accelerator.wait_for_everyone()
     adapters.set_trainable(model, None)
     return TrainResult(
         adapter_name=adapter_name,
@@ -185,6 +191,7 @@ def train_adapter(
         tokens_per_second=tokens / seconds if seconds else 0.0,
         frozen_unchanged=unchanged,
         resumed_from=resume_from,
+        world_size=trainer.args.world_size,
         log_history=history,
     )
 
