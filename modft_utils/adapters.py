@@ -3,7 +3,9 @@
 PEFT's ``base_model.set_adapter([...])`` activates several adapters at once but also makes every
 listed adapter trainable again (shared/FACTS.md), so every switch here goes through
 :func:`activate`, which freezes everything except the one adapter named as trainable, and training
-is refused while any other adapter has a trainable parameter.
+is refused while any other adapter has a trainable parameter. :class:`AdapterStack` does the same
+for versions from the registry, and checks that a task adapter runs on the domain version it was
+trained on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -229,3 +233,377 @@ def time_switch(model, stacks: Sequence[Sequence[str]], repeats: int) -> float:
     for i in range(repeats):
         activate(model, stacks[i % len(stacks)])
     return (time.perf_counter() - start) * 1000 / repeats
+
+
+# --------------------------------------------------------------------------- combining adapters
+
+
+def _adapted_modules(model, names: Sequence[str]) -> dict[str, set[str]]:
+    """For each adapter in ``names``: the names of the modules it adapts."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found: dict[str, set[str]] = {n: set() for n in names}
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        held = set(getattr(module, "lora_A", {})) | set(getattr(module, "lora_embedding_A", {}))
+        for n in names:
+            if n in held:
+                found[n].add(mod_name)
+    return found
+
+
+def check_combinable(model, names: Sequence[str]) -> None:
+    """Refuse adapters whose PEFT ``cat`` combination would not equal them stacked.
+
+    ``cat`` concatenates the LoRA matrices (each adapter's scaling folded into its A) into one
+    adapter of rank sum(r) and scaling 1, which is the stacked output up to float summation order.
+    It stops being that with DoRA or rsLoRA (the new adapter's scaling would be sqrt(rank)), and
+    PEFT refuses LoRA on fused parameters (``target_parameters``). Adapters that adapt different
+    modules are refused too, so a combined adapter never silently covers a different set of layers.
+    """
+    names = list(names)
+    unknown = [n for n in names if n not in loaded_adapters(model)]
+    if unknown:
+        raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {loaded_adapters(model)}")
+    if len(set(names)) != len(names):
+        raise AdapterError(f"adapter list {names} names an adapter twice")
+    for n in names:
+        cfg = model.peft_config[n]
+        problems = [
+            what
+            for what, bad in (
+                ("target_parameters (LoRA on fused experts)", getattr(cfg, "target_parameters", None)),
+                ("DoRA (use_dora)", getattr(cfg, "use_dora", False)),
+                ("rsLoRA (use_rslora)", getattr(cfg, "use_rslora", False)),
+                ("modules_to_save", getattr(cfg, "modules_to_save", None)),
+                ("trainable_token_indices", getattr(cfg, "trainable_token_indices", None)),
+                ("lora_bias", getattr(cfg, "lora_bias", False)),
+            )
+            if bad
+        ]
+        if problems:
+            raise AdapterError(
+                f"adapter {n!r} cannot be combined exactly with PEFT's 'cat': it uses {', '.join(problems)}"
+            )
+    modules = _adapted_modules(model, names)
+    if len({frozenset(m) for m in modules.values()}) > 1:
+        detail = "; ".join(
+            f"{n!r} targets {sorted(map(str, _as_list(model.peft_config[n].target_modules)))} "
+            f"({len(modules[n])} modules)"
+            for n in names
+        )
+        first = names[0]
+        diffs = [
+            f"{n!r} lacks {sorted(modules[first] - modules[n])[:2]} and adds {sorted(modules[n] - modules[first])[:2]}"
+            for n in names[1:]
+            if modules[n] != modules[first]
+        ]
+        raise AdapterError(
+            f"adapters {names} adapt different modules, so they are not combined into one adapter: {detail}. "
+            f"Relative to {first!r}: {'; '.join(diffs)}. Export them separately, or merge them into the base "
+            "(export.export_merged)"
+        )
+
+
+def _as_list(targets) -> list:
+    if targets is None:
+        return []
+    if isinstance(targets, str):
+        return [targets]
+    return list(targets)
+
+
+@contextmanager
+def combined(model, names: Sequence[str], combined_name: str):
+    """Temporarily add one adapter ``combined_name`` equal to ``names`` stacked (PEFT ``cat``).
+
+    On exit it is deleted and the active and trainable adapters are put back as they were
+    (adding and deleting adapters moves PEFT's active adapter and may make adapters trainable).
+    """
+    names = list(names)
+    if not names:
+        raise AdapterError("nothing to combine: no adapter names given")
+    if combined_name in loaded_adapters(model):
+        raise AdapterError(f"adapter {combined_name!r} is already loaded; pick another combined_name")
+    check_combinable(model, names)
+    was_active = active_adapters(model)
+    trainable = [n for n in trainable_by_adapter(model) if n != "<base>"]
+    was_trainable = trainable[0] if len(trainable) == 1 and trainable[0] in was_active else None
+    try:
+        # weights of 1.0: the combination is the plain sum of the adapters, as when they are stacked.
+        model.add_weighted_adapter(names, [1.0] * len(names), combined_name, combination_type="cat")
+        activate(model, [], None)
+        yield combined_name
+    finally:
+        if combined_name in loaded_adapters(model):
+            model.delete_adapter(combined_name)
+        activate(model, was_active, trainable=was_trainable)
+
+
+# --------------------------------------------------------------------------- a stack over a registry
+
+
+class ParentMismatchError(AdapterError):
+    """A task adapter activated on top of a domain version other than the one it was trained on."""
+
+
+class AdapterStack:
+    """Adapters from a :class:`~modft_utils.registry.Registry`, stacked on one loaded base.
+
+    ``load("domain@production")`` resolves a reference in the store and loads that version (hashes,
+    base identity and keys checked by ``registry.load_adapter_into``) under an adapter name of its
+    own (``domain_v3``), so several versions of one adapter sit side by side and rollback is a
+    switch. ``use``, ``disable``, ``enable`` and ``swap`` only flip flags through :func:`activate`:
+    no weights are copied or reloaded, and the cost grows with the adapted layers, not the base.
+
+    A task adapter records the domain version it was trained on (``Manifest.parent``); activating
+    it over another domain version (or none) is refused unless ``force_parent=True``, and a forced
+    mismatch stays visible in :meth:`mismatches` and :meth:`describe` while it is active.
+
+    ``stack.model`` is the model to run: the base becomes a PeftModel on the first load. Switch
+    through the stack; calling :func:`activate` directly bypasses the parent check.
+    """
+
+    def __init__(self, model, registry, base) -> None:
+        self.model = model
+        self.registry = registry
+        self.base = base
+        self.versions: dict = {}  # adapter name in the model -> AdapterVersion
+        self._names: dict = {}  # AdapterRef -> adapter name in the model
+        self._disabled: dict[str, tuple[int, str]] = {}  # key -> (position, adapter name)
+        self.forced: list[str] = []  # every mismatch activated with force_parent=True, in order
+
+    # ----------------------------------------------------------------- resolving
+
+    def _version(self, ref):
+        """An AdapterVersion for an adapter name of this stack, ``name@N``, ``name@alias`` or ``name``."""
+        from .registry import AdapterRef, AdapterVersion
+
+        if isinstance(ref, AdapterVersion):
+            return ref
+        if isinstance(ref, AdapterRef):
+            key = ref
+        else:
+            ref = str(ref)
+            if ref in self.versions:
+                return self.versions[ref]
+            name, sep, selector = ref.partition("@")
+            # Versions never change, so a concrete name@N already loaded needs no trip to the store;
+            # aliases move and are resolved every time.
+            key = AdapterRef(name, int(selector)) if sep and selector.isdigit() else None
+        if key is not None and key in self._names:
+            return self.versions[self._names[key]]
+        return self.registry.resolve(ref)
+
+    def _adapter_name(self, ref) -> str:
+        """The adapter name in the model for a loaded adapter given by name, reference or version."""
+        if isinstance(ref, str) and ref in loaded_adapters(self.model):
+            return ref
+        if isinstance(ref, str) and "@" not in ref:
+            active = [n for n in active_adapters(self.model) if n in self.versions and self.versions[n].name == ref]
+            if active:
+                return active[0]
+        v = self._version(ref)
+        if v.ref not in self._names:
+            raise AdapterError(f"{v.ref} is not loaded in this stack; loaded: {self._loaded_refs()}")
+        return self._names[v.ref]
+
+    def _loaded_refs(self) -> list[str]:
+        return [str(v.ref) for v in self.versions.values()]
+
+    def _ref_of(self, name: str) -> str:
+        return str(self.versions[name].ref) if name in self.versions else name
+
+    # ----------------------------------------------------------------- loading
+
+    def load(self, ref, *, as_name: str | None = None, force_parent: bool = False) -> str:
+        """Load ``ref`` (``"task@production"``, ``"domain@3"``) frozen and inactive; return its adapter name.
+
+        Loading a version already in the stack is a no-op. A version with a parent loads when that
+        parent version is in the stack (active or not); which versions run together is checked by
+        :meth:`use`.
+        """
+        v = self._version(ref)
+        if v.ref in self._names:
+            existing = self._names[v.ref]
+            if as_name is not None and as_name != existing:
+                raise AdapterError(f"{v.ref} is already loaded as {existing!r}, not {as_name!r}")
+            return existing
+        parent = v.manifest.parent
+        if parent is None or parent in self._names:
+            active_parent = parent
+        else:
+            active_parent = next(
+                (self.versions[n].ref for n in active_adapters(self.model)
+                 if n in self.versions and self.versions[n].name == parent.name),
+                None,
+            )
+        return self._load(v, as_name, active_parent, force_parent)
+
+    def _load(self, v, as_name, active_parent, force_parent: bool) -> str:
+        from .registry import load_adapter_into
+
+        name = as_name or f"{v.name}_v{v.version}"
+        if name in loaded_adapters(self.model):
+            raise AdapterError(f"cannot load {v.ref} as {name!r}: an adapter of that name is already loaded")
+        was_active = active_adapters(self.model)
+        self.model = load_adapter_into(
+            self.model, v, name, base=self.base, active_parent=active_parent, force_parent=force_parent
+        )
+        self.versions[name] = v
+        self._names[v.ref] = name
+        # PeftModel.from_pretrained activates what it loads: loading must not change what runs.
+        activate(self.model, was_active)
+        return name
+
+    # ----------------------------------------------------------------- switching
+
+    def _parent_problems(self, entries: Sequence) -> list[str]:
+        """Parent mismatches if ``entries`` (adapter names or AdapterVersions) ran together."""
+        versions = [e if not isinstance(e, str) else self.versions.get(e) for e in entries]
+        versions = [v for v in versions if v is not None]  # adapters not from the store have no parent record
+        by_name = {v.name: v.ref for v in versions}
+        problems = []
+        for v in versions:
+            parent = v.manifest.parent
+            if parent is not None and by_name.get(parent.name) != parent:
+                problems.append(
+                    f"{v.ref} was trained on {parent}, but the active {parent.name} is "
+                    f"{by_name.get(parent.name, 'none')}"
+                )
+        return problems
+
+    def _switch(self, entries: list, force_parent: bool) -> list[str]:
+        """Activate ``entries`` in order: adapter names, or versions loaded here first if need be.
+
+        Parents are checked before anything is loaded, so a refusal leaves the stack as it was.
+        """
+        seen: dict[str, object] = {}
+        for e in entries:
+            v = self.versions.get(e) if isinstance(e, str) else e
+            if v is None:
+                continue
+            if seen.get(v.name, v.ref) != v.ref:
+                raise AdapterError(f"two versions of {v.name!r} in one stack: {seen[v.name]} and {v.ref}")
+            seen[v.name] = v.ref
+        problems = self._parent_problems(entries)
+        if problems and not force_parent:
+            raise ParentMismatchError("; ".join(problems) + "; pass force_parent=True to run it anyway")
+        names = []
+        for e in entries:
+            if isinstance(e, str):
+                names.append(e)
+            elif e.ref in self._names:
+                names.append(self._names[e.ref])
+            else:
+                parent = e.manifest.parent
+                with warnings.catch_warnings():
+                    # Reported once below, for the whole stack.
+                    warnings.filterwarnings("ignore", message=".*loading anyway: force_parent=True")
+                    names.append(self._load(e, None, seen.get(parent.name) if parent else None, force_parent))
+        activate(self.model, names)
+        if problems:
+            self.forced.extend(problems)
+            warnings.warn("running a parent mismatch (force_parent=True): " + "; ".join(problems), stacklevel=3)
+        return names
+
+    def use(self, *refs, force_parent: bool = False) -> list[str]:
+        """Make exactly ``refs`` active, in this order, loading any not yet loaded; no refs: the bare base.
+
+        Returns the adapter names now active.
+        """
+        names = self._switch([self._version(r) for r in refs], force_parent)
+        self._disabled.clear()
+        return names
+
+    def disable(self, name: str, *, force_parent: bool = False) -> list[str]:
+        """Switch off the active adapter ``name`` (``"task"``, ``"task@5"`` or ``"task_v5"``)."""
+        target = self._adapter_name(name)
+        current = active_adapters(self.model)
+        if target not in current:
+            raise AdapterError(f"{self._ref_of(target)} is not active; active: {self.active}")
+        rest = self._switch([n for n in current if n != target], force_parent)
+        key = self.versions[target].name if target in self.versions else target
+        self._disabled[key] = (current.index(target), target)
+        return rest
+
+    def enable(self, name: str, *, force_parent: bool = False) -> list[str]:
+        """Switch a disabled adapter back on at its old position, so the stack computes what it did.
+
+        ``name`` is what was disabled (``"task"``), or any reference, which is appended (and loaded
+        if need be).
+        """
+        current = active_adapters(self.model)
+        key = next(
+            (k for k, (_, n) in self._disabled.items() if name in (k, n, self._ref_of(n))), None
+        )
+        if key is not None:
+            position, target = self._disabled[key]
+        else:
+            position, target = len(current), self._version(name)
+            if target.ref in self._names:
+                target = self._names[target.ref]
+        if target in current:
+            return current
+        names = self._switch(current[:position] + [target] + current[position:], force_parent)
+        if key is not None:
+            del self._disabled[key]
+        return names
+
+    def swap(self, name: str, ref, *, force_parent: bool = False) -> list[str]:
+        """Put version ``ref`` in place of the active adapter ``name``, same position (loaded if need be)."""
+        target = self._adapter_name(name)
+        current = active_adapters(self.model)
+        if target not in current:
+            raise AdapterError(f"{self._ref_of(target)} is not active; active: {self.active}")
+        v = self._version(ref)
+        return self._switch([v if n == target else n for n in current], force_parent)
+
+    # ----------------------------------------------------------------- reporting
+
+    @property
+    def active(self) -> list[str]:
+        """The active versions, e.g. ``["domain@3", "task@5"]`` (adapters not from the store by name)."""
+        return [self._ref_of(n) for n in active_adapters(self.model)]
+
+    def mismatches(self) -> list[str]:
+        """Parent mismatches in the active stack (only possible after ``force_parent=True``)."""
+        return self._parent_problems(active_adapters(self.model))
+
+    def adapter_dirs(self, names: Sequence[str] | None = None) -> dict[str, Path]:
+        """Local folders of the active (or given) adapters, keyed by adapter name: input for export."""
+        names = active_adapters(self.model) if names is None else [self._adapter_name(n) for n in names]
+        missing = [n for n in names if n not in self.versions]
+        if missing:
+            raise AdapterError(f"adapter(s) {missing} were not loaded from the store")
+        return {n: self.versions[n].local_copy() for n in names}
+
+    def describe(self) -> str:
+        """A table of the loaded adapters: version, parent, whether active, whether its parent is active."""
+        active = active_adapters(self.model)
+        problems = {p.split(" ", 1)[0]: p for p in self._parent_problems(active)}
+        rows = []
+        for n in loaded_adapters(self.model):
+            v = self.versions.get(n)
+            ref = str(v.ref) if v is not None else "- (not from the store)"
+            parent = v.manifest.parent if v is not None else None
+            if n not in active or parent is None:
+                ok = "-"
+            elif ref in problems:
+                active_parent = problems[ref].rsplit(" is ", 1)[-1]
+                ok = f"NO: active {parent.name} is {active_parent}"
+            else:
+                ok = "yes"
+            rows.append([n, ref, str(parent) if parent else "-", "yes" if n in active else "no", ok])
+        headers = ["ADAPTER", "VERSION", "PARENT", "ACTIVE", "PARENT OK"]
+        widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+        lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        text = "\n".join(lines)
+        if problems:
+            text += "\n\nparent mismatch (forced): " + "; ".join(problems.values())
+        return text
+
+    def __repr__(self) -> str:
+        return f"AdapterStack(active={self.active}, loaded={self._loaded_refs()})"

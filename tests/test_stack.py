@@ -1,0 +1,144 @@
+"""AdapterStack: versions from the store stacked on one base, switched by flags, parents checked."""
+
+import time
+import warnings
+
+import pytest
+import torch
+
+from modft_utils import adapters, evaluate, modeling, registry
+from modft_utils.config import LoraSpec
+from modft_utils.modeling import BaseRef
+
+X = torch.randint(2, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _random_adapter(model, name, spec, seed, out_dir):
+    # Random non-zero lora_B (PEFT starts it at zero): the adapter changes the logits like a trained one.
+    model = adapters.add_adapter(model, name, modeling.lora_config(spec), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if f"lora_B.{name}." in key:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model, adapters.save_adapter(model, name, out_dir / name)
+
+
+@pytest.fixture(scope="module")
+def store(micro_profile, tmp_path_factory):
+    """domain@1, domain@2; task@1 and task@2 trained on domain@1, task@3 on domain@2; production: 1 and 1."""
+    out = tmp_path_factory.mktemp("stack")
+    model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=False)
+    identity = registry.base_identity(model, model_id=micro_profile.model.id)
+    store = registry.Registry(out / "registry")
+    plan = [("domain", LoraSpec(r=4, alpha=8), None), ("domain", LoraSpec(r=4, alpha=8), None),
+            ("task", LoraSpec(r=2, alpha=4), "domain@1"), ("task", LoraSpec(r=2, alpha=4), "domain@1"),
+            ("task", LoraSpec(r=2, alpha=4), "domain@2")]
+    for seed, (name, spec, parent) in enumerate(plan, start=1):
+        model, folder = _random_adapter(model, f"a{seed}", spec, seed, out / "adapters")
+        store.publish(name, folder, base=identity, parent=parent, params={}, data_fingerprint="", metrics={})
+    store.promote("domain", 1, reason="test")
+    store.promote("task", 1, reason="test")
+    return store
+
+
+@pytest.fixture
+def stack(micro_profile, store):
+    base = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))  # 4-bit, as the workbook runs it
+    return adapters.AdapterStack(base, store, registry.base_identity(base, model_id=micro_profile.model.id))
+
+
+def test_parent_mismatch_refused_then_shown_when_forced(stack):
+    with pytest.raises(adapters.ParentMismatchError, match=r"task@1 was trained on domain@1, but the active domain is domain@2"):
+        stack.use("domain@2", "task@1")
+    assert adapters.loaded_adapters(stack.model) == []  # refused before anything was loaded
+    with pytest.raises(adapters.ParentMismatchError, match="active domain is none"):
+        stack.use("task@1")
+
+    with pytest.warns(UserWarning, match="parent mismatch"):
+        stack.use("domain@2", "task@1", force_parent=True)
+    assert stack.active == ["domain@2", "task@1"]
+    assert stack.mismatches() == ["task@1 was trained on domain@1, but the active domain is domain@2"]
+    assert stack.forced == stack.mismatches()
+    table = stack.describe()
+    assert "NO: active domain is domain@2" in table and "parent mismatch (forced)" in table
+
+    stack.use("domain@1", "task@1")
+    assert stack.mismatches() == [] and "NO:" not in stack.describe()
+    with pytest.raises(adapters.ParentMismatchError, match="task@1 was trained on domain@1"):
+        stack.swap("domain", "domain@2")
+    with pytest.raises(adapters.ParentMismatchError, match="active domain is none"):
+        stack.disable("domain")
+    assert stack.active == ["domain@1", "task@1"]
+
+
+def test_swap_disable_enable_and_idempotent_load(stack):
+    assert stack.use("domain@production", "task@production") == ["domain_v1", "task_v1"]
+    assert stack.active == ["domain@1", "task@1"]
+    full = evaluate.logits(stack.model, X)
+
+    stack.swap("task", "task@2")
+    assert stack.active == ["domain@1", "task@2"]
+    assert evaluate.max_abs_diff(full, evaluate.logits(stack.model, X)) > 0.0
+    stack.swap("task", "task@1")
+    assert evaluate.max_abs_diff(full, evaluate.logits(stack.model, X)) == 0.0
+
+    with pytest.raises(adapters.ParentMismatchError):
+        stack.swap("task", "task@3")  # trained on domain@2
+    assert stack.active == ["domain@1", "task@1"]
+
+    stack.disable("task")
+    assert stack.active == ["domain@1"]
+    stack.enable("task")
+    assert stack.active == ["domain@1", "task@1"]
+    assert evaluate.max_abs_diff(full, evaluate.logits(stack.model, X)) == 0.0
+
+    loaded = adapters.loaded_adapters(stack.model)
+    assert stack.load("domain@1") == "domain_v1" and stack.load("domain@production") == "domain_v1"
+    assert adapters.loaded_adapters(stack.model) == loaded
+    assert stack.use() == [] and stack.active == []
+
+
+def test_switching_is_flags_only_and_under_a_millisecond(stack):
+    stack.use("domain@1", "task@1")
+    stack.load("task@2")
+    ptrs = {k: p.data_ptr() for k, p in stack.model.named_parameters()}
+    switches = [("domain@1", "task@1"), ("domain@1",), ("domain@1", "task@2"), ()]
+    for refs in switches:  # warm-up
+        stack.use(*refs)
+    n = 200
+    start = time.perf_counter()
+    for i in range(n):
+        stack.use(*switches[i % len(switches)])
+    use_ms = (time.perf_counter() - start) * 1000 / n
+    start = time.perf_counter()
+    stack.use("domain@1", "task@1")
+    for i in range(n):
+        if i % 2 == 0:
+            stack.disable("task")
+        else:
+            stack.enable("task")
+    toggle_ms = (time.perf_counter() - start) * 1000 / n
+    print(f"\nstack switch: use() {use_ms:.4f} ms, disable/enable {toggle_ms:.4f} ms (mean of {n})")
+    assert use_ms < 1.0 and toggle_ms < 1.0
+    assert ptrs == {k: p.data_ptr() for k, p in stack.model.named_parameters()}
+    assert not any(p.requires_grad for p in stack.model.parameters())
+
+
+def test_task_off_equals_separately_loaded_base_plus_domain(micro_profile, store, stack):
+    stack.use("domain@production", "task@production")
+    full = evaluate.logits(stack.model, X)
+    stack.disable("task")
+    task_off = evaluate.logits(stack.model, X)
+    stack.use()
+    all_off = evaluate.logits(stack.model, X)
+
+    ref = BaseRef(micro_profile.model.id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = registry.load_adapter_into(
+            modeling.load_base(micro_profile, ref), store.resolve("domain@production"), "domain", base=stack.base
+        )
+    assert evaluate.max_abs_diff(task_off, evaluate.logits(reference, X)) == 0.0
+    assert evaluate.max_abs_diff(all_off, evaluate.logits(modeling.load_base(micro_profile, ref), X)) == 0.0
+    assert evaluate.max_abs_diff(full, task_off) > 0.0
