@@ -76,8 +76,18 @@ def test_rollback_drill(pipeline):
     assert m["rollback.gate_allowed"] is False  # the shuffled-answer candidate is refused
     assert m["rollback.gate_drop"] > 0
     assert m["rollback.max_abs_logit_diff_after_rollback"] == 0.0
-    # two publishes, then promote, candidate alias, forced promote, rollback
-    assert m["rollback.task_audit_events"] == 6
+    # publishes v1, v2 (candidate), v3 (on the newer domain); promote, candidate alias, forced
+    # promote, rollback; promote v3, rollback after the domain rollback
+    assert m["rollback.task_audit_events"] == 9
+    assert m["rollback.domain_rollback_flags_task"] is True
+    assert m["rollback.max_abs_logit_diff_after_domain_rollback"] == 0.0
+
+
+@pytest.mark.slow
+def test_exports_report_their_parity(pipeline):
+    m = pipeline.metrics
+    assert m["compose.export_combined_max_abs_diff"] < 1e-4  # one adapter equal to the stack (float order only)
+    assert m["compose.export_merged_max_abs_diff"] > m["compose.export_combined_max_abs_diff"]  # 4-bit vs bf16 merge
 
 
 @pytest.mark.slow
