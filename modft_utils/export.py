@@ -14,7 +14,6 @@ Two exports, each with the number that says how exact it is:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from . import adapters
+from .modeling import sha256_file
 
 TOLERANCE = 1e-5
 EXPORT_RECORD = "modft_export.json"
@@ -66,14 +66,6 @@ def _quantized_parts(model) -> list[str]:
     return parts
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_merged(
     base_loader: Callable[[], Any],
     adapter_dirs: Mapping[str, str | Path],
@@ -113,7 +105,7 @@ def export_merged(
             {
                 "name": name,
                 "source": str(adapter_dirs[name]),
-                "weights_sha256": _sha256(Path(adapter_dirs[name]) / "adapter_model.safetensors"),
+                "weights_sha256": sha256_file(Path(adapter_dirs[name]) / "adapter_model.safetensors"),
             }
             for name in names
         ],

@@ -36,7 +36,8 @@ class BaseRef:
     build_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -52,7 +53,7 @@ def tiny_cache_key(spec: TinyBaseSpec, generic_corpus: Path) -> str:
 
     payload = {
         "spec": spec.model_dump(mode="json", exclude={"generic_corpus"}),
-        "corpus_sha256": _sha256_file(generic_corpus),
+        "corpus_sha256": sha256_file(generic_corpus),
         "versions": [transformers.__version__, tokenizers.__version__, torch.__version__.split("+")[0]],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
