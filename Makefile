@@ -43,5 +43,9 @@ lab: install
 	$(BIN)/python -m ipykernel install --sys-prefix --name modft --display-name "modft (.venv)"
 	$(BIN)/jupyter lab notebooks/
 
+## Benchmarks: side-by-side ratios against their goals, written to benchmarks/RESULTS.md and results.json
+bench: install
+	$(OFFLINE) $(BIN)/python -m benchmarks.run
+
 clean:
 	rm -rf outputs/runs outputs/cache outputs/registry

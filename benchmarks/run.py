@@ -1,0 +1,552 @@
+"""Benchmarks of the default profile: each figure beside its reference, measured in one process.
+
+    python -m benchmarks.run            # full mode: a few minutes on 2 cores
+    python -m benchmarks.run --quick    # every measurement shrunk: well under 90 s
+
+Writes ``benchmarks/results.json`` (a list of entries: name, value, unit, reference, ratio, goal,
+meets_goal) and ``benchmarks/RESULTS.md``. Each comparison runs both sides in this one process,
+warmed up and interleaved, so drift of the machine cancels. Benchmarks are not tests: nothing here
+asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = Path(__file__).resolve().parent
+
+
+def entry(name, value, unit, reference, goal, meets_goal, *, ratio=None, note="", skipped=False):
+    """One row of results.json; ``ratio`` defaults to value / reference."""
+    if ratio is None and isinstance(value, (int, float)) and isinstance(reference, (int, float)) and reference:
+        ratio = value / reference
+    return {
+        "name": name, "value": value, "unit": unit, "reference": reference,
+        "ratio": None if ratio is None else float(ratio), "goal": goal,
+        "meets_goal": bool(meets_goal), "skipped": skipped, "note": note,
+    }
+
+
+class Bench:
+    """Everything the measurements share: profile, base, tokenizer, prepared data, a temp folder."""
+
+    def __init__(self, quick: bool, tmp: Path):
+        import torch  # noqa: F401
+
+        from modft_utils import config, data, modeling
+
+        self.quick = quick
+        self.tmp = tmp
+        self.profile = config.load_profile(ROOT / "params" / "tiny.yaml")
+        self.base = modeling.ensure_base(self.profile, progress=False)
+        self.tokenizer = modeling.load_tokenizer(self.base)
+        self.run_dir = tmp / "run"
+        (self.run_dir / "data").mkdir(parents=True)
+        t = time.perf_counter()
+        self.dapt = data.prepare_dapt(self.profile, self.tokenizer, self.run_dir, progress=False)
+        self.sft = data.prepare_sft(self.profile, self.tokenizer, self.run_dir, progress=False)
+        self.prep_seconds = time.perf_counter() - t
+
+    def steps(self, quick: int, full: int) -> int:
+        return quick if self.quick else full
+
+
+# ----------------------------------------------------------------------------- 1. training overhead
+
+
+def _spec(section, steps: int):
+    # No evaluation or logging inside the timed window: only training steps are compared.
+    return section.train.model_copy(update={"max_steps": steps, "eval_steps": 10**6, "logging_steps": 10**6})
+
+
+def _bare_loop(model, blocks, batch: int, steps: int, lr: float) -> float:
+    """Tokens/s of forward + backward + AdamW step on the model's trainable parameters."""
+    import torch
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    n = len(blocks)
+    start = time.perf_counter()
+    for i in range(steps):
+        idx = [(i * batch + j) % n for j in range(batch)]
+        ids = torch.tensor(blocks[idx]["input_ids"])
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return steps * batch * ids.shape[1] / seconds
+
+
+def _train_only_seconds(result) -> float:
+    # The Trainer evaluates once at the last step; that is not training throughput.
+    return result.train_seconds - sum(h.get("eval_runtime", 0.0) for h in result.log_history)
+
+
+def bench_overhead(b: Bench) -> list[dict]:
+    from transformers import default_data_collator
+
+    from modft_utils import adapters, modeling, train
+
+    prof = b.profile
+    model = modeling.load_base(prof, b.base)
+    model = adapters.add_adapter(model, "domain", modeling.lora_config(prof.dapt.lora))
+    batch, lr = prof.dapt.train.batch_size, prof.dapt.train.learning_rate
+    blocks, evals = b.dapt.train_blocks, b.dapt.eval_blocks.select(range(2))
+    steps = b.steps(4, 60)
+
+    def ours(n: int) -> float:
+        adapters.activate(model, ["domain"], trainable="domain")
+        r = train.train_adapter(model, "domain", blocks, evals, _spec(prof.dapt, n), b.tmp / f"ovh{time.monotonic_ns()}",
+                                default_data_collator, compute_dtype=prof.model.compute_dtype, progress=False, resume=False)
+        return r.tokens_seen / _train_only_seconds(r)
+
+    def bare(n: int) -> float:
+        adapters.activate(model, ["domain"], trainable="domain")
+        return _bare_loop(model, blocks, batch, n, lr)
+
+    ours(2), bare(2)  # warm-up
+    ours_tps, bare_tps = [], []
+    for _ in range(1 if b.quick else 3):  # interleaved so drift hits both
+        ours_tps.append(ours(steps))
+        bare_tps.append(bare(steps))
+    o, r = max(ours_tps), max(bare_tps)
+    return [entry("training overhead: train_adapter vs bare PyTorch loop (DAPT tokens/s)", round(o), "tokens/s", round(r),
+                  ">= 0.95", o / r >= 0.95, ratio=o / r,
+                  note=f"{steps} steps of {batch}x{prof.data.block_size}, best of {len(ours_tps)}; runs: ours {[round(x) for x in ours_tps]}, bare {[round(x) for x in bare_tps]}")]
+
+
+# ----------------------------------------------------------------------------- 2. vs the plain recipe
+
+
+def _plain_model(b: Bench, lora_spec):
+    """Stock recipe: BitsAndBytesConfig(load_in_4bit=True), the model's default experts kernel, PEFT defaults."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_pretrained(b.base.name_or_path, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    cfg = LoraConfig(r=lora_spec.r, lora_alpha=lora_spec.alpha, lora_dropout=lora_spec.dropout,
+                     target_modules=list(lora_spec.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def _plain_train(model, dataset, collator, spec, out: Path) -> tuple[float, float]:
+    """(seconds, training loss) of a plain Trainer with defaults but batch, steps and lr."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(out), max_steps=spec.max_steps, per_device_train_batch_size=spec.batch_size,
+                             learning_rate=spec.learning_rate, use_cpu=not torch.cuda.is_available(), report_to=[],
+                             disable_tqdm=True, save_strategy="no", logging_steps=10**6)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    start = time.perf_counter()
+    res = trainer.train()
+    return time.perf_counter() - start, float(res.training_loss)
+
+
+def _useful_tokens(dataset, batch: int, steps: int) -> float:
+    lengths = [len(x) for x in dataset["input_ids"]]
+    return sum(lengths) / len(lengths) * batch * steps
+
+
+def bench_plain_recipe(b: Bench) -> list[dict]:
+    from transformers import DataCollatorForSeq2Seq, default_data_collator
+
+    from modft_utils import adapters, data, modeling, train
+
+    prof = b.profile
+    rows = []
+    steps = b.steps(3, 50)
+    warm = 2
+    for stage in ("dapt", "sft"):
+        section = getattr(prof, stage)
+        ds = b.dapt.train_blocks if stage == "dapt" else b.sft.train
+        evals = (b.dapt.eval_blocks if stage == "dapt" else b.sft.eval_tokenized).select(range(2))
+        ours_collator = default_data_collator if stage == "dapt" else data.sft_collator(b.tokenizer)
+        plain_collator = default_data_collator if stage == "dapt" else DataCollatorForSeq2Seq(
+            b.tokenizer, padding="max_length", max_length=prof.data.max_sft_tokens, label_pad_token_id=-100)
+
+        ours_model = modeling.load_base(prof, b.base)
+        ours_model = adapters.add_adapter(ours_model, "domain", modeling.lora_config(prof.dapt.lora))
+        name = "domain"
+        if stage == "sft":
+            ours_model = adapters.add_adapter(ours_model, "task", modeling.lora_config(prof.sft.lora))
+            name = "task"
+        plain_model = _plain_model(b, section.lora)
+
+        def run_ours(n: int):
+            adapters.activate(ours_model, ["domain", "task"] if stage == "sft" else ["domain"], trainable=name)
+            r = train.train_adapter(ours_model, name, ds, evals, _spec(section, n), b.tmp / f"{stage}{time.monotonic_ns()}",
+                                    ours_collator, compute_dtype=prof.model.compute_dtype, progress=False, resume=False)
+            return _train_only_seconds(r), r.train_loss
+
+        def run_plain(n: int):
+            return _plain_train(plain_model, ds, plain_collator, _spec(section, n), b.tmp / f"plain{time.monotonic_ns()}")
+
+        run_ours(warm), run_plain(warm)
+        (os_, ol), (ps, pl) = run_ours(steps), run_plain(steps)
+        tokens = _useful_tokens(ds, section.train.batch_size, steps)
+        o, p = tokens / os_, tokens / ps
+        goal = 1.2 if stage == "dapt" else 1.5
+        pad = "" if stage == "dapt" else "; plain pads to data.max_sft_tokens and trains one LoRA (ours: task on top of frozen domain)"
+        rows.append(entry(f"{stage.upper()} speed: ours vs plain Trainer + PEFT (useful tokens/s)", round(o), "tokens/s", round(p),
+                          f">= {goal}", o / p >= goal,
+                          note=f"{steps} steps x batch {section.train.batch_size} after {warm} warm-up steps; final training loss ours "
+                               f"{ol:.3f} vs plain {pl:.3f} (ours: warm-up + cosine, plain: linear){pad}"))
+        del ours_model, plain_model
+        gc.collect()
+    return rows
+
+
+# ----------------------------------------------------------------------------- 3. packing efficiency
+
+
+def bench_packing(b: Bench) -> list[dict]:
+    import torch
+    from transformers import Trainer, default_data_collator
+
+    from modft_utils import data, train
+
+    prof = b.profile
+    pad_id = b.tokenizer.pad_token_id
+    n_batches = b.steps(8, 60)
+    rows = []
+    # DAPT: packed blocks through the collator the notebook uses.
+    blocks = b.dapt.train_blocks
+    bs = prof.dapt.train.batch_size
+    real = total = 0
+    for i in range(min(n_batches, len(blocks) // bs)):
+        batch = default_data_collator([blocks[j] for j in range(i * bs, (i + 1) * bs)])
+        real += int((batch["input_ids"] != pad_id).sum())
+        total += batch["input_ids"].numel()
+    rows.append(entry("DAPT packing: non-padding share of batch tokens", round(real / total, 4), "share", 1.0,
+                      ">= 0.99", real / total >= 0.99, note="packed blocks; reference: the ideal (no padding)"))
+    # SFT: the Trainer's own dataloader, as train.training_arguments configures it for the profile
+    # (sft.train.group_by_length), with our collator; and with the random sampler for comparison.
+    args = train.training_arguments(prof.sft.train, b.tmp / "pack", compute_dtype=prof.model.compute_dtype, progress=False)
+    trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=b.sft.train,
+                      eval_dataset=b.sft.eval_tokenized, data_collator=data.sft_collator(b.tokenizer))
+
+    def share(trainer) -> float:
+        real = total = 0
+        for i, batch in enumerate(trainer.get_train_dataloader()):
+            if i >= n_batches:
+                break
+            real += int(batch["attention_mask"].sum())
+            total += batch["attention_mask"].numel()
+        return real / total
+
+    ours = share(trainer)
+    lengths = [len(x) for x in b.sft.train["input_ids"]]
+    naive = sum(lengths) / (len(lengths) * prof.data.max_sft_tokens)
+    sampler = args.train_sampling_strategy
+    rows.append(entry(f"SFT padding: non-padding share of batch tokens (sft_collator, {sampler} sampler)", round(ours, 4), "share",
+                      round(naive, 4), ">= 0.90", ours >= 0.90,
+                      note=f"{n_batches} batches of {prof.sft.train.batch_size}; reference: right-padding to data.max_sft_tokens={prof.data.max_sft_tokens}"))
+    trainer.args.train_sampling_strategy = "random"
+    shuffled = share(trainer)
+    rows.append(entry("SFT padding with the random sampler instead (same collator)", round(shuffled, 4), "share",
+                      round(naive, 4), "report", True, note="what sft.train.group_by_length: false gives"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- 4. stack switch
+
+
+def _scaled_profile(prof, base_dir: Path):
+    model = prof.model.model_copy(update={"id": str(base_dir), "tiny": None})
+    return prof.model_copy(update={"model": model})
+
+
+def _build_variant(b: Bench, name: str, **changes) -> Path:
+    """A random-weight MiniMax-M2 base of the tiny profile's config with ``changes``, saved to the temp folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(b.base.name_or_path)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    out = b.tmp / name
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    return out
+
+
+def bench_switch(b: Bench) -> list[dict]:
+    from modft_utils import adapters, modeling
+
+    prof = b.profile
+    t = prof.model.tiny
+    larger = _build_variant(b, "larger", hidden_size=2 * t.hidden_size, num_hidden_layers=2 * t.num_hidden_layers,
+                            head_dim=2 * t.head_dim, intermediate_size=2 * t.intermediate_size)
+    repeats = b.steps(200, 2000)
+    reloads = b.steps(1, 3)
+    rows, switch = [], {}
+    wider = _build_variant(b, "wider", hidden_size=2 * t.hidden_size, head_dim=2 * t.head_dim,
+                           intermediate_size=2 * t.intermediate_size)
+    variants = (("tiny", b.base.name_or_path), ("larger (2x layers, 2x hidden)", str(larger)),
+                ("wider (2x hidden, same layers)", str(wider)))
+    for label, path in variants:
+        p = prof if label == "tiny" else _scaled_profile(prof, Path(path))
+        base = modeling.BaseRef(path)
+        model = modeling.load_base(p, base)
+        model = adapters.add_adapter(model, "domain", modeling.lora_config(p.dapt.lora))
+        model = adapters.add_adapter(model, "task", modeling.lora_config(p.sft.lora), seed=1)
+        saved = {n: adapters.save_adapter(model, n, b.tmp / f"{label.split()[0]}-{n}") for n in ("domain", "task")}
+        stacks = [["domain"], ["domain", "task"], []]
+        adapters.time_switch(model, stacks, 20)  # warm-up (builds the layer index)
+        ms = adapters.time_switch(model, stacks, repeats)
+        times = []
+        for _ in range(reloads):
+            start = time.perf_counter()
+            m = modeling.load_base(p, base)
+            m = adapters.load_adapter(m, saved["domain"], "domain")
+            m = adapters.load_adapter(m, saved["task"], "task")
+            adapters.activate(m, ["domain", "task"])
+            times.append((time.perf_counter() - start) * 1000)
+            del m
+        reload_ms = min(times)
+        switch[label] = ms
+        params = sum(x.numel() for x in model.parameters())
+        rows.append(entry(f"stack switch vs reload base + 2 adapters, {label} base", round(ms, 4), "ms", round(reload_ms, 1),
+                          "<= 0.001", ms / reload_ms <= 0.001,
+                          note=f"mean of {repeats} activate() calls; reload best of {reloads}; {params:,} stored params"))
+        del model
+        gc.collect()
+    tiny_ms, big_ms, wide_ms = switch.values()
+    rows.append(entry("stack switch flat across sizes: larger / tiny base", round(big_ms, 4), "ms", round(tiny_ms, 4),
+                      "<= 1.5 (flat)", big_ms / tiny_ms <= 1.5,
+                      note="activate() loops over the LoRA layers: the larger base has 2x the layers"))
+    rows.append(entry("stack switch, wider / tiny base (same layer count, ~3x the weights)", round(wide_ms, 4), "ms",
+                      round(tiny_ms, 4), "report", True, note="isolates weight size from layer count"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- 5. 4-bit memory
+
+
+def bench_memory(b: Bench) -> list[dict]:
+    from modft_utils import modeling, quant
+
+    prof = b.profile
+    rows = []
+    m = modeling.load_base(prof, b.base)
+    mem = quant.memory_vs_bf16(m)
+    del m
+    q = mem["quantizable_bytes_4bit"] / mem["quantizable_bytes_bf16"]
+    f = mem["footprint_4bit_bytes"] / mem["footprint_bf16_bytes"]
+    rows.append(entry("4-bit memory, tiny base: attention + experts vs bf16", mem["quantizable_bytes_4bit"], "bytes",
+                      mem["quantizable_bytes_bf16"], "<= 0.30", q <= 0.30))
+    rows.append(entry("4-bit memory, tiny base: whole model vs bf16", mem["footprint_4bit_bytes"], "bytes",
+                      mem["footprint_bf16_bytes"], "report", True, note="fp32 embeddings and lm_head dominate the tiny base"))
+    # MiniMax-M2's proportions: experts ~98% of the weights (many experts, wide expert FFN, small vocab).
+    experts = b.steps(32, 64)
+    variant = _build_variant(b, "proportioned", num_hidden_layers=2, num_local_experts=experts, intermediate_size=256,
+                             vocab_size=512, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    from modft_utils.plan import count_params
+    from transformers import AutoConfig
+
+    counts = count_params(AutoConfig.from_pretrained(variant))
+    share = counts["experts"] / counts["total"]
+    m = modeling.load_base(_scaled_profile(prof, variant), modeling.BaseRef(str(variant)))
+    mem = quant.memory_vs_bf16(m)
+    del m
+    q = mem["quantizable_bytes_4bit"] / mem["quantizable_bytes_bf16"]
+    f = mem["footprint_4bit_bytes"] / mem["footprint_bf16_bytes"]
+    rows.append(entry("4-bit memory, MiniMax-M2-proportioned base: attention + experts vs bf16", mem["quantizable_bytes_4bit"],
+                      "bytes", mem["quantizable_bytes_bf16"], "<= 0.30", q <= 0.30,
+                      note=f"{experts} experts x ffn 256, vocab 512: experts {share:.1%} of {counts['total']:,} params"))
+    rows.append(entry("4-bit memory, MiniMax-M2-proportioned base: whole model vs bf16", mem["footprint_4bit_bytes"], "bytes",
+                      mem["footprint_bf16_bytes"], "<= 0.32", f <= 0.32, note="get_memory_footprint() vs every weight at 2 bytes"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- 6. planner accuracy
+
+
+def bench_planner(b: Bench) -> list[dict]:
+    from modft_utils import plan
+
+    if not hasattr(plan, "measure_training_peak"):
+        return [entry("planner accuracy", None, "bytes", None, "within 15%", False, skipped=True,
+                      note="plan.measure_training_peak is not available")]
+    rows = []
+    for stage in (("sft",) if b.quick else ("dapt", "sft")):
+        measured = plan.measure_training_peak(b.profile, stage=stage, steps=1 if b.quick else 2)
+        planned = plan.plan(b.profile, stage=stage).training_bytes
+        got = measured["measured_bytes"]
+        rows.append(entry(f"planner accuracy, {stage.upper()} step: plan.training_bytes vs measured peak RSS growth", planned,
+                          "bytes", got, "within 15% (0.85-1.15)", 0.85 <= planned / got <= 1.15,
+                          note=f"batch {measured['batch']} x {measured['seq']} tokens, {measured['steps']} step(s), CPU resident-memory "
+                               f"high-water mark; measured - planned = {(got - planned) / 2**20:.1f} MiB"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- 7. data prep throughput
+
+
+def bench_data_prep(b: Bench) -> list[dict]:
+    from modft_utils import data
+    from modft_utils.clean import CleanConfig, clean_corpus
+
+    prof = b.profile
+    rows_all = data.load_rows(prof.data.dapt, prof)["train"]["text"]
+    texts = rows_all[: 3000] if b.quick else rows_all
+    tok = b.tokenizer
+    cfg = CleanConfig(normalization=prof.data.normalization, section_headings=prof.data.section_headings,
+                      min_chars=prof.data.min_doc_chars, near_dup_threshold=prof.data.near_dup_threshold)
+
+    def scrub(text):
+        new, spans = data.scrub_pii_with_spans(text)
+        return new, len(spans)
+
+    def pipeline():
+        start = time.perf_counter()
+        docs, _ = clean_corpus(texts, cfg, scrub)
+        ids = tok(docs, add_special_tokens=False)["input_ids"]
+        blocks = data.pack(ids, prof.data.block_size, tok.eos_token_id)
+        return time.perf_counter() - start, docs, len(blocks) * prof.data.block_size
+
+    def bare(docs):
+        start = time.perf_counter()
+        n = sum(len(x) for x in tok(docs, add_special_tokens=False)["input_ids"])
+        return time.perf_counter() - start, n
+
+    pipeline(), bare(texts[:200])  # warm-up
+    p_sec, docs, p_tokens = pipeline()
+    b_sec, b_tokens = bare(docs)
+    start = time.perf_counter()
+    for d in docs:
+        data.scrub_pii(d)
+    s_sec = time.perf_counter() - start
+    ours, ref = p_tokens / p_sec, b_tokens / b_sec
+    return [
+        entry("data prep: clean + scrub + tokenize + pack vs bare fast-tokenizer batch call (tokens/s)", round(ours), "tokens/s",
+              round(ref), "report", True, note=f"{len(texts):,} raw rows -> {len(docs):,} docs, {p_tokens:,} packed tokens"),
+        entry("PII scrubber time vs tokenizer time on the same documents", round(s_sec, 3), "s", round(b_sec, 3), "<= 3.0",
+              s_sec / b_sec <= 3.0, note="scrub_pii per document vs one batched tokenizer call"),
+    ]
+
+
+# ----------------------------------------------------------------------------- 8. end to end
+
+
+def bench_end_to_end(b: Bench) -> list[dict]:
+    runs = sorted((ROOT / "outputs" / "runs").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in runs:
+        metrics = json.loads(path.read_text())
+        secs = {k: v for k, v in metrics.items() if k.startswith("run.seconds.")}
+        if secs:
+            total = sum(secs.values())
+            return [entry("end to end: seconds of the five notebooks (make run)", round(total, 1), "s", 300, "<= 300 s",
+                          total <= 300, note=f"from {path.relative_to(ROOT)}: " + ", ".join(f"{k[12:]} {v:.0f}" for k, v in secs.items()))]
+    return [entry("end to end: seconds of the five notebooks (make run)", None, "s", 300, "<= 300 s", False, skipped=True,
+                  note="no outputs/runs/*/metrics.json with run.seconds.*: run `make run` first (not run by the benchmarks)")]
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def bench_gpu(b: Bench) -> list[dict]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return [entry("GPU benchmarks", None, "", None, "n/a", False, skipped=True,
+                      note="no GPU was available (torch.cuda.is_available() is False): skipped")]
+    return [entry("GPU", torch.cuda.get_device_name(0), "", None, "n/a", True, note="the measurements above ran with CUDA")]
+
+
+BENCHES = [bench_overhead, bench_plain_recipe, bench_packing, bench_switch, bench_memory, bench_planner,
+           bench_data_prep, bench_end_to_end, bench_gpu]
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.0f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
+    lines = [
+        "# Benchmarks on the default profile (`params/tiny.yaml`)",
+        "",
+        f"Written by `python -m benchmarks.run{' --quick' if meta['quick'] else ''}` on {meta['when']} "
+        f"({meta['machine']}; torch {meta['torch']}, {meta['threads']} threads; {meta['seconds']:.0f} s). "
+        "Both sides of each comparison ran in the same process, warmed up.",
+        "",
+        "| figure | value | reference | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        met = "skipped" if r["skipped"] else ("yes" if r["meets_goal"] else "**no**")
+        unit = f" {r['unit']}" if r["unit"] and r["value"] is not None else ""
+        ref_unit = f" {r['unit']}" if r["unit"] and r["reference"] is not None else ""
+        lines.append(f"| {r['name']} | {_fmt(r['value'])}{unit} | {_fmt(r['reference'])}{ref_unit} | "
+                     f"{_fmt(r['ratio'])} | {r['goal']} | {met} |")
+    lines += ["", "Notes:", ""]
+    lines += [f"- {r['name']}: {r['note']}" for r in results if r["note"]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shrink every measurement (well under 90 s)")
+    parser.add_argument("--out", default=str(OUT_DIR), help="folder for results.json and RESULTS.md")
+    parser.add_argument("--only", nargs="*", help="run only these benchmark functions (e.g. bench_packing)")
+    args = parser.parse_args(argv)
+    import torch
+    import transformers
+
+    start = time.perf_counter()
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="modft-bench-") as tmp:
+        b = Bench(args.quick, Path(tmp))
+        for fn in BENCHES:
+            if args.only and fn.__name__ not in args.only:
+                continue
+            t = time.perf_counter()
+            try:
+                rows = fn(b)
+            except Exception as exc:  # one failing measurement must not hide the others
+                traceback.print_exc()
+                rows = [entry(fn.__name__, None, "", None, "n/a", False, skipped=True, note=f"failed: {type(exc).__name__}: {exc}")]
+            print(f"{fn.__name__}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            for r in rows:
+                print(f"  {r['name']}: {_fmt(r['value'])} vs {_fmt(r['reference'])} (ratio {_fmt(r['ratio'])}, goal {r['goal']}, "
+                      f"{'skipped' if r['skipped'] else 'met' if r['meets_goal'] else 'MISSED'})", file=sys.stderr)
+            results.extend(rows)
+            gc.collect()
+    meta = {"quick": args.quick, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_markdown(results, meta, out / "RESULTS.md")
+    print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} in {meta['seconds']:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
