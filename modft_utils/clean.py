@@ -190,8 +190,8 @@ class CleanConfig:
             raise ValueError("CleanConfig: min_chars >= 0, shingle_words >= 1 and num_perm >= 2 are required")
 
 
-def _dedup_key(text: str) -> bytes:
-    # Case and spacing differences do not make a different document.
+def dedup_key(text: str) -> bytes:
+    """The identity of a document for exact de-duplication: case and spacing do not count."""
     return hashlib.blake2b(" ".join(text.casefold().split()).encode("utf-8"), digest_size=16).digest()
 
 
@@ -200,7 +200,7 @@ def exact_dedup(docs: list[str]) -> list[str]:
     seen: set[bytes] = set()
     out = []
     for d in docs:
-        key = _dedup_key(d)
+        key = dedup_key(d)
         if key not in seen:
             seen.add(key)
             out.append(d)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from .config import ProfileError, describe, load_profile, parse_override
 from .data import DataError
@@ -43,7 +42,7 @@ def _cmd_run(args) -> int:
     print("\n[modft] seconds per notebook: " + ", ".join(f"{nb} {s:.0f}" for nb, s in result.seconds.items())
           + f" (total {sum(result.seconds.values()):.0f})")
     print(f"[modft] outputs: {result.run_dir}")
-    print(f"[modft]   metrics.json, notebooks/ (executed), adapters/, figures/")
+    print("[modft]   metrics.json, notebooks/ (executed), adapters/, figures/")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import squad
-from .clean import CleanConfig, StepReport, clean_corpus, clean_wikitext, report_table  # noqa: F401
+from .clean import CleanConfig, StepReport, clean_corpus, clean_wikitext, dedup_key, report_table  # noqa: F401
 from .config import CorpusSpec, Profile
 from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noqa: F401  (public: modft_utils.data.scrub_pii)
 
@@ -125,8 +125,8 @@ def prepare_dapt(profile: Profile, tokenizer, run_dir: str | Path, *, progress: 
         except ValueError as exc:
             raise DataError(f"data.dapt {split}: {exc}") from exc
     # A held-out document that also appears in training would flatter the perplexity.
-    seen = {_norm_key(d) for d in docs["train"]}
-    eval_docs = [d for d in docs["validation"] if _norm_key(d) not in seen]
+    seen = {dedup_key(d) for d in docs["train"]}
+    eval_docs = [d for d in docs["validation"] if dedup_key(d) not in seen]
     leaked = len(docs["validation"]) - len(eval_docs)
     if not eval_docs:
         raise DataError("data.dapt validation: no held-out document left after removing copies of training documents")
@@ -147,10 +147,6 @@ def prepare_dapt(profile: Profile, tokenizer, run_dir: str | Path, *, progress: 
     return data
 
 
-def _norm_key(text: str) -> str:
-    return hashlib.sha1(" ".join(text.casefold().split()).encode()).hexdigest()
-
-
 def load_dapt_blocks(run_dir: str | Path) -> tuple[Any, Any]:
     """The packed (train, eval) blocks notebook 01 saved."""
     from datasets import load_from_disk
@@ -163,10 +159,6 @@ def load_dapt_blocks(run_dir: str | Path) -> tuple[Any, Any]:
 def _require(path: Path, notebook: str) -> None:
     if not path.exists():
         raise DataError(f"{path} is missing: run notebook {notebook} for this run folder first")
-
-
-def clean_report_rows(reports: dict[str, list[StepReport]]) -> list[dict[str, Any]]:
-    return [{"split": split, **asdict(r)} for split, rs in reports.items() for r in rs]
 
 
 def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
@@ -292,7 +284,7 @@ def scrub_example(ex: squad.QAExample) -> tuple[squad.QAExample | None, int, boo
 
 def tokenize_example(ex: squad.QAExample, tokenizer, max_tokens: int) -> tuple[dict[str, Any], bool]:
     """Prompt + first answer + EOS, loss on the answer only; cut the context around the answer if too long."""
-    context, start, cut = ex.context, ex.answer_starts[0], False
+    context, cut = ex.context, False
     answer = ex.answers[0]
     answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     max_chars = len(context)
@@ -304,7 +296,7 @@ def tokenize_example(ex: squad.QAExample, tokenizer, max_tokens: int) -> tuple[d
         max_chars = max(len(answer) + 1, max_chars - max(16, int(over * 3.5)))
         if max_chars <= len(answer) + 1 and cut:
             raise DataError(f"SQuAD example {ex.id}: question and answer alone exceed data.max_sft_tokens={max_tokens}")
-        context, start, cut = (*squad.window_context(ex.context, ex.answer_starts[0], answer, max_chars)[:2], True)
+        context, cut = squad.window_context(ex.context, ex.answer_starts[0], answer, max_chars)[0], True
     ids = prompt_ids + answer_ids
     labels = [-100] * len(prompt_ids) + answer_ids
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, cut

@@ -339,10 +339,6 @@ def lora_config(spec, *, task_type: str = "CAUSAL_LM"):
     )
 
 
-def model_device(model):
-    return next(model.parameters()).device
-
-
 def load_merged(path: str | os.PathLike, profile: Profile):
     """A merged export (base + adapters in one full model), in the dtype it was saved in."""
     from transformers import AutoModelForCausalLM

@@ -60,3 +60,24 @@ def micro_profile(tmp_path_factory, micro_base_dir, root):
     path = d / "micro.yaml"
     path.write_text(yaml.safe_dump(tree))
     return load_profile(path, check_paths=False)
+
+
+def _random_adapter(model, name, spec, seed):
+    """Add LoRA adapter ``name`` with random non-zero lora_B (PEFT starts it at zero), so it
+    changes the logits like a trained adapter would, without spending training steps."""
+    import torch
+
+    from modft_utils import adapters, modeling
+
+    model = adapters.add_adapter(model, name, modeling.lora_config(spec), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if f"lora_B.{name}." in key:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_adapter():
+    return _random_adapter

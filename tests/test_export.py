@@ -13,23 +13,12 @@ X = torch.randint(2, 96, (2, 12), generator=torch.Generator().manual_seed(0))
 DOMAIN, TASK = LoraSpec(r=4, alpha=8), LoraSpec(r=2, alpha=4)
 
 
-def _random_adapter(model, name, spec, seed):
-    # Random non-zero lora_B (PEFT starts it at zero): the adapter changes the logits like a trained one.
-    model = adapters.add_adapter(model, name, modeling.lora_config(spec), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if f"lora_B.{name}." in key:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
-def adapter_dirs(micro_profile, tmp_path_factory):
+def adapter_dirs(micro_profile, tmp_path_factory, random_adapter):
     out = tmp_path_factory.mktemp("export_adapters")
     model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=False)
-    model = _random_adapter(model, "domain", DOMAIN, 1)
-    model = _random_adapter(model, "task", TASK, 2)
+    model = random_adapter(model, "domain", DOMAIN, 1)
+    model = random_adapter(model, "task", TASK, 2)
     return {name: adapters.save_adapter(model, name, out / name) for name in ("domain", "task")}
 
 
@@ -90,9 +79,9 @@ def test_merged_model_equals_live_stack_in_fp32(micro_profile, adapter_dirs, tmp
     assert report_4bit["max_abs_diff"] > 0 and report_4bit["verdict"].startswith("NOT equal")
 
 
-def test_refusals(micro_profile, adapter_dirs, tmp_path):
+def test_refusals(micro_profile, adapter_dirs, tmp_path, random_adapter):
     live = _live(micro_profile, adapter_dirs, four_bit=False)
-    live = _random_adapter(live, "qv", LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), 3)
+    live = random_adapter(live, "qv", LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), 3)
     adapters.activate(live, ["domain", "qv"])
     with pytest.raises(adapters.AdapterError, match=r"adapt different modules.*'domain' targets .*'qv' targets"):
         export.export_combined(live, ["domain", "qv"], tmp_path / "bad")

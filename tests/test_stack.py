@@ -13,19 +13,8 @@ from modft_utils.modeling import BaseRef
 X = torch.randint(2, 96, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
-def _random_adapter(model, name, spec, seed, out_dir):
-    # Random non-zero lora_B (PEFT starts it at zero): the adapter changes the logits like a trained one.
-    model = adapters.add_adapter(model, name, modeling.lora_config(spec), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if f"lora_B.{name}." in key:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model, adapters.save_adapter(model, name, out_dir / name)
-
-
 @pytest.fixture(scope="module")
-def store(micro_profile, tmp_path_factory):
+def store(micro_profile, tmp_path_factory, random_adapter):
     """domain@1, domain@2; task@1 and task@2 trained on domain@1, task@3 on domain@2; production: 1 and 1."""
     out = tmp_path_factory.mktemp("stack")
     model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=False)
@@ -35,7 +24,8 @@ def store(micro_profile, tmp_path_factory):
             ("task", LoraSpec(r=2, alpha=4), "domain@1"), ("task", LoraSpec(r=2, alpha=4), "domain@1"),
             ("task", LoraSpec(r=2, alpha=4), "domain@2")]
     for seed, (name, spec, parent) in enumerate(plan, start=1):
-        model, folder = _random_adapter(model, f"a{seed}", spec, seed, out / "adapters")
+        model = random_adapter(model, f"a{seed}", spec, seed)
+        folder = adapters.save_adapter(model, f"a{seed}", out / "adapters" / f"a{seed}")
         store.publish(name, folder, base=identity, parent=parent, params={}, data_fingerprint="", metrics={})
     store.promote("domain", 1, reason="test")
     store.promote("task", 1, reason="test")
