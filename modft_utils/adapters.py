@@ -34,28 +34,78 @@ def _lora_layers(model) -> list:
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    return _index(model)[1]
+
+
+def _index(model) -> tuple:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
     key = tuple(loaded_adapters(model))
     cached = getattr(model, "_modft_lora_index", None)
     if cached is None or cached[0] != key:
         layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        # Trainable-token layers (and the wrappers around them) hold only the adapter that trains
+        # embedding rows, and fail when told another one is active: they get the active names they hold.
+        partial = [
+            (m, frozenset(_held_adapters(m)))
+            for m in model.modules()
+            if isinstance(m, AuxiliaryTrainingWrapper) or (isinstance(m, BaseTunerLayer) and hasattr(m, "token_indices"))
+        ]
+        full = [m for m in layers if all(m is not p for p, _ in partial)]
         params: dict[str, list] = {}
         for pname, param in model.named_parameters():
             owner = _param_adapter(pname)
             if owner is not None:
                 params.setdefault(owner, []).append(param)
-        cached = (key, layers, params)
+        cached = (key, layers, params, full, partial)
         model._modft_lora_index = cached
-    return cached[1]
+    return cached
+
+
+def _held_adapters(module) -> list[str]:
+    if hasattr(module, "token_indices"):
+        return list(module.token_indices)
+    return list(getattr(module, "_adapters", ()))
 
 
 def _adapter_params(model) -> dict[str, list]:
-    _lora_layers(model)
-    return model._modft_lora_index[2]
+    return _index(model)[2]
 
 
 def loaded_adapters(model) -> list[str]:
     """Names of the adapters loaded into ``model`` (empty for a plain base)."""
     return list(getattr(model, "peft_config", {}).keys())
+
+
+def ensure_peft_fixes() -> None:
+    """Let PEFT save an adapter without embedding rows next to one that has them.
+
+    PEFT 0.21 asks every trainable-token wrapper for the state of the adapter being saved or
+    loaded, and the wrapper raises KeyError for an adapter it does not hold: with a domain adapter
+    that trains new token rows loaded, a task adapter could be neither saved nor loaded, nor the
+    two merged. Adapters a wrapper does not hold now contribute nothing to it, in all three.
+    """
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from peft.utils.other import TrainableTokensWrapper
+
+    if getattr(TrainableTokensWrapper, "_modft_fixed", False):
+        return
+    save, load_map = TrainableTokensWrapper.adapter_state_dict, TrainableTokensWrapper.adapter_state_dict_load_map
+
+    def holds(wrapper, adapter_name) -> bool:
+        return adapter_name in wrapper.token_adapter.trainable_tokens_delta or bool(wrapper.token_adapter.tied_adapter)
+
+    TrainableTokensWrapper.adapter_state_dict = lambda self, name, state: save(self, name, state) if holds(self, name) else {}
+    TrainableTokensWrapper.adapter_state_dict_load_map = lambda self, name: load_map(self, name) if holds(self, name) else {}
+    TrainableTokensWrapper._modft_fixed = True
+    merge = TrainableTokensLayer.merge
+
+    def merge_held(self, safe_merge: bool = False, adapter_names=None) -> None:
+        names = self.active_adapters if adapter_names is None else adapter_names
+        merge(self, safe_merge=safe_merge, adapter_names=[n for n in names if n in self.token_indices])
+
+    TrainableTokensLayer.merge = merge_held
 
 
 def add_adapter(model, name: str, lora_config, *, seed: int = 0):
@@ -69,6 +119,7 @@ def add_adapter(model, name: str, lora_config, *, seed: int = 0):
     from .quant import check_lora_targets
 
     check_lora_targets(model, lora_config)
+    ensure_peft_fixes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if isinstance(model, PeftModel):
@@ -91,6 +142,7 @@ def load_adapter(model, path: str | Path, name: str):
         pickles = sorted(p.name for p in path.glob("*.bin"))
         hint = f" (found pickle {pickles}; only safetensors are loaded)" if pickles else ""
         raise AdapterError(f"adapter {name!r}: {path} has no adapter_model.safetensors{hint}")
+    ensure_peft_fixes()
     if isinstance(model, PeftModel):
         if name in model.peft_config:
             raise AdapterError(f"adapter {name!r} is already loaded")
@@ -112,7 +164,7 @@ def check_keys_match(model, weights_file: Path, name: str) -> None:
 
     with safe_open(str(weights_file), framework="pt") as fh:
         in_file = set(fh.keys())
-    in_model = {k.replace(f".{name}.", ".") for k, _ in model.named_parameters() if _param_adapter(k) == name}
+    in_model = {stored_key(k, name) for k, _ in model.named_parameters() if _param_adapter(k) == name}
     missing, unexpected = sorted(in_model - in_file), sorted(in_file - in_model)
     if missing or unexpected:
         raise AdapterError(
@@ -130,12 +182,23 @@ def set_trainable(model, name: str | None) -> None:
 
 
 def _param_adapter(param_name: str) -> str | None:
-    # LoRA parameters are named ...lora_A.<adapter>.weight / lora_B.<adapter>.weight (and lora_embedding_*).
+    # LoRA parameters are named ...lora_A.<adapter>.weight / lora_B.<adapter>.weight (and lora_embedding_*);
+    # the rows a vocabulary extension trains, ...token_adapter.trainable_tokens_delta.<adapter>.
     parts = param_name.split(".")
+    if len(parts) >= 2 and parts[-2] == "trainable_tokens_delta":
+        return parts[-1]
     for i, part in enumerate(parts[:-1]):
         if part.startswith("lora_"):
             return parts[i + 1]
     return None
+
+
+def stored_key(param_name: str, name: str) -> str:
+    """The key PEFT writes for parameter ``param_name`` of adapter ``name`` (the adapter name removed)."""
+    suffix = "." + name
+    if param_name.endswith(suffix):
+        return param_name[: -len(suffix)]
+    return param_name.replace(suffix + ".", ".")
 
 
 def trainable_by_adapter(model) -> dict[str, int]:
@@ -174,18 +237,24 @@ def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
         raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {loaded_adapters(model)}")
     if trainable is not None and trainable not in names:
         raise AdapterError(f"adapter {trainable!r} must be active to train")
-    layers = _lora_layers(model)
-    for layer in layers:
+    _, _, _, full, partial = _index(model)
+    for layer in full:
         layer._disable_adapters = not names
         if names:
             layer._active_adapter = names
+    for layer, held in partial:
+        mine = [n for n in names if n in held]
+        layer._disable_adapters = not mine
+        if mine:
+            layer._active_adapter = mine
     if names:
         model.base_model.active_adapter = names
     set_trainable(model, trainable)
 
 
 def active_adapters(model) -> list[str]:
-    layers = _lora_layers(model)
+    index = _index(model) if loaded_adapters(model) else None
+    layers = (index[3] or index[1]) if index else []  # a LoRA layer holds every adapter; token layers only one
     if not layers or layers[0]._disable_adapters:
         return []
     return list(layers[0].active_adapters)
@@ -219,7 +288,9 @@ def save_adapter(model, name: str, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+        # save_embedding_layers=False: after a vocabulary extension PEFT would also write both whole
+        # embedding matrices (2.5 GB for MiniMax-M2); the trained rows are in the adapter already.
+        model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True, save_embedding_layers=False)
         written = next(p.parent for p in Path(tmp).rglob("adapter_config.json"))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -277,7 +348,6 @@ def check_combinable(model, names: Sequence[str]) -> None:
                 ("DoRA (use_dora)", getattr(cfg, "use_dora", False)),
                 ("rsLoRA (use_rslora)", getattr(cfg, "use_rslora", False)),
                 ("modules_to_save", getattr(cfg, "modules_to_save", None)),
-                ("trainable_token_indices", getattr(cfg, "trainable_token_indices", None)),
                 ("lora_bias", getattr(cfg, "lora_bias", False)),
             )
             if bad
@@ -286,6 +356,11 @@ def check_combinable(model, names: Sequence[str]) -> None:
             raise AdapterError(
                 f"adapter {n!r} cannot be combined exactly with PEFT's 'cat': it uses {', '.join(problems)}"
             )
+    with_tokens = [n for n in names if getattr(model.peft_config[n], "trainable_token_indices", None)]
+    if len(with_tokens) > 1:
+        raise AdapterError(
+            f"adapters {with_tokens} all train embedding rows (trainable_token_indices); at most one of a stack may"
+        )
     modules = _adapted_modules(model, names)
     if len({frozenset(m) for m in modules.values()}) > 1:
         detail = "; ".join(
@@ -332,13 +407,32 @@ def combined(model, names: Sequence[str], combined_name: str):
     was_trainable = trainable[0] if len(trainable) == 1 and trainable[0] in was_active else None
     try:
         # weights of 1.0: the combination is the plain sum of the adapters, as when they are stacked.
-        model.add_weighted_adapter(names, [1.0] * len(names), combined_name, combination_type="cat")
+        # PEFT builds the new adapter's config from the first name's, so the adapter that trains
+        # embedding rows (if any) goes first and its rows are copied over: cat knows only LoRA.
+        owner = next((n for n in names if getattr(model.peft_config[n], "trainable_token_indices", None)), None)
+        ordered = [owner, *(n for n in names if n != owner)] if owner else names
+        model.add_weighted_adapter(ordered, [1.0] * len(names), combined_name, combination_type="cat")
+        if owner:
+            _copy_token_rows(model, owner, combined_name)
         activate(model, [], None)
         yield combined_name
     finally:
         if combined_name in loaded_adapters(model):
+            # With it the only active adapter, PEFT moves to a single other one on delete; from a
+            # multi-adapter active list it would set several on the trainable-token wrapper and fail.
+            activate(model, [combined_name], None)
             model.delete_adapter(combined_name)
         activate(model, was_active, trainable=was_trainable)
+
+
+def _copy_token_rows(model, source: str, target: str) -> None:
+    _index(model)  # the new adapter's layers
+    with torch.no_grad():
+        for layer, held in _index(model)[4]:
+            if hasattr(layer, "token_indices") and source in held:
+                if target not in layer.trainable_tokens_delta:
+                    raise AdapterError(f"combined adapter {target!r} got no trainable rows for {source!r}'s tokens")
+                layer.trainable_tokens_delta[target].copy_(layer.trainable_tokens_delta[source])
 
 
 # --------------------------------------------------------------------------- a stack over a registry

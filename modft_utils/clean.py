@@ -262,10 +262,44 @@ def _chars(docs: Iterable[str]) -> int:
     return sum(len(d) for d in docs)
 
 
+def map_documents(docs: list[str], fn: Callable[[str], str], desc: str, progress: bool, batch_size: int = 512) -> list[str]:
+    """``fn`` over every document through a batched ``datasets.map`` (a progress bar per step).
+
+    The explicit fingerprint skips hashing ``fn`` (a closure datasets cannot hash reproducibly)
+    and nothing is cached: the result is needed once, here.
+    """
+    from datasets import Dataset, disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+
+    if not docs:
+        return []
+    was_enabled = is_progress_bar_enabled()
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
+        out = Dataset.from_dict({"text": docs}).map(
+            lambda batch: {"text": [fn(d) for d in batch["text"]]},
+            batched=True, batch_size=batch_size, desc=desc, new_fingerprint=f"modft-{desc}-{len(docs)}",
+            load_from_cache_file=False,
+        )
+        return out["text"]
+    finally:
+        (enable_progress_bars if was_enabled else disable_progress_bars)()
+
+
+def _progress(items: Iterable, on: bool, desc: str, total: int | None = None):
+    if not on:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit=" rows", mininterval=0.5)
+
+
 def clean_corpus(
     rows: Iterable[str],
     config: CleanConfig,
     scrub: Callable[[str], tuple[str, int]] | None = None,
+    *,
+    progress: bool = False,
+    total_rows: int | None = None,
 ) -> tuple[list[str], list[StepReport]]:
     """Raw wikitext rows -> clean documents, with a :class:`StepReport` for every step.
 
@@ -273,9 +307,22 @@ def clean_corpus(
     are dropped), ``pii_scrub`` (only when ``scrub`` is given; it returns the new text and its
     number of replacements), ``exact_dedup``, ``near_dedup`` (skipped when ``config.near_dup`` is
     "none"), ``min_length``. Raises ValueError naming the step that removed the last document.
+
+    ``rows`` may be any iterable (a generator over a hub split's batches): it is read once. The
+    per-document steps run as batched ``datasets.map`` calls, with progress bars when ``progress``.
     """
-    rows = list(rows)
     reports: list[StepReport] = []
+    counted = {"rows": 0, "chars": 0}
+
+    def counting(source: Iterable[str]):
+        # Rows stream through once (a hub split need not sit in a Python list); they are counted
+        # as the lines they become (each with one newline), so the first step's character count
+        # only falls by what it removed.
+        for r in _progress(source, progress, "reading rows", total=total_rows):
+            counted["rows"] += 1
+            if r is not None:
+                counted["chars"] += len(r) + (not r.endswith("\n"))
+            yield r
 
     def record(
         step: str, before: list[str] | None, after: list[str], rows_in: int | None = None, chars_in: int | None = None
@@ -299,18 +346,16 @@ def clean_corpus(
                 )
             )
 
-    docs = split_documents(rows, config.section_headings)
-    # Rows are counted as the lines they become (each with one newline), so that the step's
-    # character count only falls by what it removed.
-    lines_chars = sum(len(r) + (not r.endswith("\n")) for r in rows if r is not None)
-    record("split_documents", None, docs, rows_in=len(rows), chars_in=lines_chars)
+    docs = split_documents(counting(rows), config.section_headings)
+    record("split_documents", None, docs, rows_in=counted["rows"], chars_in=counted["chars"])
 
-    cleaned = [c for d in docs if (c := clean_wikitext(d, config.normalization))]
+    normalization = config.normalization
+    cleaned = [c for c in map_documents(docs, lambda d: clean_wikitext(d, normalization), "detokenize+normalize", progress) if c]
     record("detokenize+normalize", docs, cleaned)
     docs = cleaned
 
     if scrub is not None:
-        scrubbed = [scrub(d)[0] for d in docs]
+        scrubbed = map_documents(docs, lambda d: scrub(d)[0], "pii_scrub", progress)
         record("pii_scrub", docs, scrubbed)
         docs = scrubbed
 

@@ -119,6 +119,11 @@ class DataSpec(_Section):
     tokenizer_extend_threshold: float = Field(
         1.6, gt=0, description="extend the tokenizer when domain tokens per word exceed this"
     )
+    tokenizer_max_new_tokens: int = Field(
+        100, ge=0, description="most domain words added when extending (0: record the decision, add nothing)"
+    )
+    tokenizer_min_word_count: int = Field(5, ge=1, description="a word added to the tokenizer occurs at least this often")
+    tokenizer_min_pieces: int = Field(3, ge=2, description="a word added to the tokenizer is now cut into at least this many pieces")
 
 
 class LoraSpec(_Section):

@@ -68,6 +68,21 @@ def pack(token_lists: list[list[int]], block_size: int, eos_id: int) -> list[lis
 
 
 @dataclass
+class CleanCorpus:
+    """The DAPT corpus after cleaning and scrubbing, before tokenization."""
+
+    train_docs: list[str]
+    eval_docs: list[str]
+    reports: dict[str, list[StepReport]]
+    pii_counts: dict[str, int]
+    leaked_eval_docs: int
+
+    @property
+    def pii_replacements(self) -> int:
+        return sum(self.pii_counts.values())
+
+
+@dataclass
 class DaptData:
     train_docs: list[str]
     eval_docs: list[str]
@@ -99,8 +114,14 @@ def _blocks_dataset(blocks: list[list[int]]):
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
 
-def prepare_dapt(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> DaptData:
-    """Clean, scrub, de-duplicate and pack the domain corpus; save the blocks in the run folder."""
+def _text_rows(table, batch_size: int = 10_000):
+    """The ``text`` column, streamed in batches: a large hub split is never one Python list."""
+    for batch in table.iter(batch_size=batch_size):
+        yield from batch["text"]
+
+
+def clean_dapt(profile: Profile, *, progress: bool = True) -> CleanCorpus:
+    """Clean, scrub and de-duplicate the domain corpus (both splits), reporting every step."""
     cfg = CleanConfig(
         normalization=None if profile.data.normalization == "none" else profile.data.normalization,
         section_headings=profile.data.section_headings,
@@ -117,33 +138,45 @@ def prepare_dapt(profile: Profile, tokenizer, run_dir: str | Path, *, progress: 
     rows = load_rows(profile.data.dapt, profile)
     docs, reports = {}, {}
     for split in ("train", "validation"):
-        texts = rows[split]["text"]
-        if not texts:
+        if "text" not in rows[split].column_names:
+            raise DataError(f"data.dapt {split}: rows have no 'text' field (fields: {rows[split].column_names})")
+        if len(rows[split]) == 0:
             raise DataError(f"data.dapt {split}: the split has no rows")
         try:
-            docs[split], reports[split] = clean_corpus(texts, cfg, scrub if profile.data.scrub_pii else None)
+            docs[split], reports[split] = clean_corpus(
+                _text_rows(rows[split]), cfg, scrub if profile.data.scrub_pii else None,
+                progress=progress, total_rows=len(rows[split]),
+            )
         except ValueError as exc:
             raise DataError(f"data.dapt {split}: {exc}") from exc
     # A held-out document that also appears in training would flatter the perplexity.
     seen = {dedup_key(d) for d in docs["train"]}
     eval_docs = [d for d in docs["validation"] if dedup_key(d) not in seen]
-    leaked = len(docs["validation"]) - len(eval_docs)
     if not eval_docs:
         raise DataError("data.dapt validation: no held-out document left after removing copies of training documents")
+    return CleanCorpus(docs["train"], eval_docs, reports, dict(counter), len(docs["validation"]) - len(eval_docs))
+
+
+def prepare_dapt(
+    profile: Profile, tokenizer, run_dir: str | Path, cleaned: CleanCorpus | None = None, *, progress: bool = True
+) -> DaptData:
+    """Tokenize and pack the cleaned corpus (cleaning it first if not given); save the blocks in the run folder."""
+    if cleaned is None:
+        cleaned = clean_dapt(profile, progress=progress)
     block = profile.data.block_size
-    train_blocks = pack(_tokenize_docs(docs["train"], tokenizer, progress), block, tokenizer.eos_token_id)
-    eval_blocks = pack(_tokenize_docs(eval_docs, tokenizer, progress), block, tokenizer.eos_token_id)
+    train_blocks = pack(_tokenize_docs(cleaned.train_docs, tokenizer, progress), block, tokenizer.eos_token_id)
+    eval_blocks = pack(_tokenize_docs(cleaned.eval_docs, tokenizer, progress), block, tokenizer.eos_token_id)
     if not train_blocks or not eval_blocks:
         raise DataError(f"data.dapt: fewer tokens than one block of {block}; lower data.block_size")
     data = DaptData(
-        train_docs=docs["train"], eval_docs=eval_docs,
+        train_docs=cleaned.train_docs, eval_docs=cleaned.eval_docs,
         train_blocks=_blocks_dataset(train_blocks), eval_blocks=_blocks_dataset(eval_blocks),
-        reports=reports, pii_replacements=sum(counter.values()), leaked_eval_docs=leaked,
+        reports=cleaned.reports, pii_replacements=cleaned.pii_replacements, leaked_eval_docs=cleaned.leaked_eval_docs,
     )
     out = Path(run_dir) / "data"
     data.train_blocks.save_to_disk(str(out / "dapt_train"))
     data.eval_blocks.save_to_disk(str(out / "dapt_eval"))
-    (out / "dapt_pii_counts.json").write_text(json.dumps(dict(counter), indent=2) + "\n")
+    (out / "dapt_pii_counts.json").write_text(json.dumps(cleaned.pii_counts, indent=2) + "\n")
     return data
 
 
@@ -183,7 +216,7 @@ def tokenizer_coverage(tokenizer, docs: list[str], *, threshold: float, top_n: i
     Byte-level BPE never produces an unknown token; its failure mode is falling back to single
     bytes, so "byte-fallback" counts pieces that are one byte symbol for a non-ASCII character.
     """
-    counts = Counter(w for d in docs for w in _WORD.findall(d))
+    counts = word_counts(docs)
     if not counts:
         raise DataError("tokenizer coverage: the corpus has no words")
     words = list(counts)
@@ -207,6 +240,62 @@ def tokenizer_coverage(tokenizer, docs: list[str], *, threshold: float, top_n: i
         "threshold": threshold,
         "extend": tpw > threshold,
     }
+
+
+def word_counts(docs: list[str]) -> Counter:
+    """How often each word (letters, with inner apostrophes or hyphens) occurs in ``docs``."""
+    return Counter(w for d in docs for w in _WORD.findall(d))
+
+
+@dataclass
+class TokenizerDecision:
+    """Coverage before (and after) extension, the extension itself, and the base/tokenizer to use."""
+
+    coverage: dict[str, Any]
+    coverage_extended: dict[str, Any] | None
+    extension: Any  # vocab.VocabExtension | None
+    base: Any  # modeling.BaseRef, extended when the decision says so
+    tokenizer: Any
+
+    def metrics(self) -> dict[str, Any]:
+        c, e = self.coverage, self.coverage_extended
+        return {
+            "data.tokens_per_word": c["tokens_per_word"],
+            "data.tokenizer.byte_fallback_share": c["byte_fallback_share"],
+            "data.tokenizer.split_4plus_share": c["split_4plus_share"],
+            "data.tokenizer.extend": c["extend"],
+            "data.tokenizer.added_tokens": len(self.extension.words) if self.extension else 0,
+            "data.tokenizer.tokens_per_word_extended": e["tokens_per_word"] if e else c["tokens_per_word"],
+            "data.tokenizer.split_4plus_share_extended": e["split_4plus_share"] if e else c["split_4plus_share"],
+        }
+
+
+def decide_tokenizer(profile: Profile, base, docs: list[str], run_dir: str | Path) -> TokenizerDecision:
+    """Measure coverage, extend the tokenizer if the threshold says so, and record it for the run.
+
+    The extension (or its absence, removing a stale one) is saved in the run folder, where
+    ``modeling.ensure_base(profile, run_dir)`` finds it for every later notebook.
+    """
+    from . import modeling, vocab
+
+    spec = profile.data
+    base = base.extended(None)
+    tokenizer = modeling.load_tokenizer(base)
+    coverage = tokenizer_coverage(tokenizer, docs, threshold=spec.tokenizer_extend_threshold)
+    extension = None
+    if coverage["extend"] and spec.tokenizer_max_new_tokens:
+        extension = vocab.choose_words(
+            tokenizer, word_counts(docs), max_words=spec.tokenizer_max_new_tokens,
+            min_count=spec.tokenizer_min_word_count, min_pieces=spec.tokenizer_min_pieces,
+        )
+        extension = extension if extension.words else None
+    vocab.save_decision(run_dir, extension)
+    if extension is None:
+        return TokenizerDecision(coverage, None, None, base, tokenizer)
+    base = base.extended(extension)
+    tokenizer = modeling.load_tokenizer(base)
+    after = tokenizer_coverage(tokenizer, docs, threshold=spec.tokenizer_extend_threshold)
+    return TokenizerDecision(coverage, after, extension, base, tokenizer)
 
 
 def _byte_symbols() -> dict[int, str]:

@@ -16,11 +16,12 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .config import Profile, ProfileError, TinyBaseSpec
+from .vocab import VocabExtension, extend_model, extend_tokenizer, load_decision, trainable_token_indices
 
 TINY_MARKER = "modft_base.json"
 EOS_TOKEN = "<|endoftext|>"
@@ -34,6 +35,15 @@ class BaseRef:
     name_or_path: str
     revision: str | None = None
     build_info: dict[str, Any] = field(default_factory=dict)
+    vocab_extension: VocabExtension | None = None  # domain tokens this run added (see modft_utils.vocab)
+
+    def extended(self, ext: VocabExtension | None) -> "BaseRef":
+        """The same base with ``ext`` applied by every later tokenizer and model load."""
+        return replace(self, vocab_extension=ext if ext is not None and ext.words else None)
+
+    @property
+    def new_token_ids(self) -> list[int]:
+        return self.vocab_extension.token_ids if self.vocab_extension else []
 
 
 def sha256_file(path: Path) -> str:
@@ -207,12 +217,20 @@ def preflight(profile: Profile) -> None:
         )
 
 
-def ensure_base(profile: Profile, progress: bool = True) -> BaseRef:
+def ensure_base(profile: Profile, run_dir: str | os.PathLike | None = None, *, progress: bool = True) -> BaseRef:
     """Return what to load for this profile's base, building the tiny base once if it asks for one.
+
+    With ``run_dir``, the vocabulary extension notebook 01 recorded for that run (if any) comes
+    with it, so the tokenizer and every model loaded from the ref are the extended ones.
 
     The tiny base is cached under ``cache_dir`` keyed by its spec, corpus and library versions, and
     written aside then renamed, so a build that dies halfway is never mistaken for a finished one.
     """
+    base = _plain_base(profile, progress)
+    return base.extended(load_decision(run_dir)) if run_dir is not None else base
+
+
+def _plain_base(profile: Profile, progress: bool) -> BaseRef:
     preflight(profile)
     spec = profile.model
     if spec.id != "tiny":
@@ -246,6 +264,8 @@ def load_tokenizer(base: BaseRef):
     tok = AutoTokenizer.from_pretrained(base.name_or_path, revision=base.revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if base.vocab_extension is not None:
+        extend_tokenizer(tok, base.vocab_extension)
     return tok
 
 
@@ -295,6 +315,8 @@ def load_base(profile: Profile, base: BaseRef, *, load_in_4bit: bool | None = No
     elif torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(base.name_or_path, **kwargs)
+    if base.vocab_extension is not None:
+        extend_model(model, base.vocab_extension)
     _keep_cpu_4bit_exact(model)
     if quant is not None and spec.experts_4bit:
         from .quant import quantize_experts
@@ -325,8 +347,12 @@ def _keep_cpu_4bit_exact(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def lora_config(spec, *, task_type: str = "CAUSAL_LM"):
-    """A PEFT LoraConfig from a profile's ``lora`` section."""
+def lora_config(spec, *, task_type: str = "CAUSAL_LM", trainable_tokens: dict[str, list[int]] | None = None):
+    """A PEFT LoraConfig from a profile's ``lora`` section.
+
+    ``trainable_tokens`` (from :func:`modft_utils.vocab.trainable_token_indices`) also trains those
+    embedding rows: the domain adapter learns the tokens a vocabulary extension added.
+    """
     from peft import LoraConfig
 
     return LoraConfig(
@@ -336,7 +362,13 @@ def lora_config(spec, *, task_type: str = "CAUSAL_LM"):
         target_modules=list(spec.target_modules),
         bias="none",
         task_type=task_type,
+        trainable_token_indices=trainable_tokens or None,
     )
+
+
+def domain_lora_config(profile: Profile, base: BaseRef, model):
+    """The domain adapter's config: LoRA, plus the embedding rows of the tokens this run added."""
+    return lora_config(profile.dapt.lora, trainable_tokens=trainable_token_indices(model, base.vocab_extension))
 
 
 def load_merged(path: str | os.PathLike, profile: Profile):

@@ -973,22 +973,29 @@ class Registry:
         _check_alias(alias)
         if not reason or not str(reason).strip():
             raise RegistryError("a rollback needs a reason: it is kept in the audit log")
-        self._require(name)
         with self._lock(name):
-            aliases = self.aliases(name)
-            history = _alias_history(self.audit(name), alias)
-            if not history:
-                raise RegistryError(
-                    f"{name}@{alias}: no earlier version to roll back to "
-                    f"(now at {aliases.get(alias, 'nothing')})"
-                )
-            target = history[-1]
-            if target not in self.versions(name):
-                raise RegistryError(
-                    f"{name}@{alias}: would roll back to version {target}, which does not exist "
-                    f"(versions: {self.versions(name)})"
-                )
-            return self._move_alias(name, alias, target, "rollback", reason, actor)
+            return self._move_alias(name, alias, self.rollback_target(name, alias), "rollback", reason, actor)
+
+    def rollback_target(self, name: str, alias: str = "production") -> int:
+        """The version :meth:`rollback` would move ``alias`` to; RegistryError when there is none.
+
+        What a confirmation shows before a rollback ("task@production: 4 -> 3").
+        """
+        _check_name(name)
+        _check_alias(alias)
+        self._require(name)
+        history = _alias_history(self.audit(name), alias)
+        if not history:
+            raise RegistryError(
+                f"{name}@{alias}: no earlier version to roll back to (now at {self.aliases(name).get(alias, 'nothing')})"
+            )
+        target = history[-1]
+        if target not in self.versions(name):
+            raise RegistryError(
+                f"{name}@{alias}: would roll back to version {target}, which does not exist "
+                f"(versions: {self.versions(name)})"
+            )
+        return target
 
     def _move_alias(self, name: str, alias: str, target: int, kind: str, reason: str, actor: str | None) -> dict[str, Any]:
         """Record the move in the audit log, then point the alias (caller holds the lock)."""
@@ -1175,13 +1182,16 @@ def _lora_keys_mismatch(peft_model, weights: Path, adapter_name: str) -> tuple[l
 def _strip_lora_layers(model) -> None:
     """Undo a ``PeftModel.from_pretrained`` that already wrapped ``model``'s layers in place."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
     replaced: list[str] = []
     for mod_name, module in list(model.named_modules()):
-        if not isinstance(module, BaseTunerLayer) or any(mod_name.startswith(r + ".") for r in replaced):
+        wrapper = isinstance(module, AuxiliaryTrainingWrapper)  # trainable-token rows around an embedding
+        if not (wrapper or isinstance(module, BaseTunerLayer)) or any(mod_name.startswith(r + ".") for r in replaced):
             continue
         parent_name, _, child = mod_name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+        original = module.original_module if wrapper else module.get_base_layer()
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, original)
         replaced.append(mod_name)
     if "peft_config" in vars(model):
         del model.peft_config
@@ -1215,6 +1225,9 @@ def load_adapter_into(
     """
     from peft import PeftModel
 
+    from .adapters import ensure_peft_fixes
+
+    ensure_peft_fixes()
     label = f"adapter {adapter_name!r} ({version.ref})"
     path = version.local_copy()
     pickles = _pickle_files(path)

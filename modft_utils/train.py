@@ -70,7 +70,7 @@ def restore_adapter(model, name: str, checkpoint: str | Path) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key in adapters.adapter_state(model, name):
-            params[key].copy_(saved[key.replace(f".{name}.", ".")])
+            params[key].copy_(saved[adapters.stored_key(key, name)])
 
 
 @functools.cache
@@ -84,6 +84,13 @@ def _adapter_trainer():
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             restore_adapter(self.model, self.adapter_name, resume_from_checkpoint)
+
+        def _save(self, output_dir=None, state_dict=None):
+            # A checkpoint holds the adapter being trained, nothing else: the frozen ones are saved
+            # already, and PEFT would add whole embedding matrices after a vocabulary extension.
+            if self.args.should_save:
+                self.model.save_pretrained(output_dir or self.args.output_dir, selected_adapters=[self.adapter_name],
+                                           safe_serialization=True, save_embedding_layers=False)
 
     return AdapterTrainer
 

@@ -220,6 +220,23 @@ def test_steps_are_reported_in_order_and_chain():
     assert all(isinstance(r, StepReport) and set(r.as_dict()) >= {"step", "rows_in", "chars_out"} for r in reports)
 
 
+def test_rows_stream_from_a_generator_read_once(capsys):
+    """A hub split is read as a generator over batches: same documents and reports as a list, one pass."""
+    rng = random.Random(0)
+    rows = VALKYRIA + ARSENAL + _article("A", rng) + _article("B", rng)
+    reads = []
+
+    def stream():
+        for r in rows:
+            reads.append(r)
+            yield r
+
+    want = clean_corpus(rows, CleanConfig(min_chars=50))
+    got = clean_corpus(stream(), CleanConfig(min_chars=50), progress=True, total_rows=len(rows))
+    assert got == want and len(reads) == len(rows)
+    assert "detokenize+normalize" in capsys.readouterr().err  # the batched map's progress bar
+
+
 def test_exact_duplicates_ignore_case_and_spacing():
     variant = [r.upper().replace(" , ", "  ,  ") for r in ARSENAL]
     docs, reports = clean_corpus(ARSENAL + variant + VALKYRIA, CleanConfig(min_chars=0))

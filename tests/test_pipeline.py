@@ -55,6 +55,28 @@ def test_data_numbers(pipeline):
 
 
 @pytest.mark.slow
+def test_tokenizer_extension_runs_through_every_notebook(pipeline):
+    """The tiny profile's decision is to extend: 01 adds tokens, 02's domain adapter trains their rows."""
+    from safetensors import safe_open
+
+    from modft_utils import vocab
+
+    m = pipeline.metrics
+    assert m["data.tokenizer.extend"] is True
+    ext = vocab.load_decision(pipeline.run_dir)
+    assert m["data.tokenizer.added_tokens"] == len(ext.words) == 100  # the profile's tokenizer_max_new_tokens
+    assert m["data.tokenizer.tokens_per_word_extended"] < m["data.tokens_per_word"] - 0.2
+    domain = pipeline.run_dir / "adapters" / "domain" / "adapter" / "adapter_model.safetensors"
+    with safe_open(str(domain), framework="pt") as fh:
+        rows = {k: fh.get_slice(k).get_shape() for k in fh.keys() if "trainable_tokens_delta" in k}
+    assert sorted(k.split(".")[-3] for k in rows) == ["embed_tokens", "lm_head"]
+    assert all(shape[0] == 100 for shape in rows.values())
+    task = pipeline.run_dir / "adapters" / "task" / "adapter" / "adapter_model.safetensors"
+    with safe_open(str(task), framework="pt") as fh:
+        assert not [k for k in fh.keys() if "trainable_tokens" in k or "embed" in k]
+
+
+@pytest.mark.slow
 def test_adapters_help_where_they_should(pipeline):
     m = pipeline.metrics
     assert m["dapt.ppl_domain"] < m["dapt.ppl_base"]
