@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.modft-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install run test test-fast baseline lab bench clean
+.PHONY: install browser-deps run test test-fast baseline lab bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Debian's Chromium and ChromeDriver for the JupyterLab browser test (never a browser download;
+## where they cannot be installed the test is skipped and says why)
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1) \
+		|| echo "browser-deps: could not install chromium and chromium-driver; the browser test will be skipped"; \
+	else echo "browser-deps: needs apt-get as root; install chromium and chromium-driver to run the browser test"; fi
+
 ## The main job on the default profile: all five notebooks, headless, into outputs/runs/<run-id>/
 run: install
 	$(OFFLINE) $(BIN)/modft run --profile $(PROFILE)
 
 ## The whole suite: unit tests, the notebook pipeline test, nbval regression on the committed notebooks
-test: install
+test: install browser-deps
 	$(OFFLINE) $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
@@ -41,7 +51,7 @@ baseline: install
 ## JupyterLab with this environment registered as the "modft" kernel
 lab: install
 	$(BIN)/python -m ipykernel install --sys-prefix --name modft --display-name "modft (.venv)"
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 ## Benchmarks: side-by-side ratios against their goals, written to benchmarks/RESULTS.md and results.json
 bench: install

@@ -298,6 +298,16 @@ def save_adapter(model, name: str, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def switcher(model):
+    """``switch(names) -> model`` over the adapters loaded in ``model``, for ``evaluate.compare_answers``."""
+
+    def switch(names: Sequence[str]):
+        activate(model, names)
+        return model
+
+    return switch
+
+
 def time_switch(model, stacks: Sequence[Sequence[str]], repeats: int) -> float:
     """Mean milliseconds of one :func:`activate` call, cycling through ``stacks``."""
     start = time.perf_counter()
@@ -558,14 +568,15 @@ class AdapterStack:
         versions = [e if not isinstance(e, str) else self.versions.get(e) for e in entries]
         versions = [v for v in versions if v is not None]  # adapters not from the store have no parent record
         by_name = {v.name: v.ref for v in versions}
+        local = {e for e in entries if isinstance(e, str) and e not in self.versions}
         problems = []
         for v in versions:
             parent = v.manifest.parent
             if parent is not None and by_name.get(parent.name) != parent:
-                problems.append(
-                    f"{v.ref} was trained on {parent}, but the active {parent.name} is "
-                    f"{by_name.get(parent.name, 'none')}"
+                active = by_name.get(parent.name) or (
+                    f"{parent.name!r} loaded from a folder, not the store" if parent.name in local else "none"
                 )
+                problems.append(f"{v.ref} was trained on {parent}, but the active {parent.name} is {active}")
         return problems
 
     def _switch(self, entries: list, force_parent: bool) -> list[str]:
@@ -601,6 +612,19 @@ class AdapterStack:
             self.forced.extend(problems)
             warnings.warn("running a parent mismatch (force_parent=True): " + "; ".join(problems), stacklevel=3)
         return names
+
+    def compose(self, selection: Sequence[str], *, force_parent: bool = False):
+        """Activate ``selection`` in order and return the model to run.
+
+        Each item is an adapter already in the model by its name (this run's ``"domain"``) or a
+        store reference (``"task@3"``, ``"domain@production"``), loaded on first use. A parent
+        mismatch raises :class:`ParentMismatchError` before anything changes.
+        """
+        loaded = set(loaded_adapters(self.model))
+        entries = [s if s in loaded else self._version(s) for s in selection]
+        self._switch(entries, force_parent)
+        self._disabled.clear()
+        return self.model
 
     def use(self, *refs, force_parent: bool = False) -> list[str]:
         """Make exactly ``refs`` active, in this order, loading any not yet loaded; no refs: the bare base.

@@ -187,3 +187,80 @@ def stack_scores(model, tokenizer, qa_examples: Sequence[dict[str, Any]], qa_tok
     """Exact match, F1 and answer NLL of the active stack: what the promotion gate compares."""
     qa = qa_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens)
     return {"exact_match": qa["exact_match"], "f1": qa["f1"], "answer_nll": answer_nll(model, qa_tokenized, collator)}
+
+
+# --------------------------------------------------------------------------- side-by-side answers
+
+
+def fit_prompt(tokenizer, prompt: str, *, window: int, max_new_tokens: int) -> tuple[str, str | None]:
+    """``prompt`` cut so that it and ``max_new_tokens`` fit the model window, and a note when cut.
+
+    Tokens are dropped from the start: a QA prompt ends with the question and ``Answer:``, which
+    the model needs most.
+    """
+    room = window - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a window of {window} tokens")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) <= room:
+        return prompt, None
+    keep = room
+    while True:  # decoding and re-encoding can merge pieces differently; shrink until it fits
+        cut = tokenizer.decode(ids[-keep:])
+        if len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= room or keep == 1:
+            break
+        keep -= 1
+    note = (
+        f"prompt truncated: {len(ids)} tokens do not fit the model window of {window} with {max_new_tokens} "
+        f"left for the answer; the first {len(ids) - keep} tokens were dropped"
+    )
+    return cut, note
+
+
+def diff_tokens(reference: Sequence[str], other: Sequence[str]) -> list[tuple[str, bool]]:
+    """``other``'s tokens, each marked True where it differs from ``reference`` (difflib alignment)."""
+    import difflib
+
+    changed = [True] * len(other)
+    for block in difflib.SequenceMatcher(a=list(reference), b=list(other), autojunk=False).get_matching_blocks():
+        for j in range(block.b, block.b + block.size):
+            changed[j] = False
+    return list(zip(other, changed))
+
+
+def answer_tokens(tokenizer, text: str) -> list[str]:
+    """``text`` as the readable pieces its tokens decode to (what the diff highlights)."""
+    return [tokenizer.decode([i]) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def compare_answers(
+    switch, tokenizer, prompt: str, stacks: dict[str, Sequence[str]], *, max_new_tokens: int, window: int
+) -> dict[str, Any]:
+    """Answer ``prompt`` with every stack; each answer's tokens marked where they differ from the first stack's.
+
+    ``switch(names)`` activates a stack and returns the model to run (``AdapterStack.compose``
+    or a wrapper of :func:`adapters.activate`); a stack it refuses (a parent mismatch) gets its
+    error in place of an answer. Returns ``{"note": str | None, "answers": [{"stack", "answer",
+    "tokens": [(piece, changed)], "error"}]}``.
+    """
+    from .adapters import AdapterError
+    from .registry import RegistryError
+
+    prompt, note = fit_prompt(tokenizer, prompt, window=window, max_new_tokens=max_new_tokens)
+    rows: list[dict[str, Any]] = []
+    reference: list[str] | None = None
+    for label, names in stacks.items():
+        try:
+            model = switch(list(names))
+        except (AdapterError, RegistryError) as exc:  # a parent mismatch, an adapter that does not fit
+            rows.append({"stack": label, "answer": None, "tokens": [], "error": str(exc)})
+            continue
+        answer = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens)[0]
+        pieces = answer_tokens(tokenizer, answer)
+        reference = pieces if reference is None else reference
+        rows.append({"stack": label, "answer": answer, "tokens": diff_tokens(reference, pieces), "error": None})
+    return {"note": note, "answers": rows}
+
+
+def stack_label(names: Sequence[str]) -> str:
+    return "base" + "".join(" + " + n for n in names)

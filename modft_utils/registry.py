@@ -601,6 +601,22 @@ class Registry:
         """Visible (complete) versions of ``name``, ascending; half-written ones are ignored."""
         return sorted(n for n, visible in self._version_dirs(_check_name(name)).items() if visible)
 
+    def choices(self, name: str) -> list[tuple[str, str]]:
+        """(label, reference) for every version of ``name``, newest first, labelled with its aliases.
+
+        What a version picker offers: ``[("v3 (production)", "task@3"), ("v2", "task@2"), ...]``;
+        empty when the store has no such adapter.
+        """
+        if not self.versions(name):
+            return []
+        by_version: dict[int, list[str]] = {}
+        for alias, number in sorted(self.aliases(name).items()):
+            by_version.setdefault(number, []).append(alias)
+        return [
+            (f"v{n}" + (f" ({', '.join(by_version[n])})" if n in by_version else ""), f"{name}@{n}")
+            for n in reversed(self.versions(name))
+        ]
+
     def get(self, name: str, version: int) -> AdapterVersion:
         """Version ``version`` of ``name``; RegistryError if it does not exist."""
         _check_name(name)

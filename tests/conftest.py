@@ -81,3 +81,14 @@ def _random_adapter(model, name, spec, seed):
 @pytest.fixture(scope="session")
 def random_adapter():
     return _random_adapter
+
+
+@pytest.fixture(scope="session")
+def pipeline(root, tmp_path_factory):
+    """All five notebooks on the default profile, once per session, into a temporary run folder and store."""
+    from modft_utils import runner
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    return runner.run_notebooks(
+        root / "params" / "tiny.yaml", run_dir=tmp / "run", overrides={"registry": str(tmp / "registry")}, progress=False,
+    )

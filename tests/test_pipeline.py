@@ -16,15 +16,6 @@ REQUIRED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pipeline(root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
-    result = runner.run_notebooks(
-        root / "params" / "tiny.yaml", run_dir=tmp / "run", overrides={"registry": str(tmp / "registry")}, progress=False,
-    )
-    return result
-
-
 @pytest.mark.slow
 def test_every_metric_is_recorded(pipeline):
     missing = [k for k in REQUIRED if k not in pipeline.metrics]

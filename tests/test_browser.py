@@ -1,0 +1,145 @@
+"""Notebook 04 in a real JupyterLab, in headless Chromium: the widgets render and a checkbox switches the stack.
+
+Uses Debian's ``chromium`` and ``chromedriver`` (``make test`` installs them where it can; a browser
+is never downloaded). Skipped, with the reason, where they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SCREENSHOT = Path(__file__).resolve().parents[1] / "outputs" / "screenshots" / "stack_explorer.png"
+
+
+def _missing() -> str | None:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            return f"{path} not found: install Debian's chromium and chromium-driver (make browser-deps)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(pipeline, root, tmp_path_factory):
+    """A JupyterLab server over a copy of notebook 04 whose parameters point at the pipeline's run."""
+    import papermill
+
+    folder = tmp_path_factory.mktemp("lab")
+    papermill.execute_notebook(
+        str(root / "notebooks" / "04_compose.ipynb"), str(folder / "04_compose.ipynb"), prepare_only=True,
+        parameters={"profile": str(root / "params" / "tiny.yaml"), "run_dir": str(pipeline.run_dir),
+                    "overrides": {"registry": str(pipeline.run_dir.parent / "registry")}},
+    )
+    port, token = _free_port(), "modft-browser-test"
+    # Render every cell (JupyterLab 4 virtualizes long notebooks) and ask no questions about news.
+    settings = folder / ".lab-settings" / "@jupyterlab"
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings / "apputils-extension").mkdir(parents=True)
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "JUPYTER_CONFIG_DIR": str(folder / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(folder / ".runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],  # CI containers run as root
+        env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and server.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail(f"JupyterLab did not start: {(folder / 'server.log').read_text()[-2000:]}")
+    yield f"http://127.0.0.1:{port}/lab/tree/04_compose.ipynb?token={token}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1500,1200", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_widgets_render_and_a_checkbox_switches_the_stack(lab, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 90)
+    browser.get(lab)
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")))
+    # Run > Run All Cells, through the menu as a person would.
+    browser.find_element(By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']").click()
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "li.lm-Menu-item[data-command='runmenu:run-all']"))).click()
+
+    WebDriverWait(browser, 300).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, ".widget-checkbox input[type='checkbox']")))
+    # Widgets re-render their HTML on every change: read it through one script call, never a held element.
+    status = lambda: browser.execute_script(  # noqa: E731
+        "const s = document.querySelectorAll('.modft-active'); return s.length ? s[s.length - 1].textContent : null;")
+    answers = lambda: browser.execute_script(  # noqa: E731
+        "return Array.from(arguments[0].querySelectorAll('.modft-answer')).map(e => e.firstChild.textContent);", panel)
+    boxes = {el.find_element(By.XPATH, "./ancestor::label").text.strip(): el
+             for el in browser.find_elements(By.CSS_SELECTOR, ".widget-checkbox input[type='checkbox']")}
+    assert set(boxes) == {"domain", "task"}
+    dropdown = browser.find_elements(By.CSS_SELECTOR, ".widget-dropdown select")
+    assert len(dropdown) == 2 and "v1 (production)" in dropdown[1].text  # versions from the store 05 published to
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", boxes["task"])
+    before = status()
+    boxes["task"].click()  # the stack switches on the loaded base, and the panel says so
+    wait.until(lambda _: status() != before)
+    assert ("task" in status()) != ("task" in before)
+    if "task" not in status():
+        boxes["task"].click()
+        wait.until(lambda _: "task" in status())
+    assert status() == "base + domain + task"
+    generate = browser.find_element(By.XPATH, "//button[contains(@class,'jupyter-button') and normalize-space()='Generate']")
+    panel = generate.find_element(By.XPATH, "./ancestor::div[contains(@class,'widget-vbox')][1]")
+    generate.click()
+    wait.until(lambda _: len(answers()) == 4)  # every sub-stack of the selection, side by side
+    assert answers() == ["base", "base + domain", "base + task", "base + domain + task"]
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("arguments[0].scrollIntoView();", panel)
+    panel.screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 5_000
