@@ -58,8 +58,16 @@ def _index(model) -> tuple:
             owner = _param_adapter(pname)
             if owner is not None:
                 params.setdefault(owner, []).append(param)
-        cached = (key, layers, params, full, partial)
+        # Every LoRA layer gets the same list object as its active adapters, left enabled: a switch
+        # rewrites that one list in place, so it costs the same for 4 layers or 62. An empty list
+        # runs the base layer alone, the same computation as PEFT's disabled path.
+        shared = [] if not full or full[0]._disable_adapters else list(full[0].active_adapters)
+        for layer in full:
+            layer._disable_adapters = False
+            layer._active_adapter = shared
+        cached = (key, layers, params, full, partial, shared)
         model._modft_lora_index = cached
+        model._modft_trainable = _UNKNOWN  # adapters were added or removed: trainability is not ours to know
     return cached
 
 
@@ -174,11 +182,15 @@ def check_keys_match(model, weights_file: Path, name: str) -> None:
         )
 
 
+_UNKNOWN = object()
+
+
 def set_trainable(model, name: str | None) -> None:
     """Make exactly adapter ``name`` trainable (None: nothing); base weights stay frozen from loading."""
     for owner, params in _adapter_params(model).items():
         for param in params:
             param.requires_grad_(owner == name)
+    model._modft_trainable = name
 
 
 def _param_adapter(param_name: str) -> str | None:
@@ -228,8 +240,8 @@ def check_only_trainable(model, name: str) -> int:
 def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
     """Make exactly ``names`` active (empty: the bare base), with only ``trainable`` trainable.
 
-    It flips flags on the LoRA layers and copies no weights, so its cost does not depend on the
-    size of the base.
+    It rewrites the one active-adapter list all LoRA layers share and copies no weights, so its
+    cost depends neither on the size of the base nor on its depth.
     """
     names = list(names)
     unknown = [n for n in names if n not in loaded_adapters(model)]
@@ -237,19 +249,22 @@ def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
         raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {loaded_adapters(model)}")
     if trainable is not None and trainable not in names:
         raise AdapterError(f"adapter {trainable!r} must be active to train")
-    _, _, _, full, partial = _index(model)
-    for layer in full:
-        layer._disable_adapters = not names
-        if names:
-            layer._active_adapter = names
-    for layer, held in partial:
+    _, _, _, full, partial, shared = _index(model)
+    if full and full[0]._active_adapter is not shared:
+        raise AdapterError(
+            "the LoRA layers' active adapters were changed outside modft_utils.adapters (PEFT's set_adapter?); "
+            "switch stacks with adapters.activate only"
+        )
+    shared[:] = names
+    for layer, held in partial:  # at most two (input embedding, LM head), whatever the depth
         mine = [n for n in names if n in held]
         layer._disable_adapters = not mine
         if mine:
             layer._active_adapter = mine
     if names:
-        model.base_model.active_adapter = names
-    set_trainable(model, trainable)
+        model.base_model.active_adapter = list(names)
+    if getattr(model, "_modft_trainable", _UNKNOWN) != trainable:
+        set_trainable(model, trainable)
 
 
 def active_adapters(model) -> list[str]:

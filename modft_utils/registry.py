@@ -989,6 +989,7 @@ class Registry:
         _check_alias(alias)
         if not reason or not str(reason).strip():
             raise RegistryError("a rollback needs a reason: it is kept in the audit log")
+        self._require(name)  # before the lock, which would create the adapter's folder
         with self._lock(name):
             return self._move_alias(name, alias, self.rollback_target(name, alias), "rollback", reason, actor)
 
