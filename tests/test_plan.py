@@ -384,6 +384,8 @@ def test_plan_command(root, capsys):
 def measured(root, tiny):
     """Peak RSS growth of 2 AdamW steps of tiny-profile SFT, at the profile's 16 x 256 tokens and at
     1 x 32 tokens (which shows the fixed cost of the framework), each in its own process."""
+    from transformers import AutoModelForCausalLM  # noqa: F401 - transformers' lazy imports race when two threads first import
+
     small = load_profile(root / "params" / "tiny.yaml", {"sft.train.batch_size": 1, "data.max_sft_tokens": 32})
     with ThreadPoolExecutor(2) as pool:
         full = pool.submit(measure_training_peak, tiny, stage="sft")
@@ -402,11 +404,12 @@ def test_training_peak_matches_the_plan(measured):
     measured_growth = big["measured_bytes"] - small["measured_bytes"]
     planned_growth = plan_big.training_bytes - plan_small.training_bytes
     assert measured_growth == pytest.approx(planned_growth, rel=0.10)
-    # What remains is a fixed framework cost the tensors do not include (on a GPU the 1 GiB
-    # allowance covers it): positive and far below that allowance.
+    # What remains is a fixed cost the tensors do not include (allocator and loader overhead; on a
+    # GPU the 1 GiB allowance covers it). The warm-up keeps library code pages out of it: ~38 MiB
+    # without, ~11 MiB with.
     fixed = small["measured_bytes"] - plan_small.training_bytes
-    assert 0 < fixed < 128 * 2**20
+    assert 0 < fixed < 24 * 2**20
     ratio = big["measured_bytes"] / plan_big.training_bytes
     print(f"\ntiny SFT step: measured {big['measured_bytes'] / 2**20:.1f} MiB, planned {plan_big.training_bytes / 2**20:.1f} MiB "
           f"(ratio {ratio:.3f}); growth {measured_growth / 2**20:.1f} vs {planned_growth / 2**20:.1f} MiB; fixed {fixed / 2**20:.1f} MiB")
-    assert 1.0 <= ratio < 1.25
+    assert 1.0 <= ratio < 1.15  # the planner is within the 15% the benchmark asks
