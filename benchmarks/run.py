@@ -450,16 +450,29 @@ def bench_data_prep(b: Bench) -> list[dict]:
 
 
 def bench_end_to_end(b: Bench) -> list[dict]:
-    runs = sorted((ROOT / "outputs" / "runs").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in runs:
-        metrics = json.loads(path.read_text())
-        secs = {k: v for k, v in metrics.items() if k.startswith("run.seconds.")}
-        if secs:
-            total = sum(secs.values())
-            return [entry("end to end: seconds of the five notebooks (make run)", round(total, 1), "s", 300, "<= 300 s",
-                          total <= 300, note=f"from {path.relative_to(ROOT)}: " + ", ".join(f"{k[12:]} {v:.0f}" for k, v in secs.items()))]
-    return [entry("end to end: seconds of the five notebooks (make run)", None, "s", 300, "<= 300 s", False, skipped=True,
-                  note="no outputs/runs/*/metrics.json with run.seconds.*: run `make run` first (not run by the benchmarks)")]
+    """The five notebooks as `make run` runs them (tiny base already cached): a fresh run in full mode;
+    quick mode reads the newest run folder instead, if there is one."""
+    if b.quick:
+        runs = sorted((ROOT / "outputs" / "runs").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        found = next(((p, s) for p in runs if (s := {k: v for k, v in json.loads(p.read_text()).items()
+                                                          if k.startswith("run.seconds.")})), None)
+        if found is None:
+            return [entry("end to end: seconds of the five notebooks (make run)", None, "s", 300, "<= 300 s", False,
+                          skipped=True, note="quick mode runs no notebooks and found no outputs/runs/*/metrics.json with run.seconds.*")]
+        source, secs = found
+        source = source.parent.relative_to(ROOT)
+    else:
+        from modft_utils import runner
+
+        start = time.perf_counter()
+        result = runner.run_notebooks(ROOT / "params" / "tiny.yaml", run_dir=b.tmp / "e2e",
+                                      overrides={"registry": str(b.tmp / "e2e-registry")}, progress=False)
+        wall = time.perf_counter() - start
+        secs = {k: v for k, v in result.metrics.items() if k.startswith("run.seconds.")}
+        source = f"a fresh run by this benchmark ({wall:.0f} s wall with kernel starts)"
+    total = sum(secs.values())
+    return [entry("end to end: seconds of the five notebooks (make run)", round(total, 1), "s", 300, "<= 300 s",
+                  total <= 300, note=f"{source}: " + ", ".join(f"{k[12:]} {v:.0f}" for k, v in secs.items()))]
 
 
 # ----------------------------------------------------------------------------- GPU

@@ -83,6 +83,48 @@ class _NF4ExpertLinear(torch.autograd.Function):
         return grad_out @ weight, None, None, None
 
 
+class _NF4SwiGLUExperts(torch.autograd.Function):
+    """All routed experts of one layer, ``down(silu(gate) * up)``, as one autograd node.
+
+    Per expert, the generic path records five autograd nodes (two 4-bit matmuls, the split, the
+    activation, the product); on small experts their bookkeeping costs more than the arithmetic.
+    Here forward loops over the experts without building a graph and keeps each expert's ``gate``
+    and ``up`` (less than the generic path keeps: it also holds ``silu(gate)``); backward loops
+    again, re-dequantizing each weight as :class:`_NF4ExpertLinear` does, and applies the SwiGLU
+    derivative by hand. Only the routed hidden states get a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, routed: torch.Tensor, experts: NF4Experts, counts: list[int]) -> torch.Tensor:
+        outs, saved = [], []
+        for expert, chunk in enumerate(routed.split(counts)):
+            if chunk.shape[0] == 0:
+                saved.append(None)
+                continue
+            gate, up = F.linear(chunk, experts.dequantize_weight("gate_up", expert, dtype=chunk.dtype)).chunk(2, dim=-1)
+            outs.append(F.linear(F.silu(gate) * up, experts.dequantize_weight("down", expert, dtype=chunk.dtype)))
+            saved.append((gate, up))
+        ctx.experts, ctx.counts, ctx.saved = experts, counts, saved
+        return torch.cat(outs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        experts, grads = ctx.experts, []
+        for expert, grad in enumerate(grad_out.split(ctx.counts)):
+            if ctx.saved[expert] is None:
+                grads.append(grad.new_zeros((0, experts.hidden_dim)))
+                continue
+            gate, up = ctx.saved[expert]
+            grad_m = grad @ experts.dequantize_weight("down", expert, dtype=grad.dtype)
+            sig = torch.sigmoid(gate)
+            silu = gate * sig
+            grad_gate = grad_m * up * (sig * (1 + gate * (1 - sig)))
+            grad_h = torch.cat((grad_gate, grad_m * silu), dim=-1)
+            grads.append(grad_h @ experts.dequantize_weight("gate_up", expert, dtype=grad.dtype))
+        ctx.saved = None
+        return torch.cat(grads), None, None
+
+
 class NF4Experts(nn.Module):
     """Drop-in, frozen replacement for a fused MoE experts module, every expert stored in 4-bit.
 
@@ -147,6 +189,8 @@ class NF4Experts(nn.Module):
         self.hidden_dim = hidden
         self.intermediate_dim = two_ffn // 2
         self.act_fn = act_fn
+        # SiLU-gated experts (MiniMax-M2's, Qwen3-MoE's) train through one fused autograd node.
+        self._silu = isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ == "SiLUActivation"
         self.quant_type = quant_type
         self.compute_dtype = compute_dtype
         self.blocksize = blocksize
@@ -255,6 +299,10 @@ class NF4Experts(nn.Module):
         routed = hidden_states.index_select(0, token_idx).to(self.compute_dtype)
         # Under no_grad (eval, generation) the recompute-in-backward wrapper is pure overhead.
         track = torch.is_grad_enabled() and routed.requires_grad
+        weights = top_k_weights.reshape(-1).index_select(0, order)
+        if track and self._silu:
+            out = _NF4SwiGLUExperts.apply(routed, self, counts) * weights[:, None]
+            return final.index_add_(0, token_idx, out.to(final.dtype))
         outputs = []
         for expert, chunk in enumerate(routed.split(counts)):
             if chunk.shape[0] == 0:
@@ -265,7 +313,6 @@ class NF4Experts(nn.Module):
             else:
                 gate, up = F.linear(chunk, self.dequantize_weight("gate_up", expert)).chunk(2, dim=-1)
                 outputs.append(F.linear(self.act_fn(gate) * up, self.dequantize_weight("down", expert)))
-        weights = top_k_weights.reshape(-1).index_select(0, order)
         out = torch.cat(outputs) * weights[:, None]
         return final.index_add_(0, token_idx, out.to(final.dtype))
 

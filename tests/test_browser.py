@@ -47,9 +47,10 @@ def lab(pipeline, root, tmp_path_factory):
     import papermill
 
     folder = tmp_path_factory.mktemp("lab")
+    run = shutil.copytree(pipeline.run_dir, folder / "run")  # running 04 records metrics: not into the shared run
     papermill.execute_notebook(
         str(root / "notebooks" / "04_compose.ipynb"), str(folder / "04_compose.ipynb"), prepare_only=True,
-        parameters={"profile": str(root / "params" / "tiny.yaml"), "run_dir": str(pipeline.run_dir),
+        parameters={"profile": str(root / "params" / "tiny.yaml"), "run_dir": str(run),
                     "overrides": {"registry": str(pipeline.run_dir.parent / "registry")}},
     )
     port, token = _free_port(), "modft-browser-test"
