@@ -566,7 +566,9 @@ def _layer_activation_bytes(arch: _Arch, *, seq: int, s: int, lora_rank_sum: int
     if arch.experts:
         k, f = arch.top_k, arch.ffn
         b += 4 * (arch.experts + 1)  # router probabilities (fp32) and top-k bookkeeping
-        if experts_impl == "eager":
+        if experts_impl == "nf4":  # modft_utils.quant's fused SiLU experts: gate and up kept, not silu(gate)
+            per_slot = s * (2 * f + 2 * h) + 32  # measured: the eager figure less one ffn-wide tensor
+        elif experts_impl == "eager":
             per_slot = s * (3 * f + 2 * h) + 32  # gate_up out, act out, gathered input, down out; indices
         elif experts_impl == "batched_mm":
             per_slot = s * (3 * f * h + 3 * f + 2 * h) + 32  # it gathers each token's expert weights
@@ -851,8 +853,9 @@ def _price(profile: Profile, config, *, experts_4bit: bool, stage: str) -> _Pric
             resident += _lora_params(_lora_targets(tensors, profile.dapt.lora, "dapt.lora"), profile.dapt.lora.r)
         # Only the trained adapter's A outputs are saved for backward (checked: a frozen adapter's are not).
         per_layer_rank = lora.r * sum(1 for t in targets if t.layer == 0)
-        act_args = dict(s=s, lora_rank_sum=per_layer_rank, attn=spec.attn_implementation,
-                        experts_impl=spec.experts_implementation or "grouped_mm")
+        # 4-bit experts run through NF4Experts whatever experts_implementation says.
+        impl = "nf4" if spec.load_in_4bit and experts_4bit else (spec.experts_implementation or "grouped_mm")
+        act_args = dict(s=s, lora_rank_sum=per_layer_rank, attn=spec.attn_implementation, experts_impl=impl)
         acts = _activations(arch, batch=section.train.batch_size, seq=seq, **act_args)
         phases.append(_Phase(name, section.train.batch_size, seq, section.train.grad_accum,
                              section.train.gradient_checkpointing, resident, trainable, 2 * len(targets),
