@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -32,18 +33,25 @@ def _lora_layers(model) -> list:
     Walking every module on each switch would make switching cost grow with the base; the
     index makes it a loop over the adapted layers only.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return _index(model)[1]
+    return _index(model).layers
 
 
-def _index(model) -> tuple:
+class _LoraIndex(NamedTuple):
+    key: tuple[str, ...]  # the loaded adapters it was built for
+    layers: list  # every PEFT tuner layer
+    params: dict[str, list]  # adapter name -> its parameters
+    full: list  # LoRA layers: they hold every adapter and share ``shared`` as their active list
+    partial: list  # (trainable-token layer or wrapper, the adapter names it holds)
+    shared: list[str]
+
+
+def _index(model) -> _LoraIndex:
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
     key = tuple(loaded_adapters(model))
     cached = getattr(model, "_modft_lora_index", None)
-    if cached is None or cached[0] != key:
+    if cached is None or cached.key != key:
         layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         # Trainable-token layers (and the wrappers around them) hold only the adapter that trains
         # embedding rows, and fail when told another one is active: they get the active names they hold.
@@ -65,7 +73,7 @@ def _index(model) -> tuple:
         for layer in full:
             layer._disable_adapters = False
             layer._active_adapter = shared
-        cached = (key, layers, params, full, partial, shared)
+        cached = _LoraIndex(key, layers, params, full, partial, shared)
         model._modft_lora_index = cached
         model._modft_trainable = _UNKNOWN  # adapters were added or removed: trainability is not ours to know
     return cached
@@ -78,7 +86,7 @@ def _held_adapters(module) -> list[str]:
 
 
 def _adapter_params(model) -> dict[str, list]:
-    return _index(model)[2]
+    return _index(model).params
 
 
 def loaded_adapters(model) -> list[str]:
@@ -249,14 +257,15 @@ def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
         raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {loaded_adapters(model)}")
     if trainable is not None and trainable not in names:
         raise AdapterError(f"adapter {trainable!r} must be active to train")
-    _, _, _, full, partial, shared = _index(model)
+    index = _index(model)
+    full, shared = index.full, index.shared
     if full and full[0]._active_adapter is not shared:
         raise AdapterError(
             "the LoRA layers' active adapters were changed outside modft_utils.adapters (PEFT's set_adapter?); "
             "switch stacks with adapters.activate only"
         )
     shared[:] = names
-    for layer, held in partial:  # at most two (input embedding, LM head), whatever the depth
+    for layer, held in index.partial:  # at most two (input embedding, LM head), whatever the depth
         mine = [n for n in names if n in held]
         layer._disable_adapters = not mine
         if mine:
@@ -269,7 +278,7 @@ def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
 
 def active_adapters(model) -> list[str]:
     index = _index(model) if loaded_adapters(model) else None
-    layers = (index[3] or index[1]) if index else []  # a LoRA layer holds every adapter; token layers only one
+    layers = (index.full or index.layers) if index else []  # a LoRA layer holds every adapter; token layers only one
     if not layers or layers[0]._disable_adapters:
         return []
     return list(layers[0].active_adapters)
@@ -451,9 +460,8 @@ def combined(model, names: Sequence[str], combined_name: str):
 
 
 def _copy_token_rows(model, source: str, target: str) -> None:
-    _index(model)  # the new adapter's layers
     with torch.no_grad():
-        for layer, held in _index(model)[4]:
+        for layer, held in _index(model).partial:  # rebuilt: the combined adapter is new
             if hasattr(layer, "token_indices") and source in held:
                 if target not in layer.trainable_tokens_delta:
                     raise AdapterError(f"combined adapter {target!r} got no trainable rows for {source!r}'s tokens")

@@ -128,13 +128,15 @@ def extend_model(model, ext: VocabExtension) -> None:
     setattr(model.config, CONFIG_KEY, ext.sha256)
 
 
+def _untied_output(model):
+    """The output embedding when it is its own matrix (MiniMax-M2's LM head is), else None."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return out if out is not None and out.weight.data_ptr() != inp.weight.data_ptr() else None
+
+
 def _embedding_matrices(model) -> list:
-    inp = model.get_input_embeddings().weight
-    out = model.get_output_embeddings()
-    mats = [inp]
-    if out is not None and out.weight.data_ptr() != inp.data_ptr():  # untied: MiniMax-M2's LM head is its own
-        mats.append(out.weight)
-    return mats
+    out = _untied_output(model)
+    return [model.get_input_embeddings().weight] + ([out.weight] if out is not None else [])
 
 
 def trainable_token_indices(model, ext: VocabExtension | None) -> dict[str, list[int]] | None:
@@ -142,9 +144,9 @@ def trainable_token_indices(model, ext: VocabExtension | None) -> dict[str, list
     if ext is None or not ext.words:
         return None
     names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n}
-    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
-    targets = {names[id(inp)]: ext.token_ids}
-    if out is not None and out.weight.data_ptr() != inp.weight.data_ptr():
+    targets = {names[id(model.get_input_embeddings())]: ext.token_ids}
+    out = _untied_output(model)
+    if out is not None:
         targets[names[id(out)]] = ext.token_ids
     return targets
 
@@ -167,7 +169,7 @@ def load_decision(run_dir: str | os.PathLike) -> VocabExtension | None:
     return VocabExtension.load(path) if path.is_file() else None
 
 
-def describe(ext: VocabExtension | None, tokenizer=None, limit: int = 15) -> dict[str, Any]:
+def describe(ext: VocabExtension | None, limit: int = 15) -> dict[str, Any]:
     if ext is None:
         return {"added_tokens": 0}
     return {
