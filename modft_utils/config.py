@@ -60,8 +60,15 @@ class TinyBaseSpec(_Section):
 
 
 class ModelSpec(_Section):
-    id: str = Field(..., description="hub id (MiniMaxAI/MiniMax-M2), a local model folder, or 'tiny' to build one")
+    id: str = Field(
+        ..., description="hub id (MiniMaxAI/MiniMax-M2), a local model folder, 'tiny' to build one, or "
+        "'package:<distribution>' (an installed Python package holding model.gguf_file)"
+    )
     revision: str | None = Field(None, description="hub revision (commit or tag) pinned for reproducibility")
+    gguf_file: str | None = Field(
+        None, description="a GGUF checkpoint inside model.id (folder, package or hub repo), converted once into "
+        "the cache as a safetensors folder keyed by its sha256"
+    )
     tiny: TinyBaseSpec | None = Field(None, description="how to build the base when id is 'tiny'")
     load_in_4bit: bool = Field(True, description="QLoRA: store the frozen base in bitsandbytes 4-bit")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 suits normally distributed weights")
@@ -83,6 +90,10 @@ class ModelSpec(_Section):
     def _tiny_needs_spec(self) -> "ModelSpec":
         if self.id == "tiny" and self.tiny is None:
             raise ValueError("model.id 'tiny' needs a model.tiny section")
+        if self.id == "tiny" and self.gguf_file:
+            raise ValueError("model.gguf_file names a GGUF file to load; it cannot go with model.id 'tiny'")
+        if self.id.startswith("package:") and not self.gguf_file:
+            raise ValueError("model.id 'package:...' needs model.gguf_file: the file inside that package")
         return self
 
 
@@ -165,6 +176,14 @@ class SftSpec(_Section):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     max_new_tokens: int = Field(12, ge=1, le=512, description="greedy decoding budget for an answer")
+    prompt_style: Literal["plain", "chat"] = Field(
+        "plain", description="plain: 'Context: ... Question: ... Answer:'; chat: the same as a user turn rendered "
+        "with the base's own chat template (instruct models)"
+    )
+    system_prompt: str | None = Field(
+        None, description="with prompt_style chat: a system turn to add (None keeps the template's default)"
+    )
+    eval_batch_size: int = Field(32, ge=1, description="prompts decoded together when scoring (left-padded)")
 
 
 class ComposeSpec(_Section):

@@ -199,6 +199,11 @@ def preflight(profile: Profile) -> None:
     check_device(profile)
     if profile.model.id == "tiny":
         return
+    if profile.model.gguf_file:
+        from . import gguf
+
+        gguf.read_config(gguf.locate(profile))  # a missing, cut or unsupported file is named here
+        return  # transformers dequantizes GGUF itself: 4-bit then applies to plain float weights
     from .plan import PlanError, read_model_config
 
     try:
@@ -233,6 +238,11 @@ def ensure_base(profile: Profile, run_dir: str | os.PathLike | None = None, *, p
 def _plain_base(profile: Profile, progress: bool) -> BaseRef:
     preflight(profile)
     spec = profile.model
+    if spec.gguf_file:
+        from . import gguf
+
+        folder, info = gguf.converted_folder(profile, progress=progress)
+        return BaseRef(str(folder), None, info)
     if spec.id != "tiny":
         local = profile.resolve(spec.id)
         if local.is_dir():

@@ -181,6 +181,7 @@ def read_model_config(profile: Profile, config_path: str | os.PathLike | None = 
 
     * ``config_path`` given: that config.json (or model folder) wins, whatever ``model.id`` says.
     * ``model.id == "tiny"``: built from ``model.tiny`` exactly as ``modeling.tiny_config`` builds it.
+    * a GGUF file (``model.gguf_file``): the config its header describes (no weights dequantized).
     * a local folder: its ``config.json``.
     * ``MiniMaxAI/MiniMax-M2``: the published config bundled in ``params/configs`` (no network).
     * any other hub id: ``AutoConfig.from_pretrained(id, revision)``, which fetches config.json only;
@@ -196,6 +197,10 @@ def read_model_config(profile: Profile, config_path: str | os.PathLike | None = 
         from .modeling import tiny_config
 
         return tiny_config(spec.tiny, _SpecVocab(spec.tiny.vocab_size))
+    if spec.gguf_file:
+        from . import gguf
+
+        return gguf.read_config(gguf.locate(profile))
     local = profile.resolve(spec.id) if profile.source else Path(spec.id).expanduser()
     if local.exists():
         config_file = local / "config.json" if local.is_dir() else local
