@@ -21,6 +21,8 @@ from .config import CorpusSpec, Profile
 from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noqa: F401  (public: modft_utils.data.scrub_pii)
 
 SFT_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
+# The user turn of a chat prompt: instruct models answer in sentences unless told what form to use.
+CHAT_USER_PROMPT = "Answer with the shortest span of the context that answers the question.\nContext: {context}\nQuestion: {question}"
 
 
 class DataError(ValueError):
@@ -318,7 +320,66 @@ def _byte_fallback_ids(tokenizer) -> set[int]:
 # ---------------------------------------------------------------- SFT
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question becomes a prompt, and how its answer follows (``sft.prompt_style``).
+
+    ``plain`` writes ``Context: ... Question: ... Answer:`` and the answer follows after a space;
+    ``chat`` renders the same as a user turn with the base's own chat template (with the generation
+    prompt), and the answer is the assistant's turn, closed by the end-of-turn token. Both end an
+    answer with the tokenizer's EOS, which is what generation stops on.
+    """
+
+    style: str = "plain"
+    system_prompt: str | None = None
+    chat_template: str | None = None
+
+    @property
+    def answer_prefix(self) -> str:
+        return " " if self.style == "plain" else ""
+
+    def prompt(self, tokenizer, context: str, question: str) -> str:
+        if self.style == "plain":
+            return SFT_PROMPT.format(context=context, question=question)
+        messages = [{"role": "user", "content": CHAT_USER_PROMPT.format(context=context, question=question)}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                             add_generation_prompt=True)
+
+
+def prompt_format(profile: Profile, tokenizer) -> PromptFormat:
+    """The profile's prompt format, checked against the tokenizer before any data is tokenized.
+
+    ``chat`` needs a chat template whose assistant turn ends with the tokenizer's EOS token (what
+    training teaches the model to emit and generation stops on); a base without one is refused here,
+    naming the key and the base, before anything is trained.
+    """
+    spec = profile.sft
+    if spec.prompt_style == "plain":
+        return PromptFormat("plain")
+    template = getattr(tokenizer, "chat_template", None)
+    where = getattr(tokenizer, "name_or_path", "") or profile.model.id
+    if not template:
+        raise DataError(
+            f"sft.prompt_style is 'chat' but the base's tokenizer ({where}) has no chat template. Use "
+            "sft.prompt_style: plain, or a base that ships one (an instruct model's tokenizer_config.json or "
+            "chat_template.jinja)."
+        )
+    fmt = PromptFormat("chat", spec.system_prompt, template)
+    probe = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ANSWER"}], tokenize=False)
+    if tokenizer.eos_token is None or f"ANSWER{tokenizer.eos_token}" not in probe:
+        raise DataError(
+            f"sft.prompt_style 'chat': the chat template of {where} does not end an assistant turn with the EOS "
+            f"token {tokenizer.eos_token!r}, so generation could not tell where an answer ends. Use "
+            "sft.prompt_style: plain for this base."
+        )
+    return fmt
+
+
 def format_prompt(context: str, question: str) -> str:
+    """The plain prompt (``sft.prompt_style: plain``)."""
     return SFT_PROMPT.format(context=context, question=question)
 
 
@@ -371,14 +432,16 @@ def scrub_example(ex: squad.QAExample) -> tuple[squad.QAExample | None, int, boo
     )
 
 
-def tokenize_example(ex: squad.QAExample, tokenizer, max_tokens: int) -> tuple[dict[str, Any], bool]:
+def tokenize_example(
+    ex: squad.QAExample, tokenizer, max_tokens: int, fmt: PromptFormat = PromptFormat()
+) -> tuple[dict[str, Any], bool]:
     """Prompt + first answer + EOS, loss on the answer only; cut the context around the answer if too long."""
     context, cut = ex.context, False
     answer = ex.answers[0]
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     max_chars = len(context)
     while True:
-        prompt_ids = tokenizer(format_prompt(context, ex.question), add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(fmt.prompt(tokenizer, context, ex.question), add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + len(answer_ids) <= max_tokens:
             break
         over = len(prompt_ids) + len(answer_ids) - max_tokens
@@ -399,9 +462,9 @@ class SftData:
     report: SftReport
 
 
-def _eval_record(ex: squad.QAExample) -> dict[str, Any]:
+def _eval_record(ex: squad.QAExample, tokenizer, fmt: PromptFormat) -> dict[str, Any]:
     return {"id": ex.id, "title": ex.title, "context": ex.context, "question": ex.question,
-            "answers": list(ex.answers), "prompt": format_prompt(ex.context, ex.question)}
+            "answers": list(ex.answers), "prompt": fmt.prompt(tokenizer, ex.context, ex.question)}
 
 
 def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> SftData:
@@ -409,6 +472,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     from datasets import Dataset
     from tqdm.auto import tqdm
 
+    fmt = prompt_format(profile, tokenizer)  # a chat profile on a base without a template stops here
     rows = load_rows(profile.data.sft, profile)
     spec = profile.data.sft
     report = SftReport()
@@ -442,7 +506,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     tok_train, tok_eval = [], []
     for exs, sink in ((train, tok_train), (evals, tok_eval)):
         for ex in exs:
-            row, cut = tokenize_example(ex, tokenizer, profile.data.max_sft_tokens)
+            row, cut = tokenize_example(ex, tokenizer, profile.data.max_sft_tokens, fmt)
             report.contexts_cut += int(cut)
             sink.append(row)
     report.train_examples, report.eval_examples = len(tok_train), len(tok_eval)
@@ -451,7 +515,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     data = SftData(
         train=Dataset.from_list(tok_train),
         eval_tokenized=Dataset.from_list(tok_eval),
-        eval_examples=[_eval_record(e) for e in evals],
+        eval_examples=[_eval_record(e, tokenizer, fmt) for e in evals],
         report=report,
     )
     out = Path(run_dir) / "data"
@@ -479,11 +543,11 @@ def load_sft(run_dir: str | Path) -> SftData:
     return SftData(load_from_disk(str(out / "sft_train")), load_from_disk(str(out / "sft_eval_tokenized")), evals, rep)
 
 
-def shuffled_answer_set(run_dir: str | Path, tokenizer, max_tokens: int, seed: int):
+def shuffled_answer_set(profile: Profile, run_dir: str | Path, tokenizer):
     """The SFT training set with answers permuted across questions: a deliberately bad task set.
 
     The rollback drill trains a regressing candidate on it, so the promotion gate has something real
-    to refuse.
+    to refuse. Prompts are built exactly as for the real task set.
     """
     import random
 
@@ -493,12 +557,13 @@ def shuffled_answer_set(run_dir: str | Path, tokenizer, max_tokens: int, seed: i
     _require(path, "01_data_prep")
     with open(path, encoding="utf-8") as fh:
         examples = [json.loads(line) for line in fh]
+    fmt, max_tokens = prompt_format(profile, tokenizer), profile.data.max_sft_tokens
     answers = [e["answers"][0] for e in examples]
-    random.Random(seed).shuffle(answers)
+    random.Random(profile.seed).shuffle(answers)
     rows = []
     for ex, wrong in zip(examples, answers):
-        prompt_ids = tokenizer(format_prompt(ex["context"], ex["question"]), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(" " + wrong, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt_ids = tokenizer(fmt.prompt(tokenizer, ex["context"], ex["question"]), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(fmt.answer_prefix + wrong, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         if len(prompt_ids) + len(answer_ids) <= max_tokens:
             ids = prompt_ids + answer_ids
             rows.append({"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids, "attention_mask": [1] * len(ids)})
