@@ -367,8 +367,12 @@ def has_4bit_experts(model: nn.Module) -> bool:
     return any(isinstance(m, NF4Experts) for m in model.modules())
 
 
-def _part_of(name: str) -> str:
-    """Which part of the model a parameter or buffer name belongs to (see :func:`weight_bytes`)."""
+def _part_of(name: str, linear_weights: frozenset[str] = frozenset()) -> str:
+    """Which part of the model a parameter or buffer name belongs to (see :func:`weight_bytes`).
+
+    ``linear_weights`` names the weights of the model's linear layers: those outside attention and
+    the output layer (a dense model's MLP projections, shared experts) are ``dense_mlp``.
+    """
     parts = name.split(".")
     if any(p.startswith("lora_") or p == "modules_to_save" for p in parts):
         return "adapters"
@@ -381,7 +385,15 @@ def _part_of(name: str) -> str:
     # Only the projection weights are quantized; their biases stay float and count as "other".
     if parts[-1] == "weight" and any(p in ATTENTION_PROJECTIONS for p in parts[:-1]):
         return "attention"
+    if name in linear_weights:
+        return "dense_mlp"
     return "other"
+
+
+def _linear_weight_names(model: nn.Module) -> frozenset[str]:
+    """Names of the weights bitsandbytes quantizes: every linear layer's but the output layer's."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return frozenset(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not output)
 
 
 def _quant_state_tensors(param: torch.Tensor) -> Iterable[torch.Tensor]:
@@ -399,15 +411,17 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes held by the model's weights, by part.
 
     Parts: ``experts``, ``attention`` (q/k/v/o projection weights, for ``Linear4bit`` the packed
-    bytes plus the quant state), ``embeddings`` (``embed_tokens``), ``lm_head``, ``other`` (norms,
-    router, biases, rotary buffers) and ``adapters`` (LoRA weights of a PEFT model, 0 otherwise).
+    bytes plus the quant state), ``dense_mlp`` (every other linear layer's weight: a dense model's
+    MLP, shared experts), ``embeddings`` (``embed_tokens``), ``lm_head``, ``other`` (norms, router,
+    biases, rotary buffers) and ``adapters`` (LoRA weights of a PEFT model, 0 otherwise).
 
     Parameters and buffers are counted like ``get_memory_footprint()`` (shared tensors once). The
     ``Linear4bit`` quant state (absmax etc.) is counted on top: ``get_memory_footprint()`` misses it
     because bitsandbytes keeps it on the parameter object, so the parts sum to the footprint plus
     those statistics. :class:`NF4Experts` keeps its statistics in buffers, counted by both.
     """
-    parts = dict.fromkeys(("experts", "attention", "embeddings", "lm_head", "other", "adapters"), 0)
+    parts = dict.fromkeys(("experts", "attention", "dense_mlp", "embeddings", "lm_head", "other", "adapters"), 0)
+    linear = _linear_weight_names(model)
     seen: set[tuple[int, torch.dtype, int]] = set()
 
     def add(name: str, t: torch.Tensor) -> None:
@@ -415,7 +429,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
         if t.nelement() == 0 or key in seen:
             return
         seen.add(key)
-        parts[_part_of(name)] += t.nelement() * t.element_size()
+        parts[_part_of(name, linear)] += t.nelement() * t.element_size()
 
     for name, param in model.named_parameters():
         add(name, param)
@@ -427,10 +441,13 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     return parts
 
 
+QUANTIZED_PARTS = ("attention", "dense_mlp", "experts")
+
+
 def quantizable_bytes(model: nn.Module) -> int:
-    """Bytes of the weights QLoRA quantizes: attention projections plus experts."""
+    """Bytes of the weights QLoRA quantizes: every linear layer but the output layer, plus experts."""
     parts = weight_bytes(model)
-    return parts["attention"] + parts["experts"]
+    return sum(parts[p] for p in QUANTIZED_PARTS)
 
 
 def _strip_base_layer(name: str) -> str:
@@ -508,7 +525,8 @@ def check_lora_targets(model: nn.Module, lora_config: Any) -> dict[str, list[str
 def memory_vs_bf16(model: nn.Module) -> dict[str, int]:
     """The loaded model's weight bytes beside what the same weights take in bf16.
 
-    ``quantizable_*`` covers what 4-bit applies to (attention projections and experts); the
+    ``quantizable_*`` covers what 4-bit applies to (every linear layer but the output layer, and
+    the experts: attention and MLP of a dense model, attention and experts of an MoE); the
     ``footprint_*`` pair is the whole model as ``get_memory_footprint()`` counts it, with the bf16
     figure being every parameter and buffer at 2 bytes.
     """
@@ -518,7 +536,7 @@ def memory_vs_bf16(model: nn.Module) -> dict[str, int]:
     buffers = sum(b.nelement() for n, b in model.named_buffers() if _part_of(n) == "other")
     return {
         "quantizable_bytes_4bit": quantizable_bytes(model),
-        "quantizable_bytes_bf16": 2 * (counts["experts"] + counts["attention"]),
+        "quantizable_bytes_bf16": 2 * sum(counts[p] for p in QUANTIZED_PARTS),
         "footprint_4bit_bytes": int(model.get_memory_footprint()),
         "footprint_bf16_bytes": 2 * (counts["total"] + buffers),
     }
