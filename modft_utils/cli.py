@@ -1,6 +1,6 @@
 """The ``modft`` command: run the workbook headlessly, validate profiles, manage the adapter store.
 
-    modft run --profile params/tiny.yaml [--notebooks 01 02] [--set dapt.train.max_steps=20]
+    modft run --profile params/smollm2.yaml [--notebooks 01 02] [--set dapt.train.max_steps=20]
     modft validate --profile params/minimax_m2.yaml
     modft params
     modft registry list|show|publish|promote|rollback|verify ...
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the numbered notebooks headlessly with papermill")
-    run.add_argument("--profile", default="params/tiny.yaml", help="profile YAML (default: params/tiny.yaml)")
+    run.add_argument("--profile", default="params/smollm2.yaml", help="profile YAML (default: params/smollm2.yaml)")
     run.add_argument("--notebooks", nargs="*", help="subset by number or name, e.g. 01 02 (default: all five)")
     run.add_argument("--run-dir", help="run folder (default: <runs_dir>/<time>-<profile>-<host>)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a profile key, e.g. dapt.train.max_steps=20")
