@@ -668,11 +668,30 @@ def _parse_event(raw: bytes) -> dict[str, Any]:
     return event
 
 
-def _alias_history(events: list[dict[str, Any]], alias: str) -> list[int]:
-    """Versions ``alias`` held before its current one, oldest first, replaying promotes and rollbacks."""
+def _unapplied_moves(events: list[tuple[int, dict[str, Any]]]) -> set[int]:
+    """Lines of moves that a ``recover`` record says never reached aliases.json."""
+    return {e["move_line"] for _, e in events if e["event"] == "recover" and _is_int(e.get("move_line"))}
+
+
+def _last_moves(events: list[tuple[int, dict[str, Any]]]) -> dict[str, tuple[int, dict[str, Any]]]:
+    """The last move that took effect, per alias: (line, event)."""
+    unapplied = _unapplied_moves(events)
+    last: dict[str, tuple[int, dict[str, Any]]] = {}
+    for lineno, event in events:
+        if event["event"] in ("promote", "rollback") and lineno not in unapplied:
+            last[event["alias"]] = (lineno, event)
+    return last
+
+
+def _alias_history(events: list[tuple[int, dict[str, Any]]], alias: str) -> list[int]:
+    """Versions ``alias`` held before its current one, oldest first, replaying promotes and rollbacks.
+
+    ``events`` are (line, event) pairs; moves that never reached aliases.json are left out.
+    """
+    unapplied = _unapplied_moves(events)
     stack: list[int] = []
-    for event in events:
-        if event.get("alias") != alias:
+    for lineno, event in events:
+        if event.get("alias") != alias or lineno in unapplied:
             continue
         if event.get("event") == "promote":
             if event.get("from") is not None and event.get("from") != event.get("to"):
@@ -1071,7 +1090,8 @@ class Registry:
         The caller holds the lock. Repairs: a torn last audit line gets its end of line and a
         ``recover`` record (readers then skip it); dead staging folders and alias temp files are
         removed; a version whose publish died before its audit line gets that line, from its
-        manifest, marked ``recovered``.
+        manifest, marked ``recovered``; a move whose writer died after its audit line but before
+        aliases.json changed gets a record saying it did not take effect (rollback then skips it).
         """
         now, actor = _now(), _whoami()
         records: list[dict[str, Any]] = []
@@ -1104,9 +1124,33 @@ class Registry:
                 pass  # verify names the manifest; the version still gets its publish record
             record["recovered"] = f"the publish was interrupted before its audit line; recorded {now} by {actor}"
             records.append(record)
+        for alias, lineno, _ in self._moves_not_applied(name, events):
+            records.append(
+                {"event": "recover", "issue": "move not applied: aliases.json does not show it (its writer died first, or the file was edited)",
+                 "move_line": lineno, "alias": alias, "at": now, "actor": actor}
+            )
         if records:
             self._append_audit(name, records)
         return records
+
+    def _moves_not_applied(
+        self, name: str, events: list[tuple[int, dict[str, Any]]]
+    ) -> list[tuple[str, int, int | None]]:
+        """(alias, line, where aliases.json has it) for last moves that aliases.json does not show.
+
+        A promote or rollback appends its audit line, then replaces aliases.json; a crash between
+        the two leaves a recorded move that did not happen. An unreadable aliases.json is left to
+        verify and to the next promote, which refuses it by name.
+        """
+        try:
+            aliases = self.aliases(name)
+        except RegistryError:
+            return []
+        return [
+            (alias, lineno, aliases.get(alias))
+            for alias, (lineno, event) in sorted(_last_moves(events).items())
+            if aliases.get(alias) != event["to"]
+        ]
 
     def recover(self, name: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Run the repairs every write starts with (see :meth:`_recover`) now; the records, by adapter.
@@ -1324,7 +1368,7 @@ class Registry:
                 f"{name}@{alias}: cannot trust the alias history: {self._p(name, AUDIT_FILE)}: {unexplained[0]}; "
                 "fix or delete that line by hand (it may have been a move of this alias), then roll back"
             )
-        history = _alias_history([e for _, e in events], alias)
+        history = _alias_history(events, alias)
         if not history:
             raise RegistryError(
                 f"{name}@{alias}: no earlier version to roll back to (now at {self.aliases(name).get(alias, 'nothing')})"
@@ -1412,6 +1456,15 @@ class Registry:
                             f"alias {alias!r} points at version {target}, which does not exist",
                         )
                     )
+            for alias, lineno, now_at in self._moves_not_applied(adapter, events):
+                problems.append(
+                    Problem(
+                        adapter, None, ALIASES_FILE,
+                        f"alias {alias!r} is at {now_at if now_at is not None else 'nothing'} but its last move "
+                        f"({AUDIT_FILE} line {lineno}) does not show there: its writer died in between; the next "
+                        f"write, or `modft registry recover {adapter}`, records that it did not take effect",
+                    )
+                )
             for d in damage:
                 if d.recorded_by is None:
                     hint = (
@@ -1913,6 +1966,8 @@ def _cli_recover(reg: Registry, name: str | None) -> int:
         for r in records:
             if r["event"] == "publish":
                 print(f"{adapter}: recorded the interrupted publish of {adapter}@{r['version']}")
+            elif "move_line" in r:
+                print(f"{adapter}: recorded that the move of {r['alias']!r} at audit line {r['move_line']} did not take effect")
             elif "line" in r:
                 print(f"{adapter}: recorded torn audit line {r['line']} (skipped from now on)")
             else:

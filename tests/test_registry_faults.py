@@ -435,6 +435,41 @@ def test_a_publish_killed_after_its_rename_gets_its_audit_line_from_the_next_wri
     assert reg.verify() == []
 
 
+_KILL_PROMOTE = """
+import pathlib, sys, time
+from modft_utils import registry
+root, marker = sys.argv[1:3]
+def stop(*args, **kwargs):
+    pathlib.Path(marker).write_text("audit line written")
+    time.sleep(120)
+registry.Registry._write_aliases = stop
+registry.Registry(root).promote("domain", 2, reason="killed before aliases.json")
+"""
+
+
+def test_a_promote_killed_between_its_audit_line_and_aliases_json_is_not_replayed(tiny, tmp_path, capsys):
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    for src in _domains(tiny)[:2]:
+        _publish(reg, tiny, src=src)
+    reg.promote("domain", 1, reason="first")
+    _run_until_marker_then_kill(_KILL_PROMOTE, tmp_path / "marker", str(root), "MARKER")
+    assert reg.aliases("domain") == {"production": 1}
+    assert [(e["from"], e["to"]) for e in _events(reg, "domain", "promote")] == [(None, 1), (1, 2)]
+    problems = reg.verify()
+    assert [p.file for p in problems] == ["aliases.json"]
+    assert "alias 'production' is at 1 but its last move (audit.jsonl line 4)" in problems[0].issue
+
+    # Replaying the log as if 1 -> 2 had happened would "roll back" production from 1 to 1.
+    assert _cli("rollback", "domain", "--reason", "y", "--registry", str(root)) == 1
+    assert "no earlier version to roll back to (now at 1)" in capsys.readouterr().err
+    (record,) = _events(reg, "domain", "recover")
+    assert (record["move_line"], record["alias"]) == (4, "production")
+    assert reg.verify() == []
+    reg.promote("domain", 2, reason="again")
+    assert reg.rollback("domain", reason="z")["to"] == 1
+
+
 # --------------------------------------------------------------------------- 8. the same bytes twice
 
 
