@@ -113,6 +113,26 @@ def test_an_audit_line_that_is_no_event_is_named_by_verify_show_and_rollback(tin
     assert reg.aliases("domain") == {"production": 2}, "nothing moved"
 
 
+def test_a_torn_audit_line_on_an_object_store_is_recovered_the_same_way(tiny):
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"memory://registry-{uuid.uuid4().hex}"
+    try:
+        reg = Registry(root)
+        _publish(reg, tiny)
+        log = f"{root}/domain/audit.jsonl"
+        fs.pipe(log, fs.cat(log) + b'{"event": "prom')
+        assert [p.issue.split(":")[0] for p in reg.verify()] == ["line 2"]
+        reg.promote("domain", 1, reason="x")
+        assert [e["event"] for e in reg.audit("domain")] == ["publish", "recover", "promote"]
+        assert reg.verify() == []
+    finally:
+        fs.rm(root, recursive=True)
+
+
 def test_recover_records_a_torn_line_without_another_write(tiny, tmp_path, capsys):
     root = tmp_path / "reg"
     reg = Registry(root)
