@@ -76,6 +76,8 @@ ALIASES_FILE = "aliases.json"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+# Written beside an adapter by adapters.save_adapter (not stored): the base it was trained on.
+BASE_RECORD = "base_identity.json"
 # Any of these could be a pickle, and unpickling runs arbitrary code; PEFT itself falls back to
 # adapter_model.bin when the safetensors file is missing.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -1885,35 +1887,54 @@ def _run_base_identity(run: Path, base_path: str, revision: str | None) -> BaseI
     return base_identity(model, model_id=model_id, revision=revision)
 
 
+def _base_record(adapter_dir: Path) -> BaseIdentity | None:
+    """The base identity ``adapters.save_adapter`` recorded beside the adapter, or None."""
+    path = adapter_dir / BASE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        raw = _loads(path.read_text(encoding="utf-8"))
+        return BaseIdentity(str(raw["model_id"]), raw["revision"], str(raw["config_sha256"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RegistryError(f"{path}: unreadable base record ({err}); pass --base-config") from None
+
+
 def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tuple[BaseIdentity, str]:
-    """The identity of the base the adapter was trained on, and where it came from (for the message)."""
+    """The identity of the base the adapter was trained on, and where it came from (for the message).
+
+    Sources, first wins: --base-config, the run folder holding the adapter, the adapter's own
+    base record. Every source present must name the same base config, or the publish is refused;
+    with none, ``<base_model_name_or_path>/config.json`` is taken (an adapter trained elsewhere).
+    """
     adapter_dir = Path(args.adapter_dir)
     base_path = str(adapter_config.get("base_model_name_or_path") or "")
     run = _run_folder(adapter_dir)
-    from_run = _run_base_identity(run, base_path, args.base_revision) if run is not None else None
+    sources: list[tuple[str, BaseIdentity]] = []
     if args.base_config is not None:
-        given = base_identity_from_config_file(
-            args.base_config,
-            model_id=from_run.model_id if from_run else base_path,
-            revision=args.base_revision or (from_run.revision if from_run else None),
-        )
-        if from_run is not None and given.config_sha256 != from_run.config_sha256:
+        sources.append((f"--base-config {args.base_config}", base_identity_from_config_file(
+            args.base_config, model_id=base_path, revision=args.base_revision)))
+    if run is not None:
+        sources.append((f"run folder {run}", _run_base_identity(run, base_path, args.base_revision)))
+    record = _base_record(adapter_dir)
+    if record is not None:
+        sources.append((str(adapter_dir / BASE_RECORD), record))
+    if not sources:
+        guess = Path(base_path) / "config.json" if base_path else None
+        if guess is None or not guess.is_file():
             raise RegistryError(
-                f"--base-config {args.base_config} is not the base this adapter was trained on:\n"
-                f"  --base-config:   {given}\n"
-                f"  run folder {run}: {from_run}"
+                f"--base-config is needed: base_model_name_or_path {base_path!r} in "
+                f"{adapter_dir / CONFIG_FILE} is not a local folder with a config.json, and {adapter_dir} "
+                f"has no {BASE_RECORD} and is not inside a run folder"
             )
-        return given, f"--base-config {args.base_config}"
-    if from_run is not None:
-        return from_run, f"run folder {run}"
-    guess = Path(base_path) / "config.json" if base_path else None
-    if guess is None or not guess.is_file():
+        sources.append((str(guess), base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision)))
+    (label, identity), *others = sources
+    if any(other.config_sha256 != identity.config_sha256 for _, other in others):
+        width = max(len(src) for src, _ in sources) + 1
         raise RegistryError(
-            f"--base-config is needed: base_model_name_or_path {base_path!r} in "
-            f"{adapter_dir / CONFIG_FILE} is not a local folder with a config.json, and {adapter_dir} "
-            "is not inside a run folder"
+            f"{label} is not the base this adapter was trained on:\n"
+            + "\n".join(f"  {src + ':':<{width}} {base}" for src, base in sources)
         )
-    return base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision), str(guess)
+    return identity, label
 
 
 def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
@@ -2014,6 +2035,7 @@ __all__ = [
     "AdapterRef",
     "AdapterVersion",
     "AuditDamage",
+    "BASE_RECORD",
     "BaseIdentity",
     "DEFAULT_ROOT",
     "IncompatibleAdapterError",

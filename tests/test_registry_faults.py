@@ -231,7 +231,7 @@ def extended_run(tiny, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from modft_utils import vocab
+    from modft_utils import adapters, vocab
 
     run = tmp_path_factory.mktemp("run")
     (run / "profile.resolved.json").write_text(json.dumps({"name": "t", "model": {"id": "tiny", "revision": None}}))
@@ -244,8 +244,7 @@ def extended_run(tiny, tmp_path_factory):
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.add_(0.5)
-    adapter = run / "adapters" / "domain" / "adapter"
-    peft_model.save_pretrained(adapter, save_embedding_layers=False)  # as adapters.save_adapter saves
+    adapter = adapters.save_adapter(peft_model, "default", run / "adapters" / "domain" / "adapter")
     return run, adapter, ext
 
 
@@ -269,6 +268,27 @@ def test_cli_publish_takes_the_base_from_the_run_the_adapter_was_trained_in(tiny
     err = capsys.readouterr().err
     assert "is not the base this adapter was trained on" in err and str(run) in err
     assert Registry(uri).versions("domain") == [1]
+
+
+@pytest.mark.parametrize("keep", ["record", "run folder"])
+def test_cli_publish_takes_the_base_from_either_source_alone(tiny, tmp_path, extended_run, capsys, keep):
+    from modft_utils import vocab
+
+    run, adapter, ext = extended_run
+    if keep == "record":  # the adapter copied out of its run: its own base record remains
+        moved = shutil.copytree(adapter, tmp_path / "elsewhere" / "adapter")
+        assert (moved / R.BASE_RECORD).is_file()
+    else:  # a run folder saved before adapters carried a base record
+        moved = shutil.copytree(run, tmp_path / "run") / "adapters" / "domain" / "adapter"
+        (moved / R.BASE_RECORD).unlink()
+    uri = str(tmp_path / "reg")
+    assert _cli("publish", "domain", str(moved), "--registry", uri) == 0
+    capsys.readouterr()
+    extended = _load_base(tiny.base_dir)
+    vocab.extend_model(extended, ext)
+    assert Registry(uri).resolve("domain").manifest.base.config_sha256 == R.base_identity(extended).config_sha256
+    assert _cli("publish", "task", str(moved), "--registry", uri, "--base-config", str(tiny.base_dir)) == 1
+    assert "is not the base this adapter was trained on" in capsys.readouterr().err
 
 
 def test_cli_publish_refuses_a_run_folder_it_cannot_read(tmp_path, extended_run, capsys):
