@@ -307,8 +307,16 @@ def save_adapter(model, name: str, out_dir: str | Path) -> Path:
     """Save adapter ``name`` as ``adapter_config.json`` + ``adapter_model.safetensors`` in ``out_dir``.
 
     PEFT writes a non-default adapter into a subfolder named after it; this puts the files where
-    asked, replacing an older copy only once the new one is complete.
+    asked, replacing an older copy only once the new one is complete. Beside them goes
+    ``base_identity.json``, the base this adapter was trained on as the registry identifies it:
+    ``base_model_name_or_path`` names the plain base folder, not the vocabulary-extended base the
+    run really used, so ``modft registry publish`` reads this record instead.
     """
+    import json
+    from dataclasses import asdict
+
+    from .registry import BASE_RECORD, base_identity
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
@@ -316,6 +324,7 @@ def save_adapter(model, name: str, out_dir: str | Path) -> Path:
         # embedding matrices (2.5 GB for MiniMax-M2); the trained rows are in the adapter already.
         model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True, save_embedding_layers=False)
         written = next(p.parent for p in Path(tmp).rglob("adapter_config.json"))
+        (written / BASE_RECORD).write_text(json.dumps(asdict(base_identity(model)), indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.move(str(written), out_dir)

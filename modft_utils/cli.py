@@ -56,11 +56,17 @@ SUMMARY_KEYS = [
 
 def _cmd_validate(args) -> int:
     from .data import validate_inputs
+    from .modeling import preflight
 
     profile = load_profile(args.profile, _overrides(args.set))
+    # The base's config is read here, so a model.id typo fails now and not in notebook 01. The GPU
+    # check is left out: a profile is validated wherever it is written; `modft run` checks the device.
+    spec = profile.model
+    preflight(profile.model_copy(update={"model": spec.model_copy(update={"requires_cuda": False})}))
     rows = validate_inputs(profile)
-    print(f"{profile.source}: profile {profile.name!r} is valid (model {profile.model.id}); "
-          f"{len(rows)} local data file(s), {sum(rows.values()):,} rows read")
+    gpu = "; needs a CUDA GPU to run" if spec.requires_cuda else ""
+    print(f"{profile.source}: profile {profile.name!r} is valid (model {spec.id}); "
+          f"{len(rows)} local data file(s), {sum(rows.values()):,} rows read{gpu}")
     return 0
 
 

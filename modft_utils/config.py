@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ProfileError(ValueError):
@@ -216,6 +216,28 @@ class Profile(_Section):
 
     # Set by load_profile, not by the YAML: where the profile came from.
     source: str = Field("", exclude=True)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_protocol_known(cls, value: str) -> str:
+        """A store URL this machine cannot open fails with the profile, not when notebook 05 publishes."""
+        import fsspec
+
+        # fsspec chains protocols ("simplecache::s3://bucket/store"); each link must be known.
+        for link in value.split("::"):
+            if "://" not in link:
+                continue
+            protocol = link.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except ValueError:
+                raise ValueError(
+                    f"unknown storage protocol {protocol!r}: use a folder or an fsspec URL "
+                    "(file://, memory://, s3://, gs://, hf://, ...)"
+                ) from None
+            except ImportError as exc:  # known, but its package is not installed (s3fs, gcsfs)
+                raise ValueError(f"storage protocol {protocol!r} needs a package that is not installed: {exc}") from None
+        return value
 
     def registry_uri(self) -> str:
         """The artifact store: an fsspec URL as written, or a folder resolved like other paths."""

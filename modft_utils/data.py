@@ -184,16 +184,28 @@ def prepare_dapt(
 
 def load_dapt_blocks(run_dir: str | Path) -> tuple[Any, Any]:
     """The packed (train, eval) blocks notebook 01 saved."""
-    from datasets import load_from_disk
-
     out = Path(run_dir) / "data"
-    _require(out / "dapt_train", "01_data_prep")
-    return load_from_disk(str(out / "dapt_train")), load_from_disk(str(out / "dapt_eval"))
+    return _load_saved(out / "dapt_train", "01_data_prep"), _load_saved(out / "dapt_eval", "01_data_prep")
 
 
 def _require(path: Path, notebook: str) -> None:
     if not path.exists():
         raise DataError(f"{path} is missing: run notebook {notebook} for this run folder first")
+
+
+def _load_saved(path: Path, notebook: str):
+    """A dataset ``notebook`` saved with ``save_to_disk``; DataError naming it if missing or damaged."""
+    from datasets import load_from_disk
+
+    _require(path, notebook)
+    try:
+        return load_from_disk(str(path))
+    # pyarrow raises OSError for a truncated .arrow file and ArrowInvalid (a ValueError) for a garbled
+    # one; datasets raises FileNotFoundError when a shard listed in its state file is gone.
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}): run notebook {notebook} for this run folder again"
+        ) from None
 
 
 def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
@@ -533,14 +545,15 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
 
 def load_sft(run_dir: str | Path) -> SftData:
     """The SFT sets notebook 01 saved."""
-    from datasets import load_from_disk
-
     out = Path(run_dir) / "data"
-    _require(out / "sft_train", "01_data_prep")
+    train = _load_saved(out / "sft_train", "01_data_prep")
+    tokenized = _load_saved(out / "sft_eval_tokenized", "01_data_prep")
+    for name in ("sft_eval.jsonl", "sft_report.json"):
+        _require(out / name, "01_data_prep")
     with open(out / "sft_eval.jsonl", encoding="utf-8") as fh:
         evals = [json.loads(line) for line in fh]
     rep = SftReport(**json.loads((out / "sft_report.json").read_text()))
-    return SftData(load_from_disk(str(out / "sft_train")), load_from_disk(str(out / "sft_eval_tokenized")), evals, rep)
+    return SftData(train, tokenized, evals, rep)
 
 
 def shuffled_answer_set(profile: Profile, run_dir: str | Path, tokenizer):

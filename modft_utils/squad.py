@@ -20,8 +20,9 @@ is taken instead. Answers that cannot be found are dropped, and so is an example
 such decision is counted in a :class:`SquadReport`, so the notebook can show what cleaning did.
 
 Scoring. :func:`normalize_answer`, :func:`exact_match_score`, :func:`f1_score` and :func:`squad_metrics`
-reproduce the official v1.1 evaluation script: the best score over all reference answers, averaged over
-questions and reported in percent.
+reproduce the official evaluation scripts: the best score over all reference answers, averaged over
+questions and reported in percent. The v1.1 and v2.0 scripts differ only where an answer normalizes to
+nothing (``"the"``, ``""``), so ``version`` picks the rule of the data being scored (see :func:`f1_score`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 __all__ = [
     "SquadFormatError", "QAExample", "SquadReport", "read_squad_file", "rows_to_examples", "locate_answer",
     "subset", "split_by_title", "window_context", "normalize_answer", "exact_match_score", "f1_score",
-    "squad_metrics", "reference_answers",
+    "squad_metrics", "reference_answers", "VERSIONS",
 ]
 
 
@@ -378,11 +379,18 @@ def window_context(context: str, answer_start: int, answer: str, max_chars: int)
 
 
 # --------------------------------------------------------------------------------------------------
-# Official SQuAD v1.1 metric
+# Official SQuAD metric (v1.1 and v2.0 scripts)
 # --------------------------------------------------------------------------------------------------
 
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+SquadVersion = Literal["v1.1", "v2.0"]
+VERSIONS: tuple[str, ...] = ("v1.1", "v2.0")
+
+
+def _check_version(version: str) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"SQuAD version {version!r}: expected 'v1.1' or 'v2.0' (the official script to follow)")
 
 
 def normalize_answer(s: str) -> str:
@@ -394,18 +402,21 @@ def normalize_answer(s: str) -> str:
 
 
 def exact_match_score(prediction: str, ground_truth: str) -> float:
+    """1.0 when both normalize to the same string (the same in both scripts), else 0.0."""
     return float(normalize_answer(prediction) == normalize_answer(ground_truth))
 
 
-def f1_score(prediction: str, ground_truth: str) -> float:
-    """Token-overlap F1 of the normalized answers.
+def f1_score(prediction: str, ground_truth: str, *, version: SquadVersion = "v1.1") -> float:
+    """Token-overlap F1 of the normalized answers, as the official script of ``version`` computes it.
 
-    As in the official v1.1 script, except that two answers which both normalise to nothing score 1
-    (the v2.0 script's rule): that only arises for unanswerable questions kept with an empty reference.
+    The scripts differ when an answer normalizes to nothing: v1.1 finds no common token and scores
+    0 (prediction "the the the" against "the": F1 0, though exact match is 1); v2.0, whose empty
+    reference means "unanswerable", scores 1 when both are empty and 0 when only one is.
     """
+    _check_version(version)
     pred = normalize_answer(prediction).split()
     gold = normalize_answer(ground_truth).split()
-    if not pred or not gold:
+    if version == "v2.0" and (not pred or not gold):
         return float(pred == gold)
     common = Counter(pred) & Counter(gold)
     same = sum(common.values())
@@ -416,13 +427,20 @@ def f1_score(prediction: str, ground_truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float | int]:
-    """Exact match and F1 in percent over every question in ``references``.
+def squad_metrics(
+    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], *, version: SquadVersion = "v1.1"
+) -> dict[str, float | int]:
+    """Exact match and F1 in percent over every question in ``references``, by the ``version`` script.
 
-    Each question scores the best over its reference answers; a question with no prediction scores 0
-    and is counted in ``missing``; predictions for unknown ids are ignored, as the official script does.
-    A question with no reference answers (unanswerable, kept) is scored against the empty answer.
+    Each question scores the best over its reference answers; predictions for unknown ids are ignored,
+    as both official scripts do. A question with no prediction scores 0 and is counted in ``missing``
+    (the v2.0 script leaves it out of the average instead; the count says when that matters).
+
+    ``version="v1.1"`` (the default; the workbook's SQuAD) follows evaluate-v1.1.py. ``"v2.0"`` follows
+    evaluate-v2.0.py, for data with unanswerable questions: references that normalize to nothing are
+    dropped, and a question left without any (unanswerable) is scored against the empty answer.
     """
+    _check_version(version)
     em_total = f1_total = 0.0
     missing = 0
     for qid, golds in references.items():
@@ -430,9 +448,12 @@ def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Seque
             missing += 1
             continue
         pred = predictions[qid]
-        golds = list(golds) or [""]
+        golds = list(golds)
+        if version == "v2.0":
+            golds = [g for g in golds if normalize_answer(g)]
+        golds = golds or [""]
         em_total += max(exact_match_score(pred, g) for g in golds)
-        f1_total += max(f1_score(pred, g) for g in golds)
+        f1_total += max(f1_score(pred, g, version=version) for g in golds)
     count = len(references)
     return {
         "exact_match": 100.0 * em_total / count if count else 0.0,

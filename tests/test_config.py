@@ -65,3 +65,33 @@ def test_every_key_is_documented():
     keys = {r[0] for r in rows}
     assert {"dapt.lora.r", "data.block_size", "model.tiny.hidden_size", "sft.train.max_steps"} <= keys
     assert all(help_text for key, _, _, help_text in rows if not key.startswith(("dapt.", "sft.")) or "lora" in key or "train" in key)
+
+
+@pytest.mark.parametrize(("uri", "named"), [("foo://store", "'foo'"), ("memory://ok::foo://x", "'foo'")])
+def test_a_registry_url_with_an_unknown_protocol_is_named_before_any_run(root, uri, named):
+    with pytest.raises(ProfileError, match=rf"tiny\.yaml.*\n  - registry: .*unknown storage protocol {named}"):
+        load_profile(root / "params" / "tiny.yaml", {"registry": uri})
+    for fine in ("memory://store", "file:///tmp/store", "../outputs/registry"):
+        assert load_profile(root / "params" / "tiny.yaml", {"registry": fine}).registry == fine
+
+
+def test_modft_validate_names_a_model_id_that_cannot_be_read(root, tmp_path, capsys):
+    from modft_utils.cli import main
+
+    assert main(["validate", "--profile", str(root / "params" / "tiny.yaml")]) == 0
+    assert "is valid" in capsys.readouterr().out
+    typo = "MiniMaxAI/MiniMax-M3"  # offline here, as in the whole suite: not in the hub cache either
+    assert main(["validate", "--profile", str(root / "params" / "tiny.yaml"), "--set", f"model.id={typo}"]) == 2
+    assert f"model.id {typo!r}: cannot read the config" in capsys.readouterr().err
+    missing_folder = tmp_path / "models" / "base"
+    missing_folder.mkdir(parents=True)
+    assert main(["validate", "--profile", str(root / "params" / "tiny.yaml"), "--set", f"model.id={missing_folder}"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_modft_validate_checks_the_profile_not_this_machine(root, capsys):
+    # A GPU profile validates on a laptop: requires_cuda is for `modft run`, checked before loading.
+    from modft_utils.cli import main
+
+    assert main(["validate", "--profile", str(root / "params" / "tiny.yaml"), "--set", "model.requires_cuda=true"]) == 0
+    assert "needs a CUDA GPU to run" in capsys.readouterr().out

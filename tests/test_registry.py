@@ -122,6 +122,8 @@ def tiny(tmp_path_factory):
         domain=_save_adapter(base_dir, root / "domain", seed=1),
         task=_save_adapter(base_dir, root / "task", seed=2),
         other=_save_adapter(other_dir, root / "other_adapter", seed=3),
+        # More domain adapters with other weights: publishing the same files twice gives one version.
+        more=[_save_adapter(base_dir, root / f"domain_{seed}", seed=seed) for seed in (4, 5)],
     )
 
 
@@ -136,6 +138,11 @@ def _publish(reg: Registry, tiny, name: str = "domain", src: Path | None = None,
         metrics={"eval_loss": 1.25},
         **kw,
     )
+
+
+def _domains(tiny) -> list[Path]:
+    """Three domain adapters with different weights."""
+    return [tiny.domain, *tiny.more]
 
 
 def _copy_adapter(src: Path, dst: Path) -> Path:
@@ -178,7 +185,7 @@ def test_versions_are_numbered_and_never_change(tiny, tmp_path):
     assert "@" in m.created_by and m.created_at.endswith("+00:00")
     before = _file_hashes(v1.path)
 
-    assert _publish(reg, tiny).version == 2
+    assert _publish(reg, tiny, src=tiny.more[0]).version == 2
     assert _publish(reg, tiny, src=tiny.task).version == 3
     reg.promote("domain", 3, reason="better")
     assert reg.versions("domain") == [1, 2, 3]
@@ -264,7 +271,7 @@ def test_a_flipped_byte_is_named_by_verify_and_refused_by_load(tiny, tmp_path):
 
 def test_verify_reports_missing_extra_and_unreadable_files(tiny, tmp_path):
     reg = Registry(tmp_path / "reg")
-    v1, v2, v3 = (_publish(reg, tiny) for _ in range(3))
+    v1, v2, v3 = (_publish(reg, tiny, src=src) for src in _domains(tiny))
     (v1.path / CONFIG).unlink()
     (v2.path / "notes.txt").write_text("hand-added")
     (v2.path / "adapter_model.bin").write_bytes(b"pickle")
@@ -380,7 +387,7 @@ def test_missing_or_unexpected_adapter_weights_are_errors_not_warnings(tiny, tmp
 
 def test_a_task_adapter_needs_the_parent_it_was_trained_on(tiny, tmp_path):
     reg = Registry(tmp_path / "reg")
-    d1, d2 = _publish(reg, tiny), _publish(reg, tiny)
+    d1, d2 = _publish(reg, tiny), _publish(reg, tiny, src=tiny.more[0])
     reg.promote("domain", 1, reason="first domain")
     task = _publish(reg, tiny, "task", src=tiny.task, parent="domain@production")
     reg.promote("domain", 2, reason="newer domain")
@@ -405,8 +412,8 @@ def test_a_task_adapter_needs_the_parent_it_was_trained_on(tiny, tmp_path):
 
 def test_promote_rollback_and_resolve(tiny, tmp_path):
     reg = Registry(tmp_path / "reg")
-    for _ in range(3):
-        _publish(reg, tiny)
+    for src in _domains(tiny):
+        _publish(reg, tiny, src=src)
     assert reg.resolve("domain").version == 3, "no production alias yet: latest"
     reg.promote("domain", 1, reason="baseline")
     assert reg.resolve("domain").version == 1
@@ -468,7 +475,7 @@ def test_bad_alias_operations_are_refused(tiny, tmp_path, call, message):
 def test_an_alias_to_a_missing_version_names_alias_and_version(tiny, tmp_path, capsys):
     reg = Registry(tmp_path / "reg")
     _publish(reg, tiny)
-    _publish(reg, tiny)
+    _publish(reg, tiny, src=tiny.more[0])
     (tmp_path / "reg" / "domain" / "aliases.json").write_text('{"production": 7}')  # a hand edit
     with pytest.raises(
         RegistryError,
@@ -492,7 +499,7 @@ def _promote_many(root: str, version: int, count: int, barrier) -> None:
 def test_concurrent_promotions_are_all_recorded_in_order(tiny, tmp_path):
     reg = Registry(tmp_path / "reg")
     _publish(reg, tiny)
-    _publish(reg, tiny)
+    _publish(reg, tiny, src=tiny.more[0])
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     workers = [
@@ -575,7 +582,7 @@ def test_a_publish_killed_midway_leaves_no_trace_readers_see(tiny, tmp_path):
     assert reg.resolve("domain").version == 2
     assert reg.verify() == []
 
-    assert _publish(reg, tiny).version == 3
+    assert _publish(reg, tiny, src=tiny.more[0]).version == 3
     assert not list((root / "domain").glob(".staging-*")), "the dead publish's staging folder is cleaned"
     assert [_file_hashes(v.path) for v in kept] == hashes
     assert reg.verify() == []
@@ -616,7 +623,7 @@ def test_a_memory_registry_works_through_the_same_code(tiny, tmp_path, memory_ro
     reg = Registry(memory_root)
     v = _publish(reg, tiny)
     assert v.path is None and v.uri.startswith("memory://")
-    assert _publish(reg, tiny).version == 2
+    assert _publish(reg, tiny, src=tiny.more[0]).version == 2
     reg.promote("domain", 2, reason="r")
     reg.promote("domain", 1, reason="r")
     assert reg.rollback("domain", reason="r")["to"] == 2

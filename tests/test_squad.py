@@ -258,3 +258,81 @@ def test_squad_metrics_max_over_references_and_missing():
     assert result["f1"] == pytest.approx(100 * (1 + 0.8 + 2 / 3 + 0) / 4)
     assert result["count"] == 4 and result["missing"] == 1
     assert squad_metrics({}, {}) == {"exact_match": 0.0, "f1": 0.0, "count": 0, "missing": 0}
+
+
+# --- v1.1 and v2.0 scripts differ on answers that normalize to nothing ---------------------------
+# The two official evaluation scripts, transcribed (metric parts only) from
+# https://rajpurkar.github.io/SQuAD-explorer/: evaluate-v1.1.py and evaluate-v2.0.py.
+
+
+def _official_v11(prediction: str, ground_truths: list[str]) -> tuple[float, float]:
+    from collections import Counter
+
+    def f1(pred, gold):
+        p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+        same = sum((Counter(p) & Counter(g)).values())
+        if same == 0:
+            return 0
+        precision, recall = same / len(p), same / len(g)
+        return (2 * precision * recall) / (precision + recall)
+
+    em = max(float(normalize_answer(prediction) == normalize_answer(g)) for g in ground_truths)
+    return em, max(f1(prediction, g) for g in ground_truths)
+
+
+def _official_v20(prediction: str, ground_truths: list[str]) -> tuple[float, float]:
+    from collections import Counter
+
+    def tokens(s):
+        return normalize_answer(s).split() if s else []
+
+    def f1(gold, pred):
+        g, p = tokens(gold), tokens(pred)
+        same = sum((Counter(g) & Counter(p)).values())
+        if len(g) == 0 or len(p) == 0:
+            return int(g == p)
+        if same == 0:
+            return 0
+        precision, recall = same / len(p), same / len(g)
+        return (2 * precision * recall) / (precision + recall)
+
+    golds = [a for a in ground_truths if normalize_answer(a)] or [""]
+    return (max(float(normalize_answer(g) == normalize_answer(prediction)) for g in golds),
+            max(f1(g, prediction) for g in golds))
+
+
+RULE_CASES = [
+    ("the the the", ["the"]),  # both normalize to nothing
+    ("", ["an"]),
+    ("", []),  # unanswerable, no prediction
+    ("Vessport", []),  # unanswerable, answered anyway
+    ("", ["the", "1243"]),  # one reference normalizes to nothing, the other does not
+    ("1243", ["the", "1243"]),
+    ("in 1243", ["1243", "in 1243"]),
+    ("Calde Mira", ["Mira Calde"]),
+    ("dog", ["cat"]),
+]
+
+
+@pytest.mark.parametrize(("prediction", "golds"), RULE_CASES)
+@pytest.mark.parametrize(("version", "official"), [("v1.1", _official_v11), ("v2.0", _official_v20)])
+def test_each_data_version_is_scored_as_its_official_script_scores_it(prediction, golds, version, official):
+    if version == "v1.1" and not golds:
+        pytest.skip("v1.1 has no unanswerable questions")
+    em, f1 = official(prediction, golds)
+    got = squad_metrics({"q": prediction}, {"q": golds}, version=version)
+    assert (got["exact_match"], got["f1"]) == pytest.approx((100 * em, 100 * f1))
+
+
+def test_empty_after_normalizing_scores_f1_0_in_v11_and_1_in_v20():
+    # Prediction "the the the" and reference "the" both normalize to "": the v1.1 script counts no
+    # common token (F1 0) while its exact match compares the normalized strings (EM 1); the v2.0
+    # script scores an empty pair as agreement (F1 1). v1.1 is the default: the workbook's SQuAD.
+    assert squad_metrics({"q": "the the the"}, {"q": ["the"]}) == {"exact_match": 100.0, "f1": 0.0, "count": 1, "missing": 0}
+    assert squad_metrics({"q": "the the the"}, {"q": ["the"]}, version="v2.0")["f1"] == 100.0
+    assert f1_score("the the the", "the") == 0.0 and f1_score("the the the", "the", version="v2.0") == 1.0
+    # v2.0 drops references that normalize to nothing before taking the best one.
+    assert squad_metrics({"q": ""}, {"q": ["the", "1243"]}, version="v2.0")["exact_match"] == 0.0
+    assert squad_metrics({"q": ""}, {"q": ["the", "1243"]}, version="v1.1")["exact_match"] == 100.0
+    with pytest.raises(ValueError, match=r"version 'v3'.*'v1\.1' or 'v2\.0'"):
+        squad_metrics({}, {}, version="v3")
