@@ -39,10 +39,15 @@ browser-deps:
 run: install
 	$(OFFLINE) $(BIN)/modft run --profile $(PROFILE)
 
-## The whole suite: unit tests, the notebook pipeline test, nbval regression on the committed notebooks
+## The whole suite: unit tests, the notebook pipeline tests (tiny, and real weights at a micro size),
+## nbval regression on the committed notebooks. nbval runs a copy of notebooks/, params/ and data/ in
+## $(TEST_WORK), so what the notebooks write by default (../outputs/...) never reaches the user's
+## outputs/; the test fixtures keep their shared bases (tiny, converted GGUF) in the same copy.
+TEST_WORK := .test-work
 test: install browser-deps
-	$(OFFLINE) $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/outputs && cp -r notebooks params data $(TEST_WORK)/
+	MODFT_TEST_OUTPUTS=$(CURDIR)/$(TEST_WORK)/outputs $(OFFLINE) $(BIN)/python -m pytest tests $(TEST_WORK)/notebooks \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 ## Unit tests only (no notebooks): seconds
 test-fast: install
@@ -63,4 +68,4 @@ bench: install
 	$(OFFLINE) $(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf outputs/runs outputs/cache outputs/registry
+	rm -rf outputs/runs outputs/cache outputs/registry $(TEST_WORK)

@@ -42,6 +42,12 @@ def entry(name, value, unit, reference, goal, meets_goal, *, ratio=None, note=""
     }
 
 
+def cache_override() -> dict:
+    """Under `make test` the benchmark's bases go where the tests keep theirs, not into outputs/."""
+    env = os.environ.get("MODFT_TEST_OUTPUTS")
+    return {"cache_dir": str(Path(env) / "cache")} if env else {}
+
+
 class Bench:
     """Everything the measurements share: profile, base, tokenizer, prepared data, a temp folder."""
 
@@ -52,7 +58,7 @@ class Bench:
 
         self.quick = quick
         self.tmp = tmp
-        self.profile = config.load_profile(ROOT / "params" / "tiny.yaml")
+        self.profile = config.load_profile(ROOT / "params" / "tiny.yaml", cache_override())
         self.base = modeling.ensure_base(self.profile, progress=False)
         self.tokenizer = modeling.load_tokenizer(self.base)
         self.run_dir = tmp / "run"
@@ -475,6 +481,64 @@ def bench_end_to_end(b: Bench) -> list[dict]:
                   total <= 300, note=f"{source}: " + ", ".join(f"{k[12:]} {v:.0f}" for k, v in secs.items()))]
 
 
+# ----------------------------------------------------------------------------- scoring
+
+
+def _newest_real_run() -> Path | None:
+    """The newest `make run` folder of the real-weights profile that holds both adapters."""
+    runs = sorted((ROOT / "outputs" / "runs").glob("*-smollm2-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((r for r in runs if all((r / "adapters" / n / "adapter" / "adapter_config.json").is_file()
+                                        for n in ("domain", "task"))), None)
+
+
+def bench_scoring(b: Bench) -> list[dict]:
+    """Scoring the held-out questions on real weights: evaluate.generate vs a plain batched generate.
+
+    Same model, prompts, batch size and max_new_tokens, both in this process; the stack is
+    base + domain + task from the newest `make run` of params/smollm2.yaml when there is one (the
+    bare base otherwise, and in quick mode).
+    """
+    from modft_utils import adapters, config, data, evaluate, modeling, squad
+
+    prof = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
+    base = modeling.ensure_base(prof, progress=False)
+    tok = modeling.load_tokenizer(base)
+    run = b.tmp / "scoring"
+    (run / "data").mkdir(parents=True)
+    examples = data.prepare_sft(prof, tok, run, progress=False).eval_examples[: 16 if b.quick else prof.data.sft_eval_size]
+    model = modeling.load_base(prof, base)
+    trained = None if b.quick else _newest_real_run()
+    stack = "base"
+    if trained is not None:
+        for name in ("domain", "task"):
+            model = adapters.load_adapter(model, trained / "adapters" / name / "adapter", name)
+        adapters.activate(model, ["domain", "task"])
+        stack = f"base + domain + task of {trained.name}"
+    prompts = [e["prompt"] for e in examples]
+    kw = {"max_new_tokens": prof.sft.max_new_tokens, "batch_size": prof.sft.eval_batch_size}
+    evaluate.generate(model, tok, prompts[:2], **kw)  # warm-up: first-call allocations count for neither
+    evaluate.generate_plain(model, tok, prompts[:2], **kw)
+    t = time.perf_counter()
+    ours = evaluate.generate(model, tok, prompts, **kw)
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    plain = evaluate.generate_plain(model, tok, prompts, **kw)
+    t_plain = time.perf_counter() - t
+    refs = {e["id"]: e["answers"] for e in examples}
+    s_ours = squad.squad_metrics({e["id"]: a for e, a in zip(examples, ours)}, refs)
+    s_plain = squad.squad_metrics({e["id"]: a for e, a in zip(examples, plain)}, refs)
+    same = sum(o == p for o, p in zip(ours, plain)) / len(prompts)
+    gap = max(abs(s_ours["exact_match"] - s_plain["exact_match"]), abs(s_ours["f1"] - s_plain["f1"]))
+    note = f"{len(prompts)} questions, {stack}; ours {t_ours:.1f} s, plain {t_plain:.1f} s"
+    return [
+        entry("scoring speed on real weights: questions/s, ours vs plain batched generate", len(prompts) / t_ours, "q/s",
+              len(prompts) / t_plain, ">= 1.25", t_plain / t_ours >= 1.25, note=note),
+        entry("scoring answers identical to plain generate", same, "share", 1.0, ">= 0.99", same >= 0.99,
+              note=f"EM {s_ours['exact_match']:.1f} vs {s_plain['exact_match']:.1f}, F1 {s_ours['f1']:.1f} vs {s_plain['f1']:.1f}"),
+        entry("scoring EM/F1 gap to plain generate (points)", gap, "points", 0.0, "<= 0.5", gap <= 0.5, ratio=None),
+    ]
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
@@ -488,7 +552,7 @@ def bench_gpu(b: Bench) -> list[dict]:
 
 
 BENCHES = [bench_overhead, bench_plain_recipe, bench_packing, bench_switch, bench_memory, bench_planner,
-           bench_data_prep, bench_end_to_end, bench_gpu]
+           bench_data_prep, bench_scoring, bench_end_to_end, bench_gpu]
 
 
 def _fmt(x) -> str:

@@ -188,6 +188,9 @@ class SftSpec(_Section):
 
 class ComposeSpec(_Section):
     eval_examples: int = Field(64, ge=1, description="held-out QA examples in the comparison table")
+    closed_book_examples: int = Field(
+        64, ge=0, description="held-out questions the DAPT corpus answers, asked without context (what DAPT buys)"
+    )
     switch_repeats: int = Field(200, ge=1, description="stack switches timed for compose.switch_ms")
 
 

@@ -23,6 +23,9 @@ from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noq
 SFT_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
 # The user turn of a chat prompt: instruct models answer in sentences unless told what form to use.
 CHAT_USER_PROMPT = "Answer with the shortest span of the context that answers the question.\nContext: {context}\nQuestion: {question}"
+# Closed-book questions (no context): what the model knows, e.g. from the domain corpus DAPT read.
+CLOSED_BOOK_PROMPT = "Question: {question}\nAnswer:"
+CHAT_CLOSED_BOOK_PROMPT = "Answer with a short phrase.\nQuestion: {question}"
 
 
 class DataError(ValueError):
@@ -350,10 +353,15 @@ class PromptFormat:
     def answer_prefix(self) -> str:
         return " " if self.style == "plain" else ""
 
-    def prompt(self, tokenizer, context: str, question: str) -> str:
+    def prompt(self, tokenizer, context: str | None, question: str) -> str:
+        """The prompt for ``question``; with ``context`` None, the closed-book form (no context)."""
         if self.style == "plain":
+            if context is None:
+                return CLOSED_BOOK_PROMPT.format(question=question)
             return SFT_PROMPT.format(context=context, question=question)
-        messages = [{"role": "user", "content": CHAT_USER_PROMPT.format(context=context, question=question)}]
+        user = (CHAT_CLOSED_BOOK_PROMPT.format(question=question) if context is None
+                else CHAT_USER_PROMPT.format(context=context, question=question))
+        messages = [{"role": "user", "content": user}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
@@ -581,6 +589,46 @@ def shuffled_answer_set(profile: Profile, run_dir: str | Path, tokenizer):
             ids = prompt_ids + answer_ids
             rows.append({"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids, "attention_mask": [1] * len(ids)})
     return Dataset.from_list(rows)
+
+
+CLOSED_BOOK_FILE = "closed_book.jsonl"
+
+
+def prepare_closed_book(profile: Profile, tokenizer, run_dir: str | Path, train_docs: list[str]) -> list[dict[str, Any]]:
+    """Held-out questions whose answer the DAPT training corpus states, to be asked without their context.
+
+    On extractive QA the context holds the answer, so the domain adapter adds little to the task;
+    asked closed-book, a question can only be answered from what the model knows, which is what
+    DAPT is for. A held-out question qualifies when a training document names its subject (the
+    SQuAD title) and contains one of its reference answers. At most
+    ``compose.closed_book_examples`` are kept, in the held-out set's order; saved as
+    ``data/closed_book.jsonl``.
+    """
+    fmt = prompt_format(profile, tokenizer)
+    path = Path(run_dir) / "data" / "sft_eval.jsonl"
+    _require(path, "01_data_prep")
+    with open(path, encoding="utf-8") as fh:
+        evals = [json.loads(line) for line in fh]
+    kept = []
+    for ex in evals:
+        subject = ex["title"].replace("_", " ")
+        if any(subject in doc and any(a and a in doc for a in ex["answers"]) for doc in train_docs):
+            kept.append({"id": ex["id"], "title": ex["title"], "question": ex["question"], "answers": ex["answers"],
+                         "prompt": fmt.prompt(tokenizer, None, ex["question"])})
+        if len(kept) >= profile.compose.closed_book_examples:
+            break
+    with open(Path(run_dir) / "data" / CLOSED_BOOK_FILE, "w", encoding="utf-8") as fh:
+        for rec in kept:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return kept
+
+
+def load_closed_book(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The closed-book questions notebook 01 chose (empty when it found none)."""
+    path = Path(run_dir) / "data" / CLOSED_BOOK_FILE
+    _require(path, "01_data_prep")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
 
 
 def sft_collator(tokenizer):

@@ -67,6 +67,34 @@ def clean_generation(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
+def _newline_token_ids(tokenizer) -> torch.Tensor:
+    """Ids of every token whose text contains a newline (computed once per tokenizer)."""
+    cached = getattr(tokenizer, "_modft_newline_ids", None)
+    if cached is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached = torch.tensor([i for i, t in enumerate(texts) if "\n" in t], dtype=torch.long)
+        tokenizer._modft_newline_ids = cached
+    return cached
+
+
+def _stop_at_newline(tokenizer, prompt_width: int):
+    """A stopping criterion: a row is done once it has generated a token with a newline in it.
+
+    transformers' ``stop_strings`` does the same by string matching, but fails on tokenizers
+    whose tokens do not round-trip through ``convert_tokens_to_string`` (word-level ones).
+    """
+    from transformers import StoppingCriteria
+
+    newline = _newline_token_ids(tokenizer)
+
+    class StopAtNewline(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            generated = input_ids[:, prompt_width:]
+            return torch.isin(generated, newline.to(input_ids.device)).any(dim=1)
+
+    return StopAtNewline()
+
+
 def _common_prefix(id_lists: Sequence[Sequence[int]]) -> int:
     """How many leading tokens every list shares."""
     first = id_lists[0]
@@ -92,7 +120,7 @@ def generate(
 
     - prompts are batched in order of length, so a batch carries little padding (order restored after);
     - a sequence stops at its first newline or EOS, and a batch when every sequence has, since the
-      answer is the first line (``stop_strings``; a plain ``generate`` decodes all ``max_new_tokens``);
+      answer is the first line (a plain ``generate`` decodes all ``max_new_tokens``);
     - the tokens every prompt starts with (a chat template's system turn and the instruction) are
       prefilled once per batch and their KV cache shared by every row (``share_prefix``); rows are laid
       out as ``[prefix][padding][rest]``, with positions from the attention mask as in left padding.
@@ -127,8 +155,8 @@ def generate(
             kwargs["past_key_values"] = cache
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-            num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, stop_strings=["\n"],
-            tokenizer=tokenizer, **kwargs,
+            num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+            stopping_criteria=[_stop_at_newline(tokenizer, width)], **kwargs,
         )
         texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
         for i, text in zip(rows, texts):
@@ -191,9 +219,13 @@ STACKS: dict[str, list[str]] = {
 
 def comparison_grid(
     model, tokenizer, *, stacks: dict[str, list[str]], eval_blocks, qa_examples: Sequence[dict[str, Any]],
-    qa_tokenized, collator, max_new_tokens: int, progress: bool = False,
+    qa_tokenized, collator, max_new_tokens: int, closed_book: Sequence[dict[str, Any]] = (), progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Every stack scored on the same held-out data: one row per stack.
+
+    ``closed_book`` (from :func:`modft_utils.data.load_closed_book`) adds exact match and F1 on
+    questions asked without their context, answerable from the DAPT corpus: where base + domain +
+    task against base + task shows what the domain adapter adds to the task.
 
     Switching goes through :func:`modft_utils.adapters.activate` on the one loaded base; nothing
     is reloaded between rows.
@@ -204,13 +236,17 @@ def comparison_grid(
     for label, names in stacks.items():
         adapters.activate(model, names)
         qa = qa_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
-        rows.append({
+        row = {
             "stack": label,
             "domain_ppl": perplexity(model, eval_blocks, progress=progress),
             "exact_match": qa["exact_match"],
             "f1": qa["f1"],
             "answer_nll": answer_nll(model, qa_tokenized, collator, progress=progress),
-        })
+        }
+        if closed_book:
+            cb = qa_scores(model, tokenizer, closed_book, max_new_tokens=max_new_tokens, progress=progress)
+            row.update(closed_book_exact_match=cb["exact_match"], closed_book_f1=cb["f1"])
+        rows.append(row)
     return rows
 
 
@@ -220,10 +256,15 @@ def grid_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def grid_table(rows: list[dict[str, Any]]) -> str:
+    closed = "closed_book_f1" in rows[0]
     header = f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6} {'answer NLL':>10}"
+    header += f" {'closed-book EM':>14} {'closed-book F1':>14}" if closed else ""
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f} {r['answer_nll']:>10.3f}")
+        line = f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f} {r['answer_nll']:>10.3f}"
+        if closed:
+            line += f" {r['closed_book_exact_match']:>14.1f} {r['closed_book_f1']:>14.1f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -40,7 +40,9 @@ def grid_bars(rows: list[dict[str, Any]], path: str | Path):
 
     metrics = [("domain_ppl", "domain perplexity (lower is better)"), ("exact_match", "exact match"),
                ("f1", "F1"), ("answer_nll", "answer NLL (lower is better)")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.2))
+    if "closed_book_f1" in rows[0]:
+        metrics.append(("closed_book_f1", "closed-book F1 (facts from the DAPT corpus)"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.25 * len(metrics), 3.2))
     labels = [r["stack"] for r in rows]
     colors = ["#9e9e9e", "#4c78a8", "#f58518", "#54a24b"][: len(rows)]
     for ax, (key, title) in zip(axes, metrics):

@@ -20,6 +20,17 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_outputs(tmp_path_factory) -> Path:
+    """Where tests keep outputs they share (the built tiny base, the converted GGUF base): never the
+    user's outputs/. `make test` points MODFT_TEST_OUTPUTS at one folder for the pytest run and the
+    nbval pass, so each base is built once per `make test`."""
+    env = os.environ.get("MODFT_TEST_OUTPUTS")
+    path = Path(env) if env else tmp_path_factory.mktemp("outputs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def micro_base_dir(tmp_path_factory) -> Path:
     """A micro MiniMax-M2 (native architecture, fused experts) saved as a model folder: seconds to build."""
     import torch
@@ -84,11 +95,10 @@ def random_adapter():
 
 
 @pytest.fixture(scope="session")
-def pipeline(root, tmp_path_factory):
-    """All five notebooks on the default profile, once per session, into a temporary run folder and store."""
+def pipeline(root, tmp_path_factory, test_outputs):
+    """All five notebooks on the tiny profile, once per session, into a temporary run folder and store."""
     from modft_utils import runner
 
     tmp = tmp_path_factory.mktemp("pipeline")
-    return runner.run_notebooks(
-        root / "params" / "tiny.yaml", run_dir=tmp / "run", overrides={"registry": str(tmp / "registry")}, progress=False,
-    )
+    overrides = {"registry": str(tmp / "registry"), "cache_dir": str(test_outputs / "cache")}
+    return runner.run_notebooks(root / "params" / "tiny.yaml", run_dir=tmp / "run", overrides=overrides, progress=False)

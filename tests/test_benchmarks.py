@@ -34,7 +34,7 @@ def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
         assert not r.get("note", "").startswith("failed:"), r
     names = " ".join(r["name"] for r in results)
     for figure in ("training overhead", "DAPT speed", "SFT speed", "packing", "padding", "stack switch",
-                   "4-bit memory", "planner accuracy", "data prep", "PII scrubber", "end to end", "GPU"):
+                   "4-bit memory", "planner accuracy", "data prep", "PII scrubber", "scoring", "end to end", "GPU"):
         assert figure in names, figure
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| figure | value | reference | ratio | goal | met |" in table

@@ -14,8 +14,8 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(root):
-    prof = config.load_profile(root / "params" / "tiny.yaml")
+def tiny(root, test_outputs):
+    prof = config.load_profile(root / "params" / "tiny.yaml", {"cache_dir": str(test_outputs / "cache")})
     return prof, modeling.ensure_base(prof, progress=False)
 
 

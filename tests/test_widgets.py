@@ -6,8 +6,8 @@ from modft_utils import adapters, config, evaluate, modeling, registry, widgets
 
 
 @pytest.fixture(scope="module")
-def tiny(root):
-    prof = config.load_profile(root / "params" / "tiny.yaml")
+def tiny(root, test_outputs):
+    prof = config.load_profile(root / "params" / "tiny.yaml", {"cache_dir": str(test_outputs / "cache")})
     base = modeling.ensure_base(prof, progress=False)
     return prof, base, modeling.load_tokenizer(base)
 
