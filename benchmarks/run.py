@@ -394,12 +394,19 @@ def bench_planner(b: Bench) -> list[dict]:
     if not hasattr(plan, "measure_training_peak"):
         return [entry("planner accuracy", None, "bytes", None, "within 15%", False, skipped=True,
                       note="plan.measure_training_peak is not available")]
+    from modft_utils import config
+
     rows = []
-    for stage in (("sft",) if b.quick else ("dapt", "sft")):
-        measured = plan.measure_training_peak(b.profile, stage=stage, steps=1 if b.quick else 2)
-        planned = plan.plan(b.profile, stage=stage).training_bytes
+    # The tiny MoE (fused 4-bit experts) and, in full mode, the dense real-weights base.
+    cases = [("tiny", b.profile, stage) for stage in (("sft",) if b.quick else ("dapt", "sft"))]
+    if not b.quick:
+        real = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
+        cases += [("smollm2", real, stage) for stage in ("dapt", "sft")]
+    for name, profile, stage in cases:
+        measured = plan.measure_training_peak(profile, stage=stage, steps=1 if b.quick else 2)
+        planned = plan.plan(profile, stage=stage).training_bytes
         got = measured["measured_bytes"]
-        rows.append(entry(f"planner accuracy, {stage.upper()} step: plan.training_bytes vs measured peak RSS growth", planned,
+        rows.append(entry(f"planner accuracy, {name} {stage.upper()} step: plan.training_bytes vs measured peak RSS growth", planned,
                           "bytes", got, "within 15% (0.85-1.15)", 0.85 <= planned / got <= 1.15,
                           note=f"batch {measured['batch']} x {measured['seq']} tokens, {measured['steps']} step(s), CPU resident-memory "
                                f"high-water mark; measured - planned = {(got - planned) / 2**20:.1f} MiB"))

@@ -482,9 +482,10 @@ class SftData:
     report: SftReport
 
 
-def _eval_record(ex: squad.QAExample, tokenizer, fmt: PromptFormat) -> dict[str, Any]:
+def _eval_record(ex: squad.QAExample, tokenizer, fmt: PromptFormat, version: str) -> dict[str, Any]:
     return {"id": ex.id, "title": ex.title, "context": ex.context, "question": ex.question,
-            "answers": list(ex.answers), "prompt": fmt.prompt(tokenizer, ex.context, ex.question)}
+            "answers": list(ex.answers), "prompt": fmt.prompt(tokenizer, ex.context, ex.question),
+            "squad_version": version}
 
 
 def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> SftData:
@@ -523,6 +524,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
         return out
 
     train, evals = scrubbed(train), scrubbed(evals)
+    version = "v2.0" if "is_impossible" in rows["validation"].column_names else "v1.1"
     tok_train, tok_eval = [], []
     for exs, sink in ((train, tok_train), (evals, tok_eval)):
         for ex in exs:
@@ -535,7 +537,8 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     data = SftData(
         train=Dataset.from_list(tok_train),
         eval_tokenized=Dataset.from_list(tok_eval),
-        eval_examples=[_eval_record(e, tokenizer, fmt) for e in evals],
+        # SQuAD 2.0 rows carry is_impossible; the official script of that version scores them.
+        eval_examples=[_eval_record(e, tokenizer, fmt, version) for e in evals],
         report=report,
     )
     out = Path(run_dir) / "data"
@@ -614,7 +617,8 @@ def prepare_closed_book(profile: Profile, tokenizer, run_dir: str | Path, train_
         subject = ex["title"].replace("_", " ")
         if any(subject in doc and any(a and a in doc for a in ex["answers"]) for doc in train_docs):
             kept.append({"id": ex["id"], "title": ex["title"], "question": ex["question"], "answers": ex["answers"],
-                         "prompt": fmt.prompt(tokenizer, None, ex["question"])})
+                         "prompt": fmt.prompt(tokenizer, None, ex["question"]),
+                         "squad_version": ex.get("squad_version", "v1.1")})
         if len(kept) >= profile.compose.closed_book_examples:
             break
     with open(Path(run_dir) / "data" / CLOSED_BOOK_FILE, "w", encoding="utf-8") as fh:

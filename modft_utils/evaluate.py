@@ -190,11 +190,15 @@ def generate_plain(
 
 
 def qa_scores(model, tokenizer, examples: Sequence[dict[str, Any]], *, max_new_tokens: int, progress: bool = False) -> dict[str, Any]:
-    """Exact match and F1 (official SQuAD v1.1 normalization, 0-100) of greedy answers."""
+    """Exact match and F1 (0-100, by the official SQuAD script of the examples' version) of greedy answers."""
     preds = generate(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens=max_new_tokens, progress=progress)
     predictions = {e["id"]: p for e, p in zip(examples, preds)}
     references = {e["id"]: list(e["answers"]) for e in examples}
-    scores = squad_metrics(predictions, references)
+    # Scored by the official script of the data's version (v1.1 and v2.0 differ on empty answers).
+    versions = {e.get("squad_version", "v1.1") for e in examples}
+    if len(versions) > 1:
+        raise ValueError(f"examples mix SQuAD versions {sorted(versions)}: score each version separately")
+    scores = squad_metrics(predictions, references, version=versions.pop() if versions else "v1.1")
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], "predictions": predictions}
 
 

@@ -1158,8 +1158,8 @@ def measure_training_peak(
     ``modeling.load_base``, adds the adapters (for SFT the frozen domain adapter too), and runs
     ``steps`` AdamW steps at the profile's batch and sequence length. ``measured_bytes`` is the
     high-water mark (VmHWM) minus the baseline. A subprocess because a process's peak only rises.
-    Only for bases that need no download (``tiny`` or a local folder): the weights are random, which
-    changes no size.
+    Only for bases that need no download (``tiny``, a local folder or a local GGUF file): the weights
+    are random, which changes no size.
 
     ``malloc_mmap_threshold`` (glibc's ``MALLOC_MMAP_THRESHOLD_``) makes every allocation of that
     many bytes or more its own mapping, returned to the system when freed, so resident memory follows
@@ -1177,7 +1177,7 @@ def measure_training_peak(
     if not Path("/proc/self/status").exists():
         raise PlanError("measure_training_peak reads /proc/self/status and needs Linux")
     spec = profile.model
-    if spec.id != "tiny" and not profile.resolve(spec.id).exists():
+    if spec.id != "tiny" and not spec.gguf_file and not profile.resolve(spec.id).exists():
         raise PlanError(f"measure_training_peak builds the base locally; {spec.id!r} is not a local base")
     config = read_model_config(profile)
     section = profile.dapt if stage == "dapt" else profile.sft

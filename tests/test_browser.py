@@ -41,17 +41,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The README's screenshot comes from a real `make run`: MODFT_BROWSER_RUN=<its run folder> (and
+# MODFT_BROWSER_PROFILE, default params/smollm2.yaml) drives that run's notebook 04 instead of the
+# tiny pipeline's; 04's scoring is cut to a few questions so the panel renders in minutes.
+BROWSER_RUN = os.environ.get("MODFT_BROWSER_RUN")
+QUICK_04 = {"compose.eval_examples": 4, "compose.closed_book_examples": 4, "compose.switch_repeats": 10}
+
+
 @pytest.fixture(scope="module")
-def lab(pipeline, root, tmp_path_factory):
-    """A JupyterLab server over a copy of notebook 04 whose parameters point at the pipeline's run."""
+def lab(request, root, tmp_path_factory):
+    """A JupyterLab server over a copy of notebook 04 whose parameters point at a finished run."""
     import papermill
 
     folder = tmp_path_factory.mktemp("lab")
-    run = shutil.copytree(pipeline.run_dir, folder / "run")  # running 04 records metrics: not into the shared run
+    if BROWSER_RUN:
+        source, registry = Path(BROWSER_RUN).resolve(), None
+        profile = Path(os.environ.get("MODFT_BROWSER_PROFILE", root / "params" / "smollm2.yaml")).resolve()
+    else:
+        pipeline = request.getfixturevalue("pipeline")
+        source, registry, profile = pipeline.run_dir, pipeline.run_dir.parent / "registry", root / "params" / "tiny.yaml"
+    run = shutil.copytree(source, folder / "run", ignore=shutil.ignore_patterns("exports", "checkpoints"))
+    overrides = dict(QUICK_04) if BROWSER_RUN else {}  # running 04 records metrics: into the copy, never the source
+    if registry is not None:
+        overrides["registry"] = str(registry)
     papermill.execute_notebook(
         str(root / "notebooks" / "04_compose.ipynb"), str(folder / "04_compose.ipynb"), prepare_only=True,
-        parameters={"profile": str(root / "params" / "tiny.yaml"), "run_dir": str(run),
-                    "overrides": {"registry": str(pipeline.run_dir.parent / "registry")}},
+        parameters={"profile": str(profile), "run_dir": str(run), "overrides": overrides},
     )
     port, token = _free_port(), "modft-browser-test"
     # Render every cell (JupyterLab 4 virtualizes long notebooks) and ask no questions about news.
