@@ -574,11 +574,14 @@ def _fmt(x) -> str:
 
 def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
     lines = [
-        "# Benchmarks on the default profile (`params/tiny.yaml`)",
+        "# Benchmarks (`params/tiny.yaml`; the scoring and planner rows also `params/smollm2.yaml`)",
         "",
         f"Written by `python -m benchmarks.run{' --quick' if meta['quick'] else ''}` on {meta['when']} "
         f"({meta['machine']}; torch {meta['torch']}, {meta['threads']} threads; {meta['seconds']:.0f} s). "
         "Both sides of each comparison ran in the same process, warmed up.",
+        *([f"Re-measured with `--only {' '.join(meta['only'])} --merge` on {meta['merged_when']}: "
+           + ", ".join(f"`{n}`" for n in meta["merged_rows"]) + "; the other rows are from the run above."]
+          if meta.get("merged_rows") else []),
         "",
         "| figure | value | reference | ratio | goal | met |",
         "|---|---|---|---|---|---|",
@@ -599,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shrink every measurement (well under 90 s)")
     parser.add_argument("--out", default=str(OUT_DIR), help="folder for results.json and RESULTS.md")
     parser.add_argument("--only", nargs="*", help="run only these benchmark functions (e.g. bench_packing)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace those rows in the existing results, keep the others")
     args = parser.parse_args(argv)
     import torch
     import transformers
@@ -627,6 +632,15 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": transformers.__version__, "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (out / "results.json").is_file():
+        fresh = {r["name"]: r for r in results}
+        measured_now = list(fresh)
+        old = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        old_meta = json.loads((out / "meta.json").read_text(encoding="utf-8")) if (out / "meta.json").is_file() else meta
+        results = [fresh.pop(r["name"], r) for r in old] + list(fresh.values())
+        meta = {**old_meta, "only": args.only or [], "merged_when": meta["when"],
+                "merged_rows": sorted({*old_meta.get("merged_rows", []), *measured_now})}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_markdown(results, meta, out / "RESULTS.md")
     print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} in {meta['seconds']:.0f} s", file=sys.stderr)
