@@ -24,9 +24,6 @@ same model.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -160,21 +157,11 @@ def converted_folder(profile: Profile, *, progress: bool = True) -> tuple[Path, 
     Written aside and renamed into place, so a conversion that dies halfway is never taken for a
     finished one, and a file changed in place (another sha256) gets a folder of its own.
     """
+    from .modeling import build_once
+
     source = inspect(locate(profile))
     cache = profile.resolve(profile.cache_dir) / source.cache_name
-    if not (cache / MARKER).is_file():
-        staging = cache.parent / f".staging-{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
-        try:
-            convert(source, staging, progress=progress)
-            try:
-                os.rename(staging, cache)
-            except OSError:
-                if not (cache / MARKER).is_file():  # not a concurrent converter winning the race
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return cache, json.loads((cache / MARKER).read_text(encoding="utf-8"))
+    return cache, build_once(cache, MARKER, lambda staging: convert(source, staging, progress=progress))
 
 
 def convert(source: GGUFSource, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:

@@ -252,20 +252,30 @@ def _plain_base(profile: Profile, progress: bool) -> BaseRef:
         return BaseRef(spec.id, spec.revision)
     corpus = profile.resolve(spec.tiny.generic_corpus)
     cache = profile.resolve(profile.cache_dir) / f"tiny-minimax-m2-{tiny_cache_key(spec.tiny, corpus)}"
-    if not (cache / TINY_MARKER).is_file():
-        staging = cache.parent / f".staging-{uuid.uuid4().hex}"
+    info = build_once(cache, TINY_MARKER, lambda staging: build_tiny_base(spec.tiny, corpus, staging, progress))
+    return BaseRef(str(cache), None, info)
+
+
+def build_once(folder: Path, marker: str, build) -> dict[str, Any]:
+    """``folder`` built by ``build(staging_folder)`` unless it is complete already; its marker's JSON.
+
+    ``build`` writes into a staging folder beside ``folder`` (``marker`` last), which is then renamed
+    into place: a build that dies halfway is never mistaken for a finished one, and of two
+    concurrent builders the loser's copy is discarded.
+    """
+    if not (folder / marker).is_file():
+        staging = folder.parent / f".staging-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
-            build_tiny_base(spec.tiny, corpus, staging, progress)
+            build(staging)
             try:
-                os.rename(staging, cache)
+                os.rename(staging, folder)
             except OSError:
-                if not (cache / TINY_MARKER).is_file():  # not a concurrent builder winning the race
+                if not (folder / marker).is_file():  # not a concurrent builder winning the race
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    info = json.loads((cache / TINY_MARKER).read_text(encoding="utf-8"))
-    return BaseRef(str(cache), None, info)
+    return json.loads((folder / marker).read_text(encoding="utf-8"))
 
 
 def load_tokenizer(base: BaseRef):

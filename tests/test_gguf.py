@@ -131,3 +131,28 @@ def test_scoring_shortcuts_give_the_plain_answers(micro_profile, micro_base_dir)
     plain = evaluate.generate_plain(model, tok, prompts, max_new_tokens=6, batch_size=5)
     assert ours == no_prefix == plain
     assert evaluate.generate(model, tok, [], max_new_tokens=6) == []
+
+
+def test_a_hub_repository_file_is_fetched_through_huggingface_hub(root, tmp_path, monkeypatch):
+    """model.id a hub repo: the file comes from hf_hub_download (stood in for here: no hub offline)."""
+    import huggingface_hub
+
+    real = gguf.locate(_profile(root, tmp_path, {}))
+    asked = {}
+
+    def fake_download(repo_id, filename, revision=None):
+        asked.update(repo_id=repo_id, filename=filename, revision=revision)
+        return str(real)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    prof = _profile(root, tmp_path, {"id": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "gguf_file": "model.Q4_1.gguf",
+                                     "revision": "abc123"})
+    assert gguf.locate(prof) == real
+    assert asked == {"repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "filename": "model.Q4_1.gguf", "revision": "abc123"}
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cache.")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(gguf.GGUFError, match="not a local folder and not fetched from the hub .*couldn't connect"):
+        gguf.locate(prof)
