@@ -119,6 +119,9 @@ class DataSpec(_Section):
     sft: CorpusSpec = Field(..., description="labeled QA set for SFT (SQuAD v1.1 rows)")
     sft_subset_size: int = Field(1000, ge=10, description="training examples drawn (seeded) from the SFT train split")
     sft_eval_size: int = Field(200, ge=10, description="held-out QA examples evaluated")
+    min_sft_examples: int = Field(
+        10, ge=1, description="fewest usable SFT examples per split after validation and de-duplication; fewer is an error"
+    )
     unanswerable: Literal["drop", "keep"] = Field("drop", description="SQuAD v2 questions without an answer")
     normalization: Literal["NFKC", "NFC", "none"] = Field("NFKC", description="Unicode normalization of the corpus")
     section_headings: Literal["keep", "drop"] = Field("keep", description="wikitext = = Section = = lines")

@@ -35,8 +35,22 @@ class DataError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
+def load_sft_rows(profile: Profile) -> dict[str, Any]:
+    """The SFT set's ``train`` and ``validation`` rows: hub tables, or local files read as validation reads them.
+
+    Local files go through :func:`squad.read_squad_file`, as ``modft validate`` reads them: the
+    original nested SQuAD layout, JSON lines or a JSON list (the ``datasets`` JSON builder would take
+    an original file as one row, and notebook 01 then failed on a file validate had passed).
+    """
+    spec = profile.data.sft
+    if spec.hub_name:
+        return load_rows(spec, profile)
+    return {split: read_sft_file(profile.resolve(getattr(spec, f"{split}_file")), f"data.sft.{split}_file")
+            for split in ("train", "validation")}
+
+
 def load_rows(spec: CorpusSpec, profile: Profile) -> dict[str, Any]:
-    """The ``train`` and ``validation`` splits as ``datasets`` tables, from the hub or local files."""
+    """The ``train`` and ``validation`` splits as ``datasets`` tables, from the hub or local JSON lines."""
     from datasets import load_dataset
 
     if spec.hub_name:
@@ -494,13 +508,14 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     from tqdm.auto import tqdm
 
     fmt = prompt_format(profile, tokenizer)  # a chat profile on a base without a template stops here
-    rows = load_rows(profile.data.sft, profile)
+    rows = load_sft_rows(profile)
     spec = profile.data.sft
     report = SftReport()
     examples = {}
     for split in ("train", "validation"):
         source = spec.hub_name or str(profile.resolve(getattr(spec, f"{split}_file")))
         exs, rep = squad.rows_to_examples(rows[split], unanswerable=profile.data.unanswerable, source=f"{source} [{split}]")
+        check_sft_examples(rep, len(exs), profile, f"data.sft {split}", Path(source))
         report.loaded[split] = rep.as_dict()
         examples[split] = exs
     train_titles = {e.title for e in examples["train"]} | {e.context for e in examples["train"]}
@@ -524,7 +539,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
         return out
 
     train, evals = scrubbed(train), scrubbed(evals)
-    version = "v2.0" if "is_impossible" in rows["validation"].column_names else "v1.1"
+    version = _squad_version(rows["validation"])
     tok_train, tok_eval = [], []
     for exs, sink in ((train, tok_train), (evals, tok_eval)):
         for ex in exs:
@@ -658,6 +673,35 @@ def probe_batch(run_dir: str | Path, n: int):
     return torch.tensor(eval_blocks[: min(n, len(eval_blocks))]["input_ids"])
 
 
+def read_sft_file(path: Path, key: str) -> list[dict[str, Any]]:
+    """A local SQuAD file as hub-layout rows, whatever its layout; errors name the key and file."""
+    if path.is_dir():
+        raise DataError(f"{key}: {path} is a folder; give the SQuAD file (.json or .jsonl)")
+    try:
+        return squad.read_squad_file(path)
+    except squad.SquadFormatError as exc:
+        raise DataError(f"{key}: {exc}") from None
+
+
+def _squad_version(rows) -> str:
+    """v2.0 when the rows carry ``is_impossible`` (original v2.0 files), else v1.1."""
+    columns = getattr(rows, "column_names", None)
+    if columns is not None:
+        return "v2.0" if "is_impossible" in columns else "v1.1"
+    return "v2.0" if any("is_impossible" in r for r in rows) else "v1.1"
+
+
+def check_sft_examples(report: squad.SquadReport, examples: int, profile: Profile, key: str, path: Path) -> None:
+    """Refuse an SFT split that collapses (empty, all duplicates, answers not found) below the minimum."""
+    need = profile.data.min_sft_examples
+    if examples >= need:
+        return
+    why = (f"{report.rows_in} row(s) read, {report.duplicate_ids} duplicate id(s), {report.dropped_bad_answer} "
+           f"without an answer found in the context, {report.unanswerable_dropped} unanswerable dropped")
+    raise DataError(f"{key}: {path} leaves {examples} usable example(s) ({why}); at least {need} are needed "
+                    "(data.min_sft_examples). Check the file, or lower data.min_sft_examples for a smoke test.")
+
+
 def validate_inputs(profile: Profile) -> dict[str, int]:
     """Read every local data file of the profile once and fail on the first bad row, naming it.
 
@@ -672,11 +716,12 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
             counts[str(path)] = _check_text_rows(path, f"data.dapt.{key}")
         if getattr(sft, key):
             path = profile.resolve(getattr(sft, key))
+            rows = read_sft_file(path, f"data.sft.{key}")
             try:
-                rows = squad.read_squad_file(path)
-                squad.rows_to_examples(rows, unanswerable=profile.data.unanswerable, source=str(path))
+                examples, report = squad.rows_to_examples(rows, unanswerable=profile.data.unanswerable, source=str(path))
             except (squad.SquadFormatError, ValueError) as exc:
                 raise DataError(f"data.sft.{key}: {exc}") from exc
+            check_sft_examples(report, len(examples), profile, f"data.sft.{key}", path)
             counts[str(path)] = len(rows)
     if profile.model.tiny is not None:
         path = profile.resolve(profile.model.tiny.generic_corpus)
@@ -685,21 +730,26 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
 
 
 def _check_text_rows(path: Path, key: str) -> int:
-    n = 0
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
-                n += 1
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{key}: {path}: not valid UTF-8 at byte {exc.start}") from None
+    if path.is_dir():
+        raise DataError(f"{key}: {path} is a folder; give the JSON-lines file")
+    n, offset = 0, 0
+    with open(path, "rb") as fh:  # bytes, so an encoding error is placed in the file, not in a read chunk
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file "
+                                f"(byte {exc.start + 1} of the line)") from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
+            n += 1
     if n == 0:
         raise DataError(f"{key}: {path} has no rows")
     return n
