@@ -300,8 +300,12 @@ def clean_corpus(
     *,
     progress: bool = False,
     total_rows: int | None = None,
+    documents: bool = False,
 ) -> tuple[list[str], list[StepReport]]:
     """Raw wikitext rows -> clean documents, with a :class:`StepReport` for every step.
+
+    With ``documents``, every row is a whole document already (a text file, a parquet or CSV row):
+    ``split_documents`` then only drops rows without text, instead of grouping lines by their titles.
 
     Steps, in order: ``split_documents``, ``detokenize+normalize`` (documents empty after cleaning
     are dropped), ``pii_scrub`` (only when ``scrub`` is given; it returns the new text and its
@@ -346,7 +350,10 @@ def clean_corpus(
                 )
             )
 
-    docs = split_documents(counting(rows), config.section_headings)
+    if documents:
+        docs = [r.replace("\r\n", "\n") for r in counting(rows) if r is not None and r.strip()]
+    else:
+        docs = split_documents(counting(rows), config.section_headings)
     record("split_documents", None, docs, rows_in=counted["rows"], chars_in=counted["chars"])
 
     normalization = config.normalization

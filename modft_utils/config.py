@@ -102,8 +102,15 @@ class CorpusSpec(_Section):
 
     hub_name: str | None = Field(None, description="hub dataset name, e.g. wikitext or squad")
     hub_config: str | None = Field(None, description="hub dataset config, e.g. wikitext-2-raw-v1")
-    train_file: str | None = Field(None, description="local train split (JSONL rows in the hub's format)")
-    validation_file: str | None = Field(None, description="local held-out split")
+    train_file: str | None = Field(
+        None, description="local train split: a file, a folder or a glob (DAPT: .jsonl .raw .txt .md .parquet .csv, "
+        "optionally .gz, or a save_to_disk folder; SFT: a SQuAD file in any layout)"
+    )
+    validation_file: str | None = Field(None, description="local held-out split, as train_file")
+    format: Literal["auto", "jsonl", "wikitext", "text", "parquet", "csv", "saved"] = Field(
+        "auto", description="DAPT: how local files are read; auto goes by the extension (see modft_utils.readers)"
+    )
+    text_column: str = Field("text", description="DAPT: the column holding the text in parquet, CSV and saved datasets")
 
     @model_validator(mode="after")
     def _one_source(self) -> "CorpusSpec":
@@ -264,6 +271,17 @@ _PATH_KEYS = (
 )
 
 
+def _is_glob(value: str) -> bool:
+    return any(ch in value for ch in "*?[")
+
+
+def _path_exists(path: Path, value: str) -> bool:
+    """A data path exists, or (a glob such as ``corpus/*.txt``) matches at least one file."""
+    import glob
+
+    return bool(glob.glob(str(path), recursive=True)) if _is_glob(value) else path.exists()
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: {err.error_count()} problem(s) in the profile:"]
     for e in err.errors():
@@ -318,9 +336,9 @@ def load_profile(path: str | os.PathLike, overrides: dict[str, Any] | None = Non
     profile.source = str(path)
     if check_paths:
         missing = [
-            f"  - {key}: {profile.resolve(value)} does not exist"
+            f"  - {key}: {profile.resolve(value)} " + ("matches no file" if _is_glob(value) else "does not exist")
             for key, getter in _PATH_KEYS
-            if (value := getter(profile)) is not None and not profile.resolve(value).exists()
+            if (value := getter(profile)) is not None and not _path_exists(profile.resolve(value), value)
         ]
         if missing:
             raise ProfileError(f"{path}: data path(s) not found:\n" + "\n".join(missing))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import squad
+from . import readers, squad
 from .clean import CleanConfig, StepReport, clean_corpus, clean_wikitext, dedup_key, report_table  # noqa: F401
 from .config import CorpusSpec, Profile
 from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noqa: F401  (public: modft_utils.data.scrub_pii)
@@ -50,7 +50,11 @@ def load_sft_rows(profile: Profile) -> dict[str, Any]:
 
 
 def load_rows(spec: CorpusSpec, profile: Profile) -> dict[str, Any]:
-    """The ``train`` and ``validation`` splits as ``datasets`` tables, from the hub or local JSON lines."""
+    """The domain corpus's ``train`` and ``validation`` splits as ``datasets`` tables with a ``text`` column.
+
+    Hub datasets as published; local sources through :mod:`modft_utils.readers`, the same readers
+    ``modft validate`` uses.
+    """
     from datasets import load_dataset
 
     if spec.hub_name:
@@ -59,14 +63,34 @@ def load_rows(spec: CorpusSpec, profile: Profile) -> dict[str, Any]:
         except Exception as exc:  # the hub client raises many types; name the dataset either way
             raise DataError(f"could not load hub dataset {spec.hub_name!r} ({spec.hub_config}): {exc}") from exc
         return {"train": ds["train"], "validation": ds["validation"]}
-    files = {"train": profile.resolve(spec.train_file), "validation": profile.resolve(spec.validation_file)}
-    out = {}
-    for split, path in files.items():
-        try:
-            out[split] = load_dataset("json", data_files={split: str(path)}, split=split)
-        except Exception as exc:
-            raise DataError(f"{path}: not readable as JSON lines ({type(exc).__name__}: {exc})") from exc
-    return out
+    return {split: readers.read(source, spec.text_column) for split, source in corpus_sources(profile).items()}
+
+
+def describe_sources(profile: Profile) -> list[str]:
+    """One line per split and dataset: which reader takes it (what notebook 01 shows)."""
+    lines = []
+    dapt, sft = profile.data.dapt, profile.data.sft
+    if dapt.hub_name:
+        lines.append(f"DAPT: hub dataset {dapt.hub_name} ({dapt.hub_config}), wikitext lines")
+    else:
+        lines += [f"DAPT {split}: {source.describe()}" for split, source in corpus_sources(profile).items()]
+    if sft.hub_name:
+        lines.append(f"SFT: hub dataset {sft.hub_name}, SQuAD rows")
+    else:
+        lines += [f"SFT {split}: SQuAD reader (original nested layout, JSON lines or a JSON list): "
+                  f"{profile.resolve(getattr(sft, f'{split}_file'))}" for split in ("train", "validation")]
+    return lines
+
+
+def corpus_sources(profile: Profile) -> dict[str, readers.CorpusSource]:
+    """The DAPT corpus's local sources per split, resolved and typed (files, format, row kind)."""
+    spec = profile.data.dapt
+    base = Path(profile.source).parent if profile.source else Path.cwd()
+    try:
+        return {split: readers.resolve(getattr(spec, f"{split}_file"), base, f"data.dapt.{split}_file", spec.format)
+                for split in ("train", "validation")}
+    except readers.SourceError as exc:
+        raise DataError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- DAPT
@@ -154,7 +178,11 @@ def clean_dapt(profile: Profile, *, progress: bool = True) -> CleanCorpus:
         counter.update(s.kind for s in spans)
         return new, len(spans)
 
-    rows = load_rows(profile.data.dapt, profile)
+    try:
+        rows = load_rows(profile.data.dapt, profile)
+    except readers.SourceError as exc:
+        raise DataError(str(exc)) from None
+    sources = corpus_sources(profile) if not profile.data.dapt.hub_name else {}
     docs, reports = {}, {}
     for split in ("train", "validation"):
         if "text" not in rows[split].column_names:
@@ -165,6 +193,7 @@ def clean_dapt(profile: Profile, *, progress: bool = True) -> CleanCorpus:
             docs[split], reports[split] = clean_corpus(
                 _text_rows(rows[split]), cfg, scrub if profile.data.scrub_pii else None,
                 progress=progress, total_rows=len(rows[split]),
+                documents=split in sources and sources[split].documents,
             )
         except ValueError as exc:
             raise DataError(f"data.dapt {split}: {exc}") from exc
@@ -710,10 +739,17 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     dapt, sft = profile.data.dapt, profile.data.sft
+    if not dapt.hub_name:
+        for split, source in corpus_sources(profile).items():
+            try:
+                if source.format == "jsonl":  # line-level messages (the json builder's are vaguer)
+                    for f in source.files:
+                        if f.suffix != ".gz":
+                            _check_text_rows(f, f"data.dapt.{split}_file")
+                counts[str(profile.resolve(getattr(dapt, f"{split}_file")))] = len(readers.read(source, dapt.text_column))
+            except readers.SourceError as exc:
+                raise DataError(str(exc)) from None
     for key in ("train_file", "validation_file"):
-        if getattr(dapt, key):
-            path = profile.resolve(getattr(dapt, key))
-            counts[str(path)] = _check_text_rows(path, f"data.dapt.{key}")
         if getattr(sft, key):
             path = profile.resolve(getattr(sft, key))
             rows = read_sft_file(path, f"data.sft.{key}")
