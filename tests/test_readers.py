@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from modft_utils import config, data, readers
+from modft_utils import config, data
 
 WIKI = "data/sample/wikitext"
 
