@@ -768,15 +768,9 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
 def _check_text_rows(path: Path, key: str) -> int:
     if path.is_dir():
         raise DataError(f"{key}: {path} is a folder; give the JSON-lines file")
-    n, offset = 0, 0
-    with open(path, "rb") as fh:  # bytes, so an encoding error is placed in the file, not in a read chunk
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file "
-                                f"(byte {exc.start + 1} of the line)") from None
-            offset += len(raw)
+    n = 0
+    try:
+        for lineno, line in readers.decoded_lines(path, key):
             if not line.strip():
                 continue
             try:
@@ -786,6 +780,8 @@ def _check_text_rows(path: Path, key: str) -> int:
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
             n += 1
+    except readers.SourceError as exc:
+        raise DataError(str(exc)) from None
     if n == 0:
         raise DataError(f"{key}: {path} has no rows")
     return n

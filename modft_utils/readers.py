@@ -112,23 +112,30 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
 
 
-def check_utf8(source: CorpusSource) -> None:
-    """Name the first byte that is not UTF-8 by file, line and offset, before a builder trips on it.
+def decoded_lines(path: Path, key: str):
+    """``(line number, text)`` of a UTF-8 file (gzipped or not), LF and CRLF alike.
 
-    (A builder reports an offset inside the chunk it was decoding, which points nowhere in the file.)
+    An invalid byte is named by line and by offset in the file: a decoder working on read chunks
+    reports an offset inside the chunk, which points nowhere in the file.
     """
+    offset = 0
+    with _open_bytes(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceError(f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file"
+                                  f"{' (uncompressed)' if path.suffix == '.gz' else ''}") from None
+            offset += len(raw)
+
+
+def check_utf8(source: CorpusSource) -> None:
+    """Name the first byte that is not UTF-8 by file, line and offset, before a builder trips on it."""
     if source.format in ("parquet", "saved"):
         return  # binary formats: their strings are checked by their own readers
     for path in source.files:
-        offset = 0
-        with _open_bytes(path) as fh:
-            for lineno, raw in enumerate(fh, 1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise SourceError(f"{source.key}: {path}, line {lineno}: not valid UTF-8 at byte "
-                                      f"{offset + exc.start} of the file{' (uncompressed)' if path.suffix == '.gz' else ''}") from None
-                offset += len(raw)
+        for _ in decoded_lines(path, source.key):
+            pass
 
 
 def read(source: CorpusSource, text_column: str = "text"):

@@ -94,5 +94,5 @@ def test_invalid_utf8_is_placed_in_the_file_not_in_a_read_chunk(root, tmp_path):
     (tmp_path / "bad.jsonl").write_bytes(bad)
     prof = _profile(root, tmp_path, str(root / SAMPLE / "train.jsonl"), str(root / SAMPLE / "validation.jsonl"))
     prof = config.load_profile(prof.source, {"data.dapt.validation_file": str(tmp_path / "bad.jsonl")})
-    with pytest.raises(data.DataError, match=rf"line 1001: not valid UTF-8 at byte {offset + 13} of the file"):
+    with pytest.raises(data.DataError, match=rf"line 1001: not valid UTF-8 at byte {offset + 13} of the file$"):
         data.validate_inputs(prof)
