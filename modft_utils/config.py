@@ -97,23 +97,16 @@ class ModelSpec(_Section):
         return self
 
 
-class CorpusSpec(_Section):
-    """Where a dataset comes from: a hub dataset, or local files in the same row format."""
+class _SourceSpec(_Section):
+    """Where a dataset comes from: a hub dataset, or local files."""
 
     hub_name: str | None = Field(None, description="hub dataset name, e.g. wikitext or squad")
     hub_config: str | None = Field(None, description="hub dataset config, e.g. wikitext-2-raw-v1")
-    train_file: str | None = Field(
-        None, description="local train split: a file, a folder or a glob (DAPT: .jsonl .raw .txt .md .parquet .csv, "
-        "optionally .gz, or a save_to_disk folder; SFT: a SQuAD file in any layout)"
-    )
+    train_file: str | None = Field(None, description="local train split")
     validation_file: str | None = Field(None, description="local held-out split, as train_file")
-    format: Literal["auto", "jsonl", "wikitext", "text", "parquet", "csv", "saved"] = Field(
-        "auto", description="DAPT: how local files are read; auto goes by the extension (see modft_utils.readers)"
-    )
-    text_column: str = Field("text", description="DAPT: the column holding the text in parquet, CSV and saved datasets")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "CorpusSpec":
+    def _one_source(self) -> "_SourceSpec":
         if (self.hub_name is None) == (self.train_file is None):
             raise ValueError("give either hub_name or train_file (exactly one)")
         if self.train_file is not None and self.validation_file is None:
@@ -121,9 +114,49 @@ class CorpusSpec(_Section):
         return self
 
 
+class CorpusSpec(_SourceSpec):
+    """The domain corpus: a hub dataset, or local files in any format :mod:`modft_utils.readers` reads."""
+
+    train_file: str | None = Field(
+        None, description="local train split: a file, a folder or a glob (.jsonl .raw .txt .md .parquet .csv, "
+        "optionally .gz, or a save_to_disk folder)"
+    )
+    format: Literal["auto", "jsonl", "wikitext", "text", "parquet", "csv", "saved"] = Field(
+        "auto", description="how local files are read; auto goes by the extension (see modft_utils.readers)"
+    )
+    text_column: str = Field("text", description="the column holding the text in parquet, CSV and saved datasets")
+
+
+class FieldsSpec(_Section):
+    """Where a prompt_response row keeps its parts; the defaults read alpaca files as they are."""
+
+    prompt: str = Field("instruction", description="field with the instruction or prompt")
+    input: str | None = Field("input", description="optional field appended to the prompt (alpaca's input); null: none")
+    response: str = Field("output", description="field with the response that is learned and scored")
+    system: str | None = Field(None, description="optional field with a system prompt for the row")
+    id: str | None = Field("id", description="optional field with a unique id (otherwise a hash of the row's content)")
+
+
+class SftSourceSpec(_SourceSpec):
+    """The labeled set for SFT: SQuAD, instruction (prompt/response) or chat (messages) rows."""
+
+    train_file: str | None = Field(
+        None, description="local train split: SQuAD in any layout (original nested JSON, JSON lines, a JSON list); "
+        "prompt_response and messages sets as .jsonl, .json, .csv or .parquet"
+    )
+    format: Literal["squad", "prompt_response", "messages"] = Field(
+        "squad", description="squad: extractive QA scored by the official EM/F1; prompt_response: instruction rows "
+        "(data.sft.fields); messages: multi-turn chats rendered with the chat template, loss on assistant turns"
+    )
+    fields: FieldsSpec = Field(default_factory=FieldsSpec, description="prompt_response: the row's field names")
+    messages_field: str = Field(
+        "messages", description="messages: the field with the list of turns (role/content, or ShareGPT from/value)"
+    )
+
+
 class DataSpec(_Section):
     dapt: CorpusSpec = Field(..., description="domain corpus for DAPT (wikitext-2-raw rows)")
-    sft: CorpusSpec = Field(..., description="labeled QA set for SFT (SQuAD v1.1 rows)")
+    sft: SftSourceSpec = Field(..., description="labeled set for SFT (SQuAD, instruction or chat rows)")
     sft_subset_size: int = Field(1000, ge=10, description="training examples drawn (seeded) from the SFT train split")
     sft_eval_size: int = Field(200, ge=10, description="held-out QA examples evaluated")
     min_sft_examples: int = Field(
@@ -194,6 +227,10 @@ class SftSpec(_Section):
         None, description="with prompt_style chat: a system turn to add (None keeps the template's default)"
     )
     eval_batch_size: int = Field(32, ge=1, description="prompts decoded together when scoring (left-padded)")
+    chat_template: str | None = Field(
+        None, description="with prompt_style chat: a Jinja chat template (text, or a .jinja file beside the profile) "
+        "used instead of the base's own; needed for a base that ships none"
+    )
 
 
 class ComposeSpec(_Section):
@@ -205,8 +242,9 @@ class ComposeSpec(_Section):
 
 
 class RollbackSpec(_Section):
-    gate_metric: Literal["f1", "exact_match", "answer_nll"] = Field(
-        "f1", description="held-out metric the promotion gate compares (answer_nll: lower is better)"
+    gate_metric: Literal["auto", "f1", "exact_match", "rouge_l", "answer_nll"] = Field(
+        "auto", description="held-out metric the promotion gate compares (answer_nll: lower is better); auto: the "
+        "format's own, F1 for squad and ROUGE-L for prompt_response and messages"
     )
     regression_tolerance: float = Field(1.0, ge=0, description="how much worse than production a candidate may score on gate_metric")
     candidate_steps: int = Field(40, ge=1, description="steps of the deliberately regressing candidate in the drill")
@@ -229,6 +267,23 @@ class Profile(_Section):
 
     # Set by load_profile, not by the YAML: where the profile came from.
     source: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _task_format_fits(self) -> "Profile":
+        fmt = self.data.sft.format
+        if fmt == "messages" and self.sft.prompt_style != "chat":
+            raise ValueError("data.sft.format 'messages' renders conversations with a chat template: set "
+                             "sft.prompt_style: chat (and sft.chat_template if the base has none)")
+        if fmt == "squad" and self.rollback.gate_metric == "rouge_l":
+            raise ValueError("rollback.gate_metric 'rouge_l' is reported for prompt_response and messages sets; "
+                             "SQuAD is scored by the official exact match and F1")
+        return self
+
+    def gate_metric(self) -> str:
+        """The metric the promotion gate compares: rollback.gate_metric, or the SFT format's own."""
+        from .tasks import gate_metric
+
+        return gate_metric(self.data.sft.format, self.rollback.gate_metric)
 
     @field_validator("registry")
     @classmethod
@@ -312,6 +367,38 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict:
+    """A profile's keys, with those of the profile it ``extends`` underneath (sections merged key by key).
+
+    ``extends: smollm2.yaml`` (relative to the file) lets a variant say only what differs; both files
+    must sit in the same folder, so relative data paths mean the same in each.
+    """
+    if not path.is_file():
+        raise ProfileError(f"profile file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+    if path in chain:
+        raise ProfileError(f"{chain[-1]}: 'extends' makes a loop through {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ProfileError(f"{path}: the top level must be a mapping of keys")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path.parent != path.parent:
+        raise ProfileError(f"{path}: extends {parent!r}: the profile it extends must be in the same folder")
+    return _merge(_read_tree(parent_path, chain + (path,)), tree)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_profile(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *, check_paths: bool = True) -> Profile:
     """Read, override and validate a profile; raise :class:`ProfileError` naming every bad key or path.
 
@@ -319,14 +406,7 @@ def load_profile(path: str | os.PathLike, overrides: dict[str, Any] | None = Non
     exactly like the file, so a typo in an override is named too.
     """
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise ProfileError(f"profile file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(tree, dict):
-        raise ProfileError(f"{path}: the top level must be a mapping of keys")
+    tree = _read_tree(path, ())
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     try:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import readers, squad
+from . import readers, squad, tasks
 from .clean import CleanConfig, StepReport, clean_corpus, clean_wikitext, dedup_key, report_table  # noqa: F401
 from .config import CorpusSpec, Profile
 from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noqa: F401  (public: modft_utils.data.scrub_pii)
@@ -74,11 +74,17 @@ def describe_sources(profile: Profile) -> list[str]:
         lines.append(f"DAPT: hub dataset {dapt.hub_name} ({dapt.hub_config}), wikitext lines")
     else:
         lines += [f"DAPT {split}: {source.describe()}" for split, source in corpus_sources(profile).items()]
+    reader = {
+        "squad": "SQuAD reader (original nested layout, JSON lines or a JSON list)",
+        "prompt_response": f"prompt_response reader (prompt {sft.fields.prompt!r}, input {sft.fields.input!r}, "
+                           f"response {sft.fields.response!r})",
+        "messages": f"messages reader (turns in {sft.messages_field!r}, role/content or ShareGPT from/value)",
+    }[sft.format]
     if sft.hub_name:
-        lines.append(f"SFT: hub dataset {sft.hub_name}, SQuAD rows")
+        lines.append(f"SFT: hub dataset {sft.hub_name}, {reader}")
     else:
-        lines += [f"SFT {split}: SQuAD reader (original nested layout, JSON lines or a JSON list): "
-                  f"{profile.resolve(getattr(sft, f'{split}_file'))}" for split in ("train", "validation")]
+        lines += [f"SFT {split}: {reader}: {profile.resolve(getattr(sft, f'{split}_file'))}"
+                  for split in ("train", "validation")]
     return lines
 
 
@@ -421,17 +427,18 @@ def prompt_format(profile: Profile, tokenizer) -> PromptFormat:
     spec = profile.sft
     if spec.prompt_style == "plain":
         return PromptFormat("plain")
-    template = getattr(tokenizer, "chat_template", None)
-    where = getattr(tokenizer, "name_or_path", "") or profile.model.id
+    template = chat_template(profile) or getattr(tokenizer, "chat_template", None)
+    where = "sft.chat_template" if spec.chat_template else (getattr(tokenizer, "name_or_path", "") or profile.model.id)
     if not template:
         raise DataError(
-            f"sft.prompt_style is 'chat' but the base's tokenizer ({where}) has no chat template. Use "
-            "sft.prompt_style: plain, or a base that ships one (an instruct model's tokenizer_config.json or "
-            "chat_template.jinja)."
+            f"sft.prompt_style is 'chat' but the base's tokenizer ({where}) has no chat template and the profile "
+            "gives none. Set sft.chat_template (Jinja text or a .jinja file), use a base that ships one (an instruct "
+            "model's tokenizer_config.json or chat_template.jinja), or, for SQuAD and prompt_response sets, "
+            "sft.prompt_style: plain."
         )
     fmt = PromptFormat("chat", spec.system_prompt, template)
     probe = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ANSWER"}], tokenize=False)
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ANSWER"}], chat_template=template, tokenize=False)
     if tokenizer.eos_token is None or f"ANSWER{tokenizer.eos_token}" not in probe:
         raise DataError(
             f"sft.prompt_style 'chat': the chat template of {where} does not end an assistant turn with the EOS "
@@ -441,6 +448,17 @@ def prompt_format(profile: Profile, tokenizer) -> PromptFormat:
     return fmt
 
 
+def chat_template(profile: Profile) -> str | None:
+    """``sft.chat_template`` as Jinja text: written in the profile, or read from the .jinja file it names."""
+    value = profile.sft.chat_template
+    if value is None or "{" in value:
+        return value
+    path = profile.resolve(value)
+    if not path.is_file():
+        raise DataError(f"sft.chat_template: {path} is neither a Jinja template nor a file")
+    return path.read_text(encoding="utf-8")
+
+
 def format_prompt(context: str, question: str) -> str:
     """The plain prompt (``sft.prompt_style: plain``)."""
     return SFT_PROMPT.format(context=context, question=question)
@@ -448,14 +466,42 @@ def format_prompt(context: str, question: str) -> str:
 
 @dataclass
 class SftReport:
+    """What notebook 01 did to the SFT set: per split what was read and kept, then what each step dropped."""
+
+    format: str = "squad"
     loaded: dict[str, Any] = field(default_factory=dict)
     pii_replacements: int = 0
     answers_rewritten: int = 0
     answers_dropped_pii: int = 0
     contexts_cut: int = 0
     overlapping_titles_removed: int = 0
+    dropped_too_long: int = 0  # conversations whose final exchange alone exceeds data.max_sft_tokens
     train_examples: int = 0
     eval_examples: int = 0
+
+    def metrics(self) -> dict[str, Any]:
+        """Per-format counts for metrics.json: ``data.sft.<format>.<split>.<count>`` and what later steps dropped."""
+        out: dict[str, Any] = {f"data.sft.{self.format}.{split}.{k}": v
+                               for split, counts in self.loaded.items() for k, v in counts.items()}
+        prefix = f"data.sft.{self.format}"
+        out.update({f"{prefix}.held_out_overlapping_removed": self.overlapping_titles_removed,
+                    f"{prefix}.dropped_pii_answer": self.answers_dropped_pii,
+                    f"{prefix}.dropped_too_long": self.dropped_too_long,
+                    f"{prefix}.train_examples": self.train_examples, f"{prefix}.eval_examples": self.eval_examples})
+        return out
+
+    def table(self) -> str:
+        """Rows in and out per split, and every drop with its reason: what notebook 01 prints."""
+        lines = [f"SFT format: {self.format}"]
+        for split, counts in self.loaded.items():
+            kept = counts.get("examples", counts.get("rows_out"))
+            drops = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("rows_in", "rows_out", "examples") and v)
+            lines.append(f"  {split:<10} read {counts['rows_in']:>6}  usable {kept:>6}" + (f"  ({drops})" if drops else ""))
+        lines.append(f"  held-out examples removed as overlapping training: {self.overlapping_titles_removed}")
+        lines.append(f"  dropped: PII answer {self.answers_dropped_pii}, too long {self.dropped_too_long}; "
+                     f"contexts cut around the answer {self.contexts_cut}; PII replaced {self.pii_replacements}")
+        lines.append(f"  -> train {self.train_examples}, held-out {self.eval_examples}")
+        return "\n".join(lines)
 
 
 def scrub_example(ex: squad.QAExample) -> tuple[squad.QAExample | None, int, bool]:
@@ -528,7 +574,7 @@ class SftData:
 def _eval_record(ex: squad.QAExample, tokenizer, fmt: PromptFormat, version: str) -> dict[str, Any]:
     return {"id": ex.id, "title": ex.title, "context": ex.context, "question": ex.question,
             "answers": list(ex.answers), "prompt": fmt.prompt(tokenizer, ex.context, ex.question),
-            "squad_version": version}
+            "squad_version": version, "format": "squad"}
 
 
 def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> SftData:
@@ -537,6 +583,8 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     from tqdm.auto import tqdm
 
     fmt = prompt_format(profile, tokenizer)  # a chat profile on a base without a template stops here
+    if profile.data.sft.format != "squad":
+        return _prepare_conversations(profile, tokenizer, fmt, run_dir, progress=progress)
     rows = load_sft_rows(profile)
     spec = profile.data.sft
     report = SftReport()
@@ -585,17 +633,81 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
         eval_examples=[_eval_record(e, tokenizer, fmt, version) for e in evals],
         report=report,
     )
+    return _save_sft(data, [asdict(ex) for ex in train], run_dir)
+
+
+def _save_sft(data: SftData, train_rows: list[dict[str, Any]], run_dir: str | Path) -> SftData:
+    """Write the SFT sets into the run folder, where :func:`load_sft` and the rollback drill read them."""
     out = Path(run_dir) / "data"
     with open(out / "sft_train.jsonl", "w", encoding="utf-8") as fh:
-        for ex in train:
-            fh.write(json.dumps(asdict(ex), ensure_ascii=False) + "\n")
+        for row in train_rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     data.train.save_to_disk(str(out / "sft_train"))
     data.eval_tokenized.save_to_disk(str(out / "sft_eval_tokenized"))
     with open(out / "sft_eval.jsonl", "w", encoding="utf-8") as fh:
         for rec in data.eval_examples:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    (out / "sft_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (out / "sft_report.json").write_text(json.dumps(asdict(data.report), indent=2) + "\n")
     return data
+
+
+def load_conversations(profile: Profile, split: str) -> tuple[list[tasks.Conversation], tasks.TaskReport]:
+    """An instruction or chat split as conversations, read as ``modft validate`` reads it; errors name key and row."""
+    spec = profile.data.sft
+    fields = tasks.FieldMap(**spec.fields.model_dump())
+    try:
+        if spec.hub_name:
+            rows = load_rows(spec, profile)[split]
+            return tasks.hub_conversations(rows, spec.format, fields=fields, messages_field=spec.messages_field,
+                                           source=f"data.sft: hub dataset {spec.hub_name} [{split}]")
+        key = f"data.sft.{split}_file"
+        return tasks.read_conversations(profile.resolve(getattr(spec, f"{split}_file")), key, spec.format,
+                                        fields=fields, messages_field=spec.messages_field)
+    except tasks.TaskFormatError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _prepare_conversations(profile: Profile, tokenizer, fmt: PromptFormat, run_dir: str | Path, *, progress: bool) -> SftData:
+    """prepare_sft for instruction and chat sets: check, de-duplicate, scrub, subset, render with assistant-only loss."""
+    from datasets import Dataset
+
+    spec = profile.data.sft
+    report = SftReport(format=spec.format)
+    convs = {}
+    for split in ("train", "validation"):
+        convs[split], rep = load_conversations(profile, split)
+        _check_collapse(rep.examples, rep.why(), profile, f"data.sft {split}", spec.hub_name or getattr(spec, f"{split}_file"))
+        report.loaded[split] = rep.as_dict()
+    # A held-out prompt that training also has would flatter every score.
+    seen = {c.messages[:-1] for c in convs["train"]}
+    pool = [c for c in convs["validation"] if c.messages[:-1] not in seen]
+    report.overlapping_titles_removed = len(convs["validation"]) - len(pool)
+    picked = {"train": squad.subset(convs["train"], profile.data.sft_subset_size, profile.seed),
+              "validation": squad.subset(pool, profile.data.sft_eval_size, profile.seed)}
+    rows: dict[str, list] = {"train": [], "validation": []}
+    kept: dict[str, list[tasks.Conversation]] = {"train": [], "validation": []}
+    for split, labels in (("train", "all"), ("validation", "last")):
+        for conv in picked[split]:
+            if profile.data.scrub_pii:
+                conv, n = tasks.scrub_conversation(conv)
+                report.pii_replacements += n
+            try:
+                row = tasks.tokenize_conversation(conv, tokenizer, fmt, profile.data.max_sft_tokens, labels=labels)
+            except tasks.TaskFormatError as exc:
+                raise DataError(f"data.sft {split}: {exc}") from None
+            if row is None:
+                report.dropped_too_long += 1
+                continue
+            rows[split].append(row)
+            kept[split].append(conv)
+    report.train_examples, report.eval_examples = len(rows["train"]), len(rows["validation"])
+    if not rows["train"] or not rows["validation"]:
+        raise DataError(f"data.sft: no usable training or evaluation examples left ({report.dropped_too_long} longer "
+                        f"than data.max_sft_tokens={profile.data.max_sft_tokens})")
+    evals = [{"id": c.id, "prompt": tasks.prompt_text(c, tokenizer, fmt), "answers": [c.reference], "format": spec.format}
+             for c in kept["validation"]]
+    data = SftData(Dataset.from_list(rows["train"]), Dataset.from_list(rows["validation"]), evals, report)
+    return _save_sft(data, [{"id": c.id, "messages": c.as_dicts(), "format": spec.format} for c in kept["train"]], run_dir)
 
 
 def load_sft(run_dir: str | Path) -> SftData:
@@ -626,6 +738,12 @@ def shuffled_answer_set(profile: Profile, run_dir: str | Path, tokenizer):
     with open(path, encoding="utf-8") as fh:
         examples = [json.loads(line) for line in fh]
     fmt, max_tokens = prompt_format(profile, tokenizer), profile.data.max_sft_tokens
+    if examples and "messages" in examples[0]:  # instruction and chat sets: permute the final replies
+        convs = [tasks.Conversation(e["id"], tuple((t["role"], t["content"]) for t in e["messages"])) for e in examples]
+        replies = [c.reference for c in convs]
+        random.Random(profile.seed).shuffle(replies)
+        shuffled = (tasks.tokenize_conversation(c.with_reference(r), tokenizer, fmt, max_tokens) for c, r in zip(convs, replies))
+        return Dataset.from_list([row for row in shuffled if row is not None])
     answers = [e["answers"][0] for e in examples]
     random.Random(profile.seed).shuffle(answers)
     rows = []
@@ -657,7 +775,8 @@ def prepare_closed_book(profile: Profile, tokenizer, run_dir: str | Path, train_
     with open(path, encoding="utf-8") as fh:
         evals = [json.loads(line) for line in fh]
     kept = []
-    for ex in evals:
+    # Only SQuAD examples carry a subject (title) and short answers to look for in the corpus.
+    for ex in evals if profile.data.sft.format == "squad" else ():
         subject = ex["title"].replace("_", " ")
         if any(subject in doc and any(a and a in doc for a in ex["answers"]) for doc in train_docs):
             kept.append({"id": ex["id"], "title": ex["title"], "question": ex["question"], "answers": ex["answers"],
@@ -713,22 +832,31 @@ def read_sft_file(path: Path, key: str) -> list[dict[str, Any]]:
 
 
 def _squad_version(rows) -> str:
-    """v2.0 when the rows carry ``is_impossible`` (original v2.0 files), else v1.1."""
+    """v2.0 when rows carry ``is_impossible`` (original v2.0 files) or any has no answer (the hub's squad_v2), else v1.1."""
     columns = getattr(rows, "column_names", None)
     if columns is not None:
-        return "v2.0" if "is_impossible" in columns else "v1.1"
-    return "v2.0" if any("is_impossible" in r for r in rows) else "v1.1"
+        if "is_impossible" in columns:
+            return "v2.0"
+        answers = rows["answers"] if "answers" in columns else []
+    else:
+        if any("is_impossible" in r for r in rows):
+            return "v2.0"
+        answers = [r.get("answers") for r in rows]
+    return "v2.0" if any(isinstance(a, dict) and not a.get("text") for a in answers) else "v1.1"
 
 
 def check_sft_examples(report: squad.SquadReport, examples: int, profile: Profile, key: str, path: Path) -> None:
-    """Refuse an SFT split that collapses (empty, all duplicates, answers not found) below the minimum."""
-    need = profile.data.min_sft_examples
-    if examples >= need:
-        return
+    """Refuse a SQuAD split that collapses (empty, all duplicates, answers not found) below the minimum."""
     why = (f"{report.rows_in} row(s) read, {report.duplicate_ids} duplicate id(s), {report.dropped_bad_answer} "
            f"without an answer found in the context, {report.unanswerable_dropped} unanswerable dropped")
-    raise DataError(f"{key}: {path} leaves {examples} usable example(s) ({why}); at least {need} are needed "
-                    "(data.min_sft_examples). Check the file, or lower data.min_sft_examples for a smoke test.")
+    _check_collapse(examples, why, profile, key, path)
+
+
+def _check_collapse(examples: int, why: str, profile: Profile, key: str, path) -> None:
+    need = profile.data.min_sft_examples
+    if examples < need:
+        raise DataError(f"{key}: {path} leaves {examples} usable example(s) ({why}); at least {need} are needed "
+                        "(data.min_sft_examples). Check the file, or lower data.min_sft_examples for a smoke test.")
 
 
 def validate_inputs(profile: Profile) -> dict[str, int]:
@@ -739,6 +867,7 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     dapt, sft = profile.data.dapt, profile.data.sft
+    chat_template(profile)  # a template file that is not there fails here, not in notebook 01
     if not dapt.hub_name:
         for split, source in corpus_sources(profile).items():
             try:
@@ -750,7 +879,11 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
             except readers.SourceError as exc:
                 raise DataError(str(exc)) from None
     for key in ("train_file", "validation_file"):
-        if getattr(sft, key):
+        if getattr(sft, key) and sft.format != "squad":
+            convs, report = load_conversations(profile, key.removesuffix("_file"))
+            _check_collapse(report.examples, report.why(), profile, f"data.sft.{key}", profile.resolve(getattr(sft, key)))
+            counts[str(profile.resolve(getattr(sft, key)))] = report.rows_in
+        elif getattr(sft, key):
             path = profile.resolve(getattr(sft, key))
             rows = read_sft_file(path, f"data.sft.{key}")
             try:

@@ -1,4 +1,4 @@
-"""Held-out evaluation: domain perplexity, SQuAD exact match / F1, answer-token NLL, logit parity.
+"""Held-out evaluation: domain perplexity, answer scores per SFT format, answer-token NLL, logit parity.
 
 Every function takes the model as it is: which adapters are active is set by the caller through
 :mod:`modft_utils.adapters`, so the same function scores base, base+domain and the full stack.
@@ -62,9 +62,9 @@ def answer_nll(model, examples, collator, *, batch_size: int = 16, progress: boo
     return total / max(count, 1)
 
 
-def clean_generation(text: str) -> str:
-    """The answer is the first line of what the model wrote after the prompt."""
-    return text.split("\n", 1)[0].strip()
+def clean_generation(text: str, *, one_line: bool = True) -> str:
+    """The answer: the first line of what the model wrote after the prompt (all of it for free-text formats)."""
+    return (text.split("\n", 1)[0] if one_line else text).strip()
 
 
 def _newline_token_ids(tokenizer) -> torch.Tensor:
@@ -110,17 +110,19 @@ def _common_prefix(id_lists: Sequence[Sequence[int]]) -> int:
 @torch.no_grad()
 def generate(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
-    max_prompt_tokens: int | None = None, progress: bool = False, share_prefix: bool = True,
+    max_prompt_tokens: int | None = None, progress: bool = False, share_prefix: bool = True, one_line: bool = True,
 ) -> list[str]:
     """Greedy answers to ``prompts``: the first line of each continuation, in the order given.
+
+    ``one_line=False`` (summaries, chat replies) lets an answer run over lines until EOS.
 
     Scoring is the workbook's most repeated cost, and on CPU prefilling the prompts is most of it
     (profiled on SmolLM2-135M: 32 prompts of ~140 tokens take ~10 s to prefill, a decode step ~0.16 s).
     Three things cut it without changing the greedy tokens:
 
     - prompts are batched in order of length, so a batch carries little padding (order restored after);
-    - a sequence stops at its first newline or EOS, and a batch when every sequence has, since the
-      answer is the first line (a plain ``generate`` decodes all ``max_new_tokens``);
+    - a sequence stops at its first newline (with ``one_line``) or EOS, and a batch when every sequence
+      has, since the answer is the first line (a plain ``generate`` decodes all ``max_new_tokens``);
     - the tokens every prompt starts with (a chat template's system turn and the instruction) are
       prefilled once per batch and their KV cache shared by every row (``share_prefix``); rows are laid
       out as ``[prefix][padding][rest]``, with positions from the attention mask as in left padding.
@@ -156,11 +158,11 @@ def generate(
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
             num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            stopping_criteria=[_stop_at_newline(tokenizer, width)], **kwargs,
+            stopping_criteria=[_stop_at_newline(tokenizer, width)] if one_line else None, **kwargs,
         )
         texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
         for i, text in zip(rows, texts):
-            outs[i] = clean_generation(text)
+            outs[i] = clean_generation(text, one_line=one_line)
     return outs  # type: ignore[return-value]
 
 
@@ -189,17 +191,45 @@ def generate_plain(
     return outs
 
 
-def qa_scores(model, tokenizer, examples: Sequence[dict[str, Any]], *, max_new_tokens: int, progress: bool = False) -> dict[str, Any]:
-    """Exact match and F1 (0-100, by the official SQuAD script of the examples' version) of greedy answers."""
-    preds = generate(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens=max_new_tokens, progress=progress)
+def example_format(examples: Sequence[dict[str, Any]]) -> str:
+    """The SFT format of held-out examples (``squad`` for records written before formats were recorded)."""
+    formats = {e.get("format", "squad") for e in examples}
+    if len(formats) > 1:
+        raise ValueError(f"examples mix SFT formats {sorted(formats)}: score each format separately")
+    return formats.pop() if formats else "squad"
+
+
+def task_scores(model, tokenizer, examples: Sequence[dict[str, Any]], *, max_new_tokens: int, progress: bool = False) -> dict[str, Any]:
+    """Greedy answers scored as their format is judged (0-100), with the predictions by id.
+
+    SQuAD: exact match and F1 by the official script of the examples' version. Instruction and chat
+    sets: exact match, token F1 and ROUGE-L (:func:`modft_utils.tasks.text_metrics`), answers allowed
+    to run over several lines.
+    """
+    from .tasks import text_metrics
+
+    fmt = example_format(examples)
+    preds = generate(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens=max_new_tokens,
+                     progress=progress, one_line=fmt == "squad")
     predictions = {e["id"]: p for e, p in zip(examples, preds)}
     references = {e["id"]: list(e["answers"]) for e in examples}
+    if fmt != "squad":
+        return {**text_metrics(predictions, references), "predictions": predictions}
     # Scored by the official script of the data's version (v1.1 and v2.0 differ on empty answers).
     versions = {e.get("squad_version", "v1.1") for e in examples}
     if len(versions) > 1:
         raise ValueError(f"examples mix SQuAD versions {sorted(versions)}: score each version separately")
     scores = squad_metrics(predictions, references, version=versions.pop() if versions else "v1.1")
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], "predictions": predictions}
+
+
+def score_line(scores: dict[str, Any]) -> str:
+    """``EM 12.5, F1 30.1[, ROUGE-L 40.2][, answer NLL 1.234]`` for whichever scores are present."""
+    names = {"exact_match": "EM", "f1": "F1", "rouge_l": "ROUGE-L"}
+    parts = [f"{label} {scores[k]:.1f}" for k, label in names.items() if k in scores]
+    if "answer_nll" in scores:
+        parts.append(f"answer NLL {scores['answer_nll']:.3f}")
+    return ", ".join(parts)
 
 
 @torch.no_grad()
@@ -239,16 +269,15 @@ def comparison_grid(
     rows = []
     for label, names in stacks.items():
         adapters.activate(model, names)
-        qa = qa_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
+        qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
         row = {
             "stack": label,
             "domain_ppl": perplexity(model, eval_blocks, progress=progress),
-            "exact_match": qa["exact_match"],
-            "f1": qa["f1"],
+            **{k: v for k, v in qa.items() if k != "predictions"},
             "answer_nll": answer_nll(model, qa_tokenized, collator, progress=progress),
         }
         if closed_book:
-            cb = qa_scores(model, tokenizer, closed_book, max_new_tokens=max_new_tokens, progress=progress)
+            cb = task_scores(model, tokenizer, closed_book, max_new_tokens=max_new_tokens, progress=progress)
             row.update(closed_book_exact_match=cb["exact_match"], closed_book_f1=cb["f1"])
         rows.append(row)
     return rows
@@ -261,11 +290,13 @@ def grid_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def grid_table(rows: list[dict[str, Any]]) -> str:
     closed = "closed_book_f1" in rows[0]
-    header = f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6} {'answer NLL':>10}"
+    rouge = "rouge_l" in rows[0]
+    header = f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6}" + (f" {'ROUGE-L':>7}" if rouge else "") + f" {'answer NLL':>10}"
     header += f" {'closed-book EM':>14} {'closed-book F1':>14}" if closed else ""
     lines = [header, "-" * len(header)]
     for r in rows:
-        line = f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f} {r['answer_nll']:>10.3f}"
+        line = (f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f}"
+                + (f" {r['rouge_l']:>7.1f}" if rouge else "") + f" {r['answer_nll']:>10.3f}")
         if closed:
             line += f" {r['closed_book_exact_match']:>14.1f} {r['closed_book_f1']:>14.1f}"
         lines.append(line)
@@ -293,9 +324,9 @@ def promotion_gate(candidate: dict[str, float], production: dict[str, float], *,
 
 
 def stack_scores(model, tokenizer, qa_examples: Sequence[dict[str, Any]], qa_tokenized, collator, *, max_new_tokens: int) -> dict[str, Any]:
-    """Exact match, F1 and answer NLL of the active stack: what the promotion gate compares."""
-    qa = qa_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens)
-    return {"exact_match": qa["exact_match"], "f1": qa["f1"], "answer_nll": answer_nll(model, qa_tokenized, collator)}
+    """The active stack's held-out scores for its format and its answer NLL: what the promotion gate compares."""
+    qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens)
+    return {**{k: v for k, v in qa.items() if k != "predictions"}, "answer_nll": answer_nll(model, qa_tokenized, collator)}
 
 
 # --------------------------------------------------------------------------- side-by-side answers
