@@ -2331,7 +2331,9 @@ def _reference_answers(rng: random.Random, context: str, qa: _QA) -> tuple[list[
     return texts, starts
 
 
-def _squad_rows(w: World, seed: int, manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _squad_rows(w: World, seed: int, manifest: dict[str, Any],
+                contexts: list[tuple[str, str, str, list[_QA]]] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """SQuAD rows per split; ``contexts`` (if given) receives every (split, title, context, questions) used."""
     rng = random.Random(f"{seed}:squad")
     entities = [e for e in _all_entities(w) if e[0] != "island"]
     rng.shuffle(entities)
@@ -2353,6 +2355,8 @@ def _squad_rows(w: World, seed: int, manifest: dict[str, Any]) -> dict[str, list
             pii = guilds_seen[split] <= (1 if split == "validation" else 4)
         title = entity.name.replace(" ", "_")  # real SQuAD titles are page names: "University_of_Notre_Dame"
         for ci, (context, qas) in enumerate(_squad_contexts(w, etype, entity, rng, pii)):
+            if contexts is not None:
+                contexts.append((split, title, context, qas))
             for qi, qa in enumerate(qas):
                 if split == "train":
                     texts, starts = [qa.answer], [qa.start]
@@ -2435,6 +2439,78 @@ def _template_vocabulary() -> frozenset[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Summarization and chat sets (instruction and messages formats), from the same contexts
+# --------------------------------------------------------------------------------------------------
+
+# How a fact summary names each answer field: "Quiet Star: kind carrack; launched 1656; master Aelo Lonlithell."
+FACT_LABELS: dict[str, str] = {
+    "count": "number", "days": "days", "event_year": "year", "good": "trade", "leader": "led by", "town": "town",
+    "festival_month": "month", "first_year": "first held", "visitors": "visitors", "apprentice_years": "apprenticeship years",
+    "email": "e-mail", "guild_founder": "founder", "guild_good": "trade", "guild_year": "founded", "hall_year": "hall built",
+    "master": "master", "members": "members", "motto_meaning": "motto means", "phone": "telephone", "seat": "seat",
+    "term": "term", "area": "area", "capital": "capital", "island_pop": "population", "peak": "highest peak",
+    "peak_m": "peak height", "settled": "settled", "age_sea": "went to sea at", "born": "born", "death_place": "died at",
+    "deed_ship": "ship", "deed_town": "founded", "deed_year": "deed year", "died": "died", "father": "father",
+    "home": "home", "parent_job": "father's trade", "settlers": "settler families", "ship_launched": "launched",
+    "ship_yard": "yard", "survey_years": "survey years", "voyages": "voyages", "work_year": "work year",
+    "bridge_year": "bridged", "island": "island", "length": "length", "mouth": "mouth", "navigable": "navigable for",
+    "source": "source", "trib1": "tributary", "builder": "builder", "captain": "master", "crew": "crew",
+    "ship_kind": "kind", "ship_partner": "trading partner", "ship_timber": "timber", "ship_tons": "tonnage",
+    "charter_year": "charter", "dist_km": "distance from the capital", "fleet": "fishing fleet", "founder": "founder",
+    "guild": "guild", "landmark_year": "landmark built", "market_day": "market day", "nickname": "known as",
+    "notable": "notable native", "paper_year": "newspaper since", "partner": "trading partner",
+    "partner_good": "imports", "pop": "population", "quay_year": "quay built", "river": "river",
+    "school_year": "school founded", "twin": "twinned with", "year": "founded",
+}
+_SUMMARY_INSTRUCTIONS = (
+    "Summarize the key facts this passage gives about {subject}.",
+    "List the facts the note states about {subject}, in one line.",
+    "Write a one-line fact summary of the passage on {subject}.",
+)
+_CHAT_SYSTEM = "You are the archive assistant of the {arch}. Answer in a few words."
+_CHAT_OPENINGS = ("Here is an archive note on {subject}:\n{context}\n\n{question}",
+                  "I am reading this about {subject}.\n\n{context}\n\n{question}")
+
+
+def fact_summary(subject: str, qas: Sequence[_QA]) -> str:
+    """The reference summary of a context: its answer spans in reading order, each with its label."""
+    return f"{subject}: " + "; ".join(f"{FACT_LABELS[qa.field]} {qa.answer}" for qa in qas) + "."
+
+
+def _task_sets(contexts: Sequence[tuple[str, str, str, Sequence[_QA]]], arch: str, seed: int
+               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """A summarization set (alpaca rows) and a chat set (messages rows) over the SQuAD contexts, split as SQuAD is.
+
+    Each set's train split repeats a few rows (same id), and the chat set one conversation under a
+    new id, so the de-duplication counts have something to show.
+    """
+    rng = random.Random(f"{seed}:tasks")
+    summaries: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
+    chats: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
+    for split, title, context, qas in contexts:
+        subject = title.replace("_", " ")
+        if len(qas) < 2:
+            continue
+        ordered = sorted(qas, key=lambda q: q.start)
+        summaries[split].append({
+            "id": _squad_id(seed, "summary", split, title, context),
+            "instruction": rng.choice(_SUMMARY_INSTRUCTIONS).format(subject=subject),
+            "input": context, "output": fact_summary(subject, ordered)})
+        turns: list[dict[str, str]] = []
+        if rng.random() < 0.5:
+            turns.append({"role": "system", "content": _CHAT_SYSTEM.format(arch=arch)})
+        asked = rng.sample(list(qas), k=min(len(qas), rng.randint(2, 3)))
+        for i, qa in enumerate(asked):
+            user = rng.choice(_CHAT_OPENINGS).format(subject=subject, context=context, question=qa.question) if i == 0 else qa.question
+            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": qa.answer}]
+        chats[split].append({"id": _squad_id(seed, "chat", split, title, context), "messages": turns})
+    for rows in (summaries["train"], chats["train"]):
+        rows.extend(dict(rows[i]) for i in (3, 10, 20))  # repeated rows, same id
+    chats["train"].append({"id": _squad_id(seed, "chat", "copy"), "messages": chats["train"][5]["messages"]})
+    return summaries, chats
+
+
+# --------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------
 
@@ -2450,7 +2526,12 @@ loaders reads both:
 | `squad/{{train,validation}}.jsonl` | `squad` (v1.1) | Hugging Face rows (`id`, `title`, `context`, `question`, `answers`) |
 | `squad_v1_original/dev-sample.json` | SQuAD v1.1 `dev-v1.1.json` | original nested JSON layout |
 | `squad_v2_original/dev-sample.json` | SQuAD 2.0 `dev-v2.0.json` | original layout with `is_impossible` and `plausible_answers` |
+| `summaries/{{train,validation}}.jsonl` | an instruction (summarization) set | alpaca rows (`instruction`, `input`, `output`): a passage and its one-line fact summary |
+| `chat/{{train,validation}}.jsonl` | a chat set | `messages` rows: an optional system turn, then 2-3 user/assistant exchanges about a passage |
 | `manifest.json` | - | what was planted: PII, hard negatives, duplicates, odd Unicode, titles per split |
+
+The summarization and chat sets are built from the same passages as the SQuAD rows, split the same way;
+each train split repeats a few rows so the de-duplication counts have something to show.
 
 Everything here is **fictional**: an invented archipelago (the {arch}) with invented people, towns,
 guilds and ships. No text is copied from wikitext, SQuAD or any other corpus. Telephone numbers are in
@@ -2472,7 +2553,9 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     world = build_world(seed)
     manifest: dict[str, Any] = {"seed": seed, "archipelago": world.arch}
     wiki = _wikitext_splits(world, seed, manifest)
-    squad = _squad_rows(world, seed, manifest)
+    contexts: list[tuple[str, str, str, list[_QA]]] = []
+    squad = _squad_rows(world, seed, manifest, contexts)
+    summaries, chats = _task_sets(contexts, world.arch, seed)
     kinds: dict[str, list[str]] = {}
     for etype, entity in _all_entities(world):
         kinds.setdefault(etype, []).append(entity.name)
@@ -2490,12 +2573,16 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         "squad_validation": ("squad/validation.jsonl", _jsonl(squad["validation"])),
         "squad_v1_original": ("squad_v1_original/dev-sample.json", json.dumps(v1, ensure_ascii=False, indent=1) + "\n"),
         "squad_v2_original": ("squad_v2_original/dev-sample.json", json.dumps(v2, ensure_ascii=False, indent=1) + "\n"),
+        **{f"summaries_{split}": (f"summaries/{split}.jsonl", _jsonl(rows)) for split, rows in summaries.items()},
+        **{f"chat_{split}": (f"chat/{split}.jsonl", _jsonl(rows)) for split, rows in chats.items()},
     }
     manifest["counts"] = {
         "wikitext_rows": {s: len(r) for s, r in wiki.items()},
         "wikitext_chars": {s: sum(len(t) for t in r) for s, r in wiki.items()},
         "generic_rows": len(generic), "generic_chars": sum(len(r["text"]) for r in generic),
         "squad_rows": {s: len(r) for s, r in squad.items()},
+        "summary_rows": {s: len(r) for s, r in summaries.items()},
+        "chat_rows": {s: len(r) for s, r in chats.items()},
     }
     files["manifest"] = ("manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
     files["readme"] = ("README.md", _README.format(arch=world.arch))
