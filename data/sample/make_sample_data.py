@@ -25,7 +25,7 @@ scraped page would carry and the form a phone-number parser recognises; the surr
 Only ``random.Random`` instances seeded from strings are used (string seeds are hashed with SHA-512, not
 with the per-process ``hash``), sets are never iterated, and nothing reads the clock, so the same seed
 gives byte-identical files on every machine. Regenerate with
-``python -m modft_utils.sample_data --out data/sample``.
+``python data/sample/make_sample_data.py``.
 """
 
 from __future__ import annotations
@@ -2540,7 +2540,7 @@ ranges and card numbers are random (Luhn-valid only so that a scrubber has somet
 
 The files are generated, never edited by hand. Regenerate them with
 
-    python -m modft_utils.sample_data --out data/sample
+    python data/sample/make_sample_data.py
 
 `tests/test_sample_data.py` regenerates them into a temporary folder and fails if they differ from the
 committed copy.
@@ -2598,9 +2598,9 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m modft_utils.sample_data --out data/sample``: regenerate the sample data."""
+    """``python data/sample/make_sample_data.py [--out FOLDER]``: regenerate the sample data (beside this file by default)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "sample",
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                         help="folder to write into (default: the repository's data/sample)")
     parser.add_argument("--seed", type=int, default=0, help="world seed; the committed files use 0")
     args = parser.parse_args(argv)
