@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .upstream_fixes import bnb_dequantize_shape
+
 __all__ = [
     "NF4Experts",
     "check_lora_targets",
@@ -47,18 +49,6 @@ def _as_bits(t: torch.Tensor) -> torch.Tensor:
 
 def _from_bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.float32)
-
-
-def _kernel_shape(shape: tuple[int, int], blocksize: int) -> tuple[int, int]:
-    """The 2-D shape to hand bitsandbytes' ``dequantize_4bit`` op for a weight of ``shape``.
-
-    Its CPU kernel (bitsandbytes 0.50) gives wrong values when the last dimension is not a
-    multiple of ``blocksize`` (measured: relative error 0.37 instead of 0.09 on a 32x32 weight),
-    although the blocks run along the flattened tensor. The natural shape is fastest when the
-    input dimension allows it; otherwise one row of all the weights is exact.
-    """
-    rows, cols = shape
-    return shape if cols % blocksize == 0 else (1, rows * cols)
 
 
 class _NF4ExpertLinear(torch.autograd.Function):
@@ -196,7 +186,7 @@ class NF4Experts(nn.Module):
         self.blocksize = blocksize
         self.compress_statistics = compress_statistics
         self.shapes = {"gate_up": (two_ffn, hidden), "down": (hidden, two_ffn // 2)}
-        self._kernel_shapes = {p: _kernel_shape(shape, blocksize) for p, shape in self.shapes.items()}
+        self._kernel_shapes = {p: bnb_dequantize_shape(shape, blocksize) for p, shape in self.shapes.items()}
 
         nested_code = None
         for proj, weights in zip(_PROJECTIONS, (gate_up_proj, down_proj)):
@@ -530,7 +520,7 @@ def memory_vs_bf16(model: nn.Module) -> dict[str, int]:
     ``footprint_*`` pair is the whole model as ``get_memory_footprint()`` counts it, with the bf16
     figure being every parameter and buffer at 2 bytes.
     """
-    from .plan import count_params
+    from .basecfg import count_params
 
     counts = count_params(model.config)
     buffers = sum(b.nelement() for n, b in model.named_buffers() if _part_of(n) == "other")

@@ -8,7 +8,6 @@ fingerprinted before and compared bit for bit after.
 from __future__ import annotations
 
 import functools
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from . import adapters
+from .upstream_fixes import last_complete_checkpoint, restore_adapter
 from .config import TrainSpec
 
 
@@ -37,48 +37,12 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete ``checkpoint-N`` folder in ``output_dir``, if a previous run left one.
-
-    The Trainer writes ``trainer_state.json`` last, so a folder without it was cut short by the
-    interruption and is skipped (transformers' ``get_last_checkpoint`` would pick it and fail to load).
-    """
-    if not output_dir.is_dir():
-        return None
-    done = [p for p in output_dir.iterdir()
-            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
-
-
-def restore_adapter(model, name: str, checkpoint: str | Path) -> None:
-    """Copy adapter ``name``'s weights from a Trainer checkpoint into ``model``, in place.
-
-    A checkpoint holds every loaded adapter (``<name>/adapter_model.safetensors``; the adapter
-    called ``default`` at the top). The Trainer's own restore reloads them all, makes the *first*
-    active adapter trainable and leaves it active alone: with domain+task active while task
-    trains, the resumed run would train the domain adapter. Only ``name`` is restored here, and
-    which adapters are active or trainable stays as the caller set it.
-    """
-    from safetensors.torch import load_file
-
-    checkpoint = Path(checkpoint)
-    weights = checkpoint / ("" if name == "default" else name) / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise adapters.AdapterError(f"checkpoint {checkpoint} holds no weights for adapter {name!r}")
-    adapters.check_keys_match(model, weights, name)
-    saved = load_file(str(weights))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key in adapters.adapter_state(model, name):
-            params[key].copy_(saved[adapters.stored_key(key, name)])
-
-
 @functools.cache
 def _adapter_trainer():
     from transformers import Trainer
 
     class AdapterTrainer(Trainer):
-        """The Trainer, except that resuming restores only the adapter being trained (see restore_adapter)."""
+        """The Trainer, except that resuming restores only the adapter being trained (upstream_fixes.restore_adapter)."""
 
         adapter_name: str = ""
         _parameter_count: int | None = None
@@ -181,7 +145,7 @@ def train_adapter(
         data_collator=collator,
     )
     trainer.adapter_name = adapter_name
-    resume_from = last_checkpoint(output_dir / "checkpoints") if resume else None
+    resume_from = last_complete_checkpoint(output_dir / "checkpoints") if resume else None
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
-from modft_utils.modeling import _keep_cpu_4bit_exact  # noqa: E402
+from modft_utils.upstream_fixes import keep_cpu_4bit_exact  # noqa: E402
 from modft_utils.quant import (  # noqa: E402
     NF4Experts,
     check_lora_targets,
@@ -48,7 +48,7 @@ def _load(path, *, four_bit: bool, dtype=torch.float32):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     model = MiniMaxM2ForCausalLM.from_pretrained(path, dtype=dtype, experts_implementation="eager", **kwargs)
-    _keep_cpu_4bit_exact(model)  # exact comparisons below need bnb's CPU repacking off
+    keep_cpu_4bit_exact(model)  # exact comparisons below need bnb's CPU repacking off
     model.eval()
     return model
 

@@ -16,7 +16,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import default_data_collator
 
-from modft_utils import adapters, modeling, train
+from modft_utils import adapters, modeling, train, upstream_fixes
 from modft_utils.config import LoraSpec, TrainSpec
 from modft_utils.modeling import BaseRef
 
@@ -194,5 +194,5 @@ def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
         ckpt.mkdir()
         if complete:
             (ckpt / "trainer_state.json").write_text("{}")
-    assert train.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
-    assert train.last_checkpoint(tmp_path / "missing") is None
+    assert upstream_fixes.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert upstream_fixes.last_complete_checkpoint(tmp_path / "missing") is None
