@@ -216,7 +216,7 @@ def bench_plain_recipe(b: Bench) -> list[dict]:
                           f">= {goal}", o / p >= goal,
                           note=f"{steps} steps x batch {section.train.batch_size} after {warm} warm-up steps; final training loss ours "
                                f"{ol:.3f} vs plain {pl:.3f} (ours: warm-up + cosine, plain: linear){pad}"))
-        del ours_model, plain_model
+        ours_model = plain_model = None  # let both go before the next stage loads its own
         gc.collect()
     return rows
 
@@ -296,7 +296,7 @@ def _build_variant(b: Bench, name: str, **changes) -> Path:
 
 
 def bench_switch(b: Bench) -> list[dict]:
-    from modft_utils import adapters, modeling
+    from modft_utils import adapters, modeling, stack
 
     prof = b.profile
     t = prof.model.tiny
@@ -324,8 +324,8 @@ def bench_switch(b: Bench) -> list[dict]:
         for _ in range(reloads):
             start = time.perf_counter()
             m = modeling.load_base(p, base)
-            m = adapters.load_adapter(m, saved["domain"], "domain")
-            m = adapters.load_adapter(m, saved["task"], "task")
+            m = stack.load_adapter(m, saved["domain"], "domain")
+            m = stack.load_adapter(m, saved["task"], "task")
             adapters.activate(m, ["domain", "task"])
             times.append((time.perf_counter() - start) * 1000)
             del m
@@ -367,7 +367,7 @@ def bench_memory(b: Bench) -> list[dict]:
     experts = b.steps(32, 64)
     variant = _build_variant(b, "proportioned", num_hidden_layers=2, num_local_experts=experts, intermediate_size=256,
                              vocab_size=512, bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    from modft_utils.plan import count_params
+    from modft_utils.basecfg import count_params
     from transformers import AutoConfig
 
     counts = count_params(AutoConfig.from_pretrained(variant))
@@ -389,11 +389,11 @@ def bench_memory(b: Bench) -> list[dict]:
 
 
 def bench_planner(b: Bench) -> list[dict]:
-    from modft_utils import plan
+    from modft_utils import measure, plan
 
-    if not hasattr(plan, "measure_training_peak"):
+    if not hasattr(measure, "measure_training_peak"):
         return [entry("planner accuracy", None, "bytes", None, "within 15%", False, skipped=True,
-                      note="plan.measure_training_peak is not available")]
+                      note="measure.measure_training_peak is not available")]
     from modft_utils import config
 
     rows = []
@@ -403,7 +403,7 @@ def bench_planner(b: Bench) -> list[dict]:
         real = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
         cases += [("smollm2", real, stage) for stage in ("dapt", "sft")]
     for name, profile, stage in cases:
-        measured = plan.measure_training_peak(profile, stage=stage, steps=1 if b.quick else 2)
+        measured = measure.measure_training_peak(profile, stage=stage, steps=1 if b.quick else 2)
         planned = plan.plan(profile, stage=stage).training_bytes
         got = measured["measured_bytes"]
         rows.append(entry(f"planner accuracy, {name} {stage.upper()} step: plan.training_bytes vs measured peak RSS growth", planned,
@@ -505,7 +505,7 @@ def bench_scoring(b: Bench) -> list[dict]:
     base + domain + task from the newest `make run` of params/smollm2.yaml when there is one (the
     bare base otherwise, and in quick mode).
     """
-    from modft_utils import adapters, config, data, evaluate, modeling, squad
+    from modft_utils import adapters, config, data, evaluate, modeling, squad, stack
 
     prof = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
     base = modeling.ensure_base(prof, progress=False)
@@ -515,12 +515,12 @@ def bench_scoring(b: Bench) -> list[dict]:
     examples = data.prepare_sft(prof, tok, run, progress=False).eval_examples[: 16 if b.quick else prof.data.sft_eval_size]
     model = modeling.load_base(prof, base)
     trained = None if b.quick else _newest_real_run()
-    stack = "base"
+    stack_label = "base"
     if trained is not None:
         for name in ("domain", "task"):
-            model = adapters.load_adapter(model, trained / "adapters" / name / "adapter", name)
+            model = stack.load_adapter(model, trained / "adapters" / name / "adapter", name)
         adapters.activate(model, ["domain", "task"])
-        stack = f"base + domain + task of {trained.name}"
+        stack_label = f"base + domain + task of {trained.name}"
     prompts = [e["prompt"] for e in examples]
     kw = {"max_new_tokens": prof.sft.max_new_tokens, "batch_size": prof.sft.eval_batch_size}
     evaluate.generate(model, tok, prompts[:2], **kw)  # warm-up: first-call allocations count for neither
@@ -536,7 +536,7 @@ def bench_scoring(b: Bench) -> list[dict]:
     s_plain = squad.squad_metrics({e["id"]: a for e, a in zip(examples, plain)}, refs)
     same = sum(o == p for o, p in zip(ours, plain)) / len(prompts)
     gap = max(abs(s_ours["exact_match"] - s_plain["exact_match"]), abs(s_ours["f1"] - s_plain["f1"]))
-    note = f"{len(prompts)} questions, {stack}; ours {t_ours:.1f} s, plain {t_plain:.1f} s"
+    note = f"{len(prompts)} questions, {stack_label}; ours {t_ours:.1f} s, plain {t_plain:.1f} s"
     return [
         entry("scoring speed on real weights: questions/s, ours vs plain batched generate", len(prompts) / t_ours, "q/s",
               len(prompts) / t_plain, ">= 1.25", t_plain / t_ours >= 1.25, note=note),

@@ -3,9 +3,8 @@
 PEFT's ``base_model.set_adapter([...])`` activates several adapters at once but also makes every
 listed adapter trainable again (shared/FACTS.md), so every switch here goes through
 :func:`activate`, which freezes everything except the one adapter named as trainable, and training
-is refused while any other adapter has a trainable parameter. :class:`AdapterStack` does the same
-for versions from the registry, and checks that a task adapter runs on the domain version it was
-trained on.
+is refused while any other adapter has a trainable parameter. Loading saved adapters, from a folder
+or from the store, is :mod:`modft_utils.stack`'s.
 """
 
 from __future__ import annotations
@@ -14,13 +13,14 @@ import hashlib
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .upstream_fixes import apply_peft_fixes
 
 
 class AdapterError(RuntimeError):
@@ -94,36 +94,6 @@ def loaded_adapters(model) -> list[str]:
     return list(getattr(model, "peft_config", {}).keys())
 
 
-def ensure_peft_fixes() -> None:
-    """Let PEFT save an adapter without embedding rows next to one that has them.
-
-    PEFT 0.21 asks every trainable-token wrapper for the state of the adapter being saved or
-    loaded, and the wrapper raises KeyError for an adapter it does not hold: with a domain adapter
-    that trains new token rows loaded, a task adapter could be neither saved nor loaded, nor the
-    two merged. Adapters a wrapper does not hold now contribute nothing to it, in all three.
-    """
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    from peft.utils.other import TrainableTokensWrapper
-
-    if getattr(TrainableTokensWrapper, "_modft_fixed", False):
-        return
-    save, load_map = TrainableTokensWrapper.adapter_state_dict, TrainableTokensWrapper.adapter_state_dict_load_map
-
-    def holds(wrapper, adapter_name) -> bool:
-        return adapter_name in wrapper.token_adapter.trainable_tokens_delta or bool(wrapper.token_adapter.tied_adapter)
-
-    TrainableTokensWrapper.adapter_state_dict = lambda self, name, state: save(self, name, state) if holds(self, name) else {}
-    TrainableTokensWrapper.adapter_state_dict_load_map = lambda self, name: load_map(self, name) if holds(self, name) else {}
-    TrainableTokensWrapper._modft_fixed = True
-    merge = TrainableTokensLayer.merge
-
-    def merge_held(self, safe_merge: bool = False, adapter_names=None) -> None:
-        names = self.active_adapters if adapter_names is None else adapter_names
-        merge(self, safe_merge=safe_merge, adapter_names=[n for n in names if n in self.token_indices])
-
-    TrainableTokensLayer.merge = merge_held
-
-
 def add_adapter(model, name: str, lora_config, *, seed: int = 0):
     """Attach a new, trainable adapter ``name``; turn a plain base into a PeftModel on first use.
 
@@ -135,7 +105,7 @@ def add_adapter(model, name: str, lora_config, *, seed: int = 0):
     from .quant import check_lora_targets
 
     check_lora_targets(model, lora_config)
-    ensure_peft_fixes()
+    apply_peft_fixes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if isinstance(model, PeftModel):
@@ -145,49 +115,6 @@ def add_adapter(model, name: str, lora_config, *, seed: int = 0):
         else:
             model = get_peft_model(model, lora_config, adapter_name=name)
     return model
-
-
-def load_adapter(model, path: str | Path, name: str):
-    """Load a saved adapter frozen; refuse pickles and missing keys, which PEFT only warns about."""
-    from peft import PeftModel
-
-    path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"adapter {name!r}: {path} has no adapter_config.json")
-    if not (path / "adapter_model.safetensors").is_file():
-        pickles = sorted(p.name for p in path.glob("*.bin"))
-        hint = f" (found pickle {pickles}; only safetensors are loaded)" if pickles else ""
-        raise AdapterError(f"adapter {name!r}: {path} has no adapter_model.safetensors{hint}")
-    ensure_peft_fixes()
-    if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            raise AdapterError(f"adapter {name!r} is already loaded")
-        model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-    else:
-        model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
-    check_keys_match(model, path / "adapter_model.safetensors", name)
-    set_trainable(model, None)
-    return model
-
-
-def check_keys_match(model, weights_file: Path, name: str) -> None:
-    """Every LoRA weight of ``name`` came from the file and every tensor in the file was used.
-
-    PEFT only warns about missing keys, and a missing ``lora_B`` stays at its zero initialisation:
-    the adapter would load "successfully" and do nothing.
-    """
-    from safetensors import safe_open
-
-    with safe_open(str(weights_file), framework="pt") as fh:
-        in_file = set(fh.keys())
-    in_model = {stored_key(k, name) for k, _ in model.named_parameters() if _param_adapter(k) == name}
-    missing, unexpected = sorted(in_model - in_file), sorted(in_file - in_model)
-    if missing or unexpected:
-        raise AdapterError(
-            f"adapter {name!r} from {weights_file.parent} does not fit this base: "
-            f"{len(missing)} weight(s) missing from the file {missing[:2]}, "
-            f"{len(unexpected)} unexpected in it {unexpected[:2]}"
-        )
 
 
 _UNKNOWN = object()
@@ -211,14 +138,6 @@ def _param_adapter(param_name: str) -> str | None:
         if part.startswith("lora_"):
             return parts[i + 1]
     return None
-
-
-def stored_key(param_name: str, name: str) -> str:
-    """The key PEFT writes for parameter ``param_name`` of adapter ``name`` (the adapter name removed)."""
-    suffix = "." + name
-    if param_name.endswith(suffix):
-        return param_name[: -len(suffix)]
-    return param_name.replace(suffix + ".", ".")
 
 
 def trainable_by_adapter(model) -> dict[str, int]:
@@ -475,285 +394,3 @@ def _copy_token_rows(model, source: str, target: str) -> None:
                 if target not in layer.trainable_tokens_delta:
                     raise AdapterError(f"combined adapter {target!r} got no trainable rows for {source!r}'s tokens")
                 layer.trainable_tokens_delta[target].copy_(layer.trainable_tokens_delta[source])
-
-
-# --------------------------------------------------------------------------- a stack over a registry
-
-
-class ParentMismatchError(AdapterError):
-    """A task adapter activated on top of a domain version other than the one it was trained on."""
-
-
-class AdapterStack:
-    """Adapters from a :class:`~modft_utils.registry.Registry`, stacked on one loaded base.
-
-    ``load("domain@production")`` resolves a reference in the store and loads that version (hashes,
-    base identity and keys checked by ``registry.load_adapter_into``) under an adapter name of its
-    own (``domain_v3``), so several versions of one adapter sit side by side and rollback is a
-    switch. ``use``, ``disable``, ``enable`` and ``swap`` only flip flags through :func:`activate`:
-    no weights are copied or reloaded, and the cost grows with the adapted layers, not the base.
-
-    A task adapter records the domain version it was trained on (``Manifest.parent``); activating
-    it over another domain version (or none) is refused unless ``force_parent=True``, and a forced
-    mismatch stays visible in :meth:`mismatches` and :meth:`describe` while it is active.
-
-    ``stack.model`` is the model to run: the base becomes a PeftModel on the first load. Switch
-    through the stack; calling :func:`activate` directly bypasses the parent check.
-    """
-
-    def __init__(self, model, registry, base) -> None:
-        self.model = model
-        self.registry = registry
-        self.base = base
-        self.versions: dict = {}  # adapter name in the model -> AdapterVersion
-        self._names: dict = {}  # AdapterRef -> adapter name in the model
-        self._disabled: dict[str, tuple[int, str]] = {}  # key -> (position, adapter name)
-        self.forced: list[str] = []  # every mismatch activated with force_parent=True, in order
-
-    # ----------------------------------------------------------------- resolving
-
-    def _version(self, ref):
-        """An AdapterVersion for an adapter name of this stack, ``name@N``, ``name@alias`` or ``name``."""
-        from .registry import AdapterRef, AdapterVersion
-
-        if isinstance(ref, AdapterVersion):
-            return ref
-        if isinstance(ref, AdapterRef):
-            key = ref
-        else:
-            ref = str(ref)
-            if ref in self.versions:
-                return self.versions[ref]
-            name, sep, selector = ref.partition("@")
-            # Versions never change, so a concrete name@N already loaded needs no trip to the store;
-            # aliases move and are resolved every time.
-            key = AdapterRef(name, int(selector)) if sep and selector.isdigit() else None
-        if key is not None and key in self._names:
-            return self.versions[self._names[key]]
-        return self.registry.resolve(ref)
-
-    def _adapter_name(self, ref) -> str:
-        """The adapter name in the model for a loaded adapter given by name, reference or version."""
-        if isinstance(ref, str) and ref in loaded_adapters(self.model):
-            return ref
-        if isinstance(ref, str) and "@" not in ref:
-            active = [n for n in active_adapters(self.model) if n in self.versions and self.versions[n].name == ref]
-            if active:
-                return active[0]
-        v = self._version(ref)
-        if v.ref not in self._names:
-            raise AdapterError(f"{v.ref} is not loaded in this stack; loaded: {self._loaded_refs()}")
-        return self._names[v.ref]
-
-    def _loaded_refs(self) -> list[str]:
-        return [str(v.ref) for v in self.versions.values()]
-
-    def _ref_of(self, name: str) -> str:
-        return str(self.versions[name].ref) if name in self.versions else name
-
-    # ----------------------------------------------------------------- loading
-
-    def load(self, ref, *, as_name: str | None = None, force_parent: bool = False) -> str:
-        """Load ``ref`` (``"task@production"``, ``"domain@3"``) frozen and inactive; return its adapter name.
-
-        Loading a version already in the stack is a no-op. A version with a parent loads when that
-        parent version is in the stack (active or not); which versions run together is checked by
-        :meth:`use`.
-        """
-        v = self._version(ref)
-        if v.ref in self._names:
-            existing = self._names[v.ref]
-            if as_name is not None and as_name != existing:
-                raise AdapterError(f"{v.ref} is already loaded as {existing!r}, not {as_name!r}")
-            return existing
-        parent = v.manifest.parent
-        if parent is None or parent in self._names:
-            active_parent = parent
-        else:
-            active_parent = next(
-                (self.versions[n].ref for n in active_adapters(self.model)
-                 if n in self.versions and self.versions[n].name == parent.name),
-                None,
-            )
-        return self._load(v, as_name, active_parent, force_parent)
-
-    def _load(self, v, as_name, active_parent, force_parent: bool) -> str:
-        from .registry import load_adapter_into
-
-        name = as_name or f"{v.name}_v{v.version}"
-        if name in loaded_adapters(self.model):
-            raise AdapterError(f"cannot load {v.ref} as {name!r}: an adapter of that name is already loaded")
-        was_active = active_adapters(self.model)
-        self.model = load_adapter_into(
-            self.model, v, name, base=self.base, active_parent=active_parent, force_parent=force_parent
-        )
-        self.versions[name] = v
-        self._names[v.ref] = name
-        # PeftModel.from_pretrained activates what it loads: loading must not change what runs.
-        activate(self.model, was_active)
-        return name
-
-    # ----------------------------------------------------------------- switching
-
-    def _parent_problems(self, entries: Sequence) -> list[str]:
-        """Parent mismatches if ``entries`` (adapter names or AdapterVersions) ran together."""
-        versions = [e if not isinstance(e, str) else self.versions.get(e) for e in entries]
-        versions = [v for v in versions if v is not None]  # adapters not from the store have no parent record
-        by_name = {v.name: v.ref for v in versions}
-        local = {e for e in entries if isinstance(e, str) and e not in self.versions}
-        problems = []
-        for v in versions:
-            parent = v.manifest.parent
-            if parent is not None and by_name.get(parent.name) != parent:
-                active = by_name.get(parent.name) or (
-                    f"{parent.name!r} loaded from a folder, not the store" if parent.name in local else "none"
-                )
-                problems.append(f"{v.ref} was trained on {parent}, but the active {parent.name} is {active}")
-        return problems
-
-    def _switch(self, entries: list, force_parent: bool) -> list[str]:
-        """Activate ``entries`` in order: adapter names, or versions loaded here first if need be.
-
-        Parents are checked before anything is loaded, so a refusal leaves the stack as it was.
-        """
-        seen: dict[str, object] = {}
-        for e in entries:
-            v = self.versions.get(e) if isinstance(e, str) else e
-            if v is None:
-                continue
-            if seen.get(v.name, v.ref) != v.ref:
-                raise AdapterError(f"two versions of {v.name!r} in one stack: {seen[v.name]} and {v.ref}")
-            seen[v.name] = v.ref
-        problems = self._parent_problems(entries)
-        if problems and not force_parent:
-            raise ParentMismatchError("; ".join(problems) + "; pass force_parent=True to run it anyway")
-        names = []
-        for e in entries:
-            if isinstance(e, str):
-                names.append(e)
-            elif e.ref in self._names:
-                names.append(self._names[e.ref])
-            else:
-                parent = e.manifest.parent
-                with warnings.catch_warnings():
-                    # Reported once below, for the whole stack.
-                    warnings.filterwarnings("ignore", message=".*loading anyway: force_parent=True")
-                    names.append(self._load(e, None, seen.get(parent.name) if parent else None, force_parent))
-        activate(self.model, names)
-        if problems:
-            self.forced.extend(problems)
-            warnings.warn("running a parent mismatch (force_parent=True): " + "; ".join(problems), stacklevel=3)
-        return names
-
-    def compose(self, selection: Sequence[str], *, force_parent: bool = False):
-        """Activate ``selection`` in order and return the model to run.
-
-        Each item is an adapter already in the model by its name (this run's ``"domain"``) or a
-        store reference (``"task@3"``, ``"domain@production"``), loaded on first use. A parent
-        mismatch raises :class:`ParentMismatchError` before anything changes.
-        """
-        loaded = set(loaded_adapters(self.model))
-        entries = [s if s in loaded else self._version(s) for s in selection]
-        self._switch(entries, force_parent)
-        self._disabled.clear()
-        return self.model
-
-    def use(self, *refs, force_parent: bool = False) -> list[str]:
-        """Make exactly ``refs`` active, in this order, loading any not yet loaded; no refs: the bare base.
-
-        Returns the adapter names now active.
-        """
-        names = self._switch([self._version(r) for r in refs], force_parent)
-        self._disabled.clear()
-        return names
-
-    def disable(self, name: str, *, force_parent: bool = False) -> list[str]:
-        """Switch off the active adapter ``name`` (``"task"``, ``"task@5"`` or ``"task_v5"``)."""
-        target = self._adapter_name(name)
-        current = active_adapters(self.model)
-        if target not in current:
-            raise AdapterError(f"{self._ref_of(target)} is not active; active: {self.active}")
-        rest = self._switch([n for n in current if n != target], force_parent)
-        key = self.versions[target].name if target in self.versions else target
-        self._disabled[key] = (current.index(target), target)
-        return rest
-
-    def enable(self, name: str, *, force_parent: bool = False) -> list[str]:
-        """Switch a disabled adapter back on at its old position, so the stack computes what it did.
-
-        ``name`` is what was disabled (``"task"``), or any reference, which is appended (and loaded
-        if need be).
-        """
-        current = active_adapters(self.model)
-        key = next(
-            (k for k, (_, n) in self._disabled.items() if name in (k, n, self._ref_of(n))), None
-        )
-        if key is not None:
-            position, target = self._disabled[key]
-        else:
-            position, target = len(current), self._version(name)
-            if target.ref in self._names:
-                target = self._names[target.ref]
-        if target in current:
-            return current
-        names = self._switch(current[:position] + [target] + current[position:], force_parent)
-        if key is not None:
-            del self._disabled[key]
-        return names
-
-    def swap(self, name: str, ref, *, force_parent: bool = False) -> list[str]:
-        """Put version ``ref`` in place of the active adapter ``name``, same position (loaded if need be)."""
-        target = self._adapter_name(name)
-        current = active_adapters(self.model)
-        if target not in current:
-            raise AdapterError(f"{self._ref_of(target)} is not active; active: {self.active}")
-        v = self._version(ref)
-        return self._switch([v if n == target else n for n in current], force_parent)
-
-    # ----------------------------------------------------------------- reporting
-
-    @property
-    def active(self) -> list[str]:
-        """The active versions, e.g. ``["domain@3", "task@5"]`` (adapters not from the store by name)."""
-        return [self._ref_of(n) for n in active_adapters(self.model)]
-
-    def mismatches(self) -> list[str]:
-        """Parent mismatches in the active stack (only possible after ``force_parent=True``)."""
-        return self._parent_problems(active_adapters(self.model))
-
-    def adapter_dirs(self, names: Sequence[str] | None = None) -> dict[str, Path]:
-        """Local folders of the active (or given) adapters, keyed by adapter name: input for export."""
-        names = active_adapters(self.model) if names is None else [self._adapter_name(n) for n in names]
-        missing = [n for n in names if n not in self.versions]
-        if missing:
-            raise AdapterError(f"adapter(s) {missing} were not loaded from the store")
-        return {n: self.versions[n].local_copy() for n in names}
-
-    def describe(self) -> str:
-        """A table of the loaded adapters: version, parent, whether active, whether its parent is active."""
-        active = active_adapters(self.model)
-        problems = {p.split(" ", 1)[0]: p for p in self._parent_problems(active)}
-        rows = []
-        for n in loaded_adapters(self.model):
-            v = self.versions.get(n)
-            ref = str(v.ref) if v is not None else "- (not from the store)"
-            parent = v.manifest.parent if v is not None else None
-            if n not in active or parent is None:
-                ok = "-"
-            elif ref in problems:
-                active_parent = problems[ref].rsplit(" is ", 1)[-1]
-                ok = f"NO: active {parent.name} is {active_parent}"
-            else:
-                ok = "yes"
-            rows.append([n, ref, str(parent) if parent else "-", "yes" if n in active else "no", ok])
-        headers = ["ADAPTER", "VERSION", "PARENT", "ACTIVE", "PARENT OK"]
-        widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        text = "\n".join(lines)
-        if problems:
-            text += "\n\nparent mismatch (forced): " + "; ".join(problems.values())
-        return text
-
-    def __repr__(self) -> str:
-        return f"AdapterStack(active={self.active}, loaded={self._loaded_refs()})"

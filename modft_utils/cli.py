@@ -3,20 +3,44 @@
     modft run --profile params/smollm2.yaml [--notebooks 01 02] [--set dapt.train.max_steps=20]
     modft validate --profile params/minimax_m2.yaml
     modft params
-    modft registry list|show|publish|promote|rollback|verify ...
+    modft registry list|show|publish|promote|rollback|verify|recover ...
+    modft plan --profile params/minimax_m2.yaml --gpu-memory 24GiB --gpus 1
     modft baseline
+
+Every subcommand is a thin layer over the package: the store's operations are
+:class:`modft_utils.registry.Registry`'s, the plan is :func:`modft_utils.plan.plan`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+from . import plan, registry
+from .basecfg import PlanError
 from .config import ProfileError, describe, load_profile, parse_override
 from .data import DataError
-from .plan import add_plan_command
-from .registry import add_registry_commands
+from .registry import (
+    BASE_RECORD,
+    CONFIG_FILE,
+    DEFAULT_ROOT,
+    WEIGHTS_FILE,
+    BaseIdentity,
+    Registry,
+    RegistryError,
+    base_identity,
+    base_identity_from_config_file,
+    check_adapter_dir,
+    check_name,
+    config_sha256,
+    loads_json,
+    read_base_record,
+)
 from .runner import RunError
 
 
@@ -83,6 +107,295 @@ def _cmd_baseline(args) -> int:
 
     make_baseline()
     return 0
+
+
+# --------------------------------------------------------------------------- modft registry
+
+
+def add_registry_commands(subparsers) -> argparse.ArgumentParser:
+    """Add ``registry {list,show,publish,promote,rollback,verify,recover}`` to an argparse subparsers object."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry",
+        default=DEFAULT_ROOT,
+        metavar="URI",
+        help=f"registry folder or fsspec URL (default: {DEFAULT_ROOT})",
+    )
+
+    reg = subparsers.add_parser(
+        "registry", help="versioned store of LoRA adapters", description=registry.__doc__.split("\n\n")[0]
+    )
+    sub = reg.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
+    sub.add_parser("list", parents=[common], help="every version of every adapter")
+    p = sub.add_parser("show", parents=[common], help="one version in detail")
+    p.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
+    p = sub.add_parser("publish", parents=[common], help="store an adapter folder as the next version")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "adapter_dir", metavar="DIR", help="folder with adapter_config.json and adapter_model.safetensors"
+    )
+    p.add_argument("--parent", metavar="REF", help="adapter this one was trained on, e.g. domain@production")
+    p.add_argument(
+        "--base-config",
+        metavar="PATH",
+        help="base config.json (or its folder); default: the base of the run folder holding DIR "
+        "(vocabulary extension included), else <base_model_name_or_path>/config.json",
+    )
+    p.add_argument(
+        "--base-revision", metavar="REV", help="hub revision of the base, when it came from the hub"
+    )
+    p.add_argument("--params", default="{}", metavar="JSON", help="training parameters, a JSON object")
+    p.add_argument("--metrics", default="{}", metavar="JSON", help="evaluation metrics, a JSON object")
+    p.add_argument("--data-fingerprint", default="", metavar="SHA", help="fingerprint of the training data")
+    p.add_argument("--note", default="")
+    p = sub.add_parser("promote", parents=[common], help="point an alias at a version")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("version", metavar="VERSION", help="a version number, or an alias whose version to take")
+    p.add_argument("--alias", default="production")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", help="who (default: user@host)")
+    p = sub.add_parser("rollback", parents=[common], help="move an alias back to its previous version")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--alias", default="production")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", help="who (default: user@host)")
+    p = sub.add_parser("verify", parents=[common], help="re-hash every stored file; exit 1 on any problem")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p = sub.add_parser(
+        "recover", parents=[common], help="record and clean up what a killed publish, promote or rollback left"
+    )
+    p.add_argument("name", nargs="?", metavar="NAME")
+    reg.set_defaults(func=registry_main)
+    return reg
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = loads_json(text)
+    except json.JSONDecodeError as err:
+        raise RegistryError(f"{option}: not JSON ({err})") from None
+    except ValueError as err:  # NaN, Infinity
+        raise RegistryError(f"{option}: {err}") from None
+    if not isinstance(value, dict):
+        raise RegistryError(f"{option}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# A run folder: what `modft run` and the notebooks write (config.prepare_run_dir). Adapters sit
+# at <run>/adapters/<name>/adapter, so the run is a few levels up, never more.
+RUN_PROFILE = "profile.resolved.json"
+_RUN_DEPTH = 4
+
+
+def _run_folder(adapter_dir: Path) -> Path | None:
+    """The run folder an adapter was saved in, or None when it is not inside one."""
+    for parent in list(adapter_dir.resolve().parents)[:_RUN_DEPTH]:
+        if (parent / RUN_PROFILE).is_file():
+            return parent
+    return None
+
+
+def _run_base_identity(run: Path, base_path: str, revision: str | None) -> BaseIdentity:
+    """The base an adapter of run folder ``run`` was trained on: the run's model, with its vocabulary extension.
+
+    Notebook 01 may extend the vocabulary (``<run>/tokenizer/vocab_extension.json``); every later
+    load in the run applies it, which changes the config (more rows, the extension's hash). The
+    model is rebuilt here on the meta device, so this costs no memory, and extended exactly as
+    ``modeling.load_base`` extends it.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .vocab import VocabError, load_decision
+
+    try:
+        profile = loads_json((run / RUN_PROFILE).read_text(encoding="utf-8"))
+        model_spec = profile["model"]
+        model_id, revision = str(model_spec["id"]), revision or model_spec.get("revision")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RegistryError(f"{run / RUN_PROFILE}: cannot read the run's model from it ({err})") from None
+    try:
+        ext = load_decision(run)
+    except VocabError as err:
+        raise RegistryError(f"cannot tell which base this adapter was trained on: {err}") from None
+    try:
+        config = AutoConfig.from_pretrained(base_path, revision=revision)
+    except Exception as err:  # noqa: BLE001 - missing folder, offline hub, unknown architecture
+        raise RegistryError(
+            f"cannot read the config of base {base_path!r} (base_model_name_or_path of the adapter, in run "
+            f"{run}): {str(err).splitlines()[0]}; pass --base-config"
+        ) from None
+    if ext is None or not ext.words:
+        return BaseIdentity(model_id=model_id, revision=revision, config_sha256=config_sha256(config))
+    from .vocab import extend_model
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    extend_model(model, ext)
+    return base_identity(model, model_id=model_id, revision=revision)
+
+
+def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tuple[BaseIdentity, str]:
+    """The identity of the base the adapter was trained on, and where it came from (for the message).
+
+    Sources, first wins: --base-config, the run folder holding the adapter, the adapter's own
+    base record. Every source present must name the same base config, or the publish is refused;
+    with none, ``<base_model_name_or_path>/config.json`` is taken (an adapter trained elsewhere).
+    """
+    adapter_dir = Path(args.adapter_dir)
+    base_path = str(adapter_config.get("base_model_name_or_path") or "")
+    run = _run_folder(adapter_dir)
+    sources: list[tuple[str, BaseIdentity]] = []
+    if args.base_config is not None:
+        sources.append((f"--base-config {args.base_config}", base_identity_from_config_file(
+            args.base_config, model_id=base_path, revision=args.base_revision)))
+    if run is not None:
+        sources.append((f"run folder {run}", _run_base_identity(run, base_path, args.base_revision)))
+    record = read_base_record(adapter_dir)
+    if record is not None:
+        sources.append((str(adapter_dir / BASE_RECORD), record))
+    if not sources:
+        guess = Path(base_path) / "config.json" if base_path else None
+        if guess is None or not guess.is_file():
+            raise RegistryError(
+                f"--base-config is needed: base_model_name_or_path {base_path!r} in "
+                f"{adapter_dir / CONFIG_FILE} is not a local folder with a config.json, and {adapter_dir} "
+                f"has no {BASE_RECORD} and is not inside a run folder"
+            )
+        sources.append((str(guess), base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision)))
+    (label, identity), *others = sources
+    if any(other.config_sha256 != identity.config_sha256 for _, other in others):
+        width = max(len(src) for src, _ in sources) + 1
+        raise RegistryError(
+            f"{label} is not the base this adapter was trained on:\n"
+            + "\n".join(f"  {src + ':':<{width}} {base}" for src, base in sources)
+        )
+    return identity, label
+
+
+def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
+    params = _json_object(args.params, "--params")
+    metrics = _json_object(args.metrics, "--metrics")
+    check_name(args.name)
+    adapter_config = check_adapter_dir(args.adapter_dir)
+    base, source = _cli_base(args, adapter_config)
+    v = reg.publish(
+        args.name,
+        args.adapter_dir,
+        base=base,
+        parent=args.parent,
+        params=params,
+        data_fingerprint=args.data_fingerprint,
+        metrics=metrics,
+        note=args.note,
+    )
+    if v.reused:
+        print(
+            f"{v.ref} already holds these files (same base and parent): nothing published; "
+            f"its manifest keeps what it was published with ({v.manifest.created_at}, note {v.manifest.note!r})"
+        )
+    else:
+        print(
+            f"published {v.ref} at {v.uri} (weights sha256 {v.manifest.files[WEIGHTS_FILE][:12]}; "
+            f"base from {source})"
+        )
+    return 0
+
+
+def _cli_verify(reg: Registry, name: str | None) -> int:
+    problems = reg.verify(name)
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    for note in reg.verify_notes(name):
+        print(f"note: {note}")
+    if problems:
+        print(f"{len(problems)} problem(s) in registry {reg.uri}", file=sys.stderr)
+        return 1
+    names = [name] if name else reg.names()
+    count = sum(len(reg.versions(n)) for n in names)
+    print(f"ok: {count} version(s) of {len(names)} adapter(s) verified in {reg.uri}")
+    return 0
+
+
+def _cli_recover(reg: Registry, name: str | None) -> int:
+    done = reg.recover(name)
+    for adapter, records in done.items():
+        for r in records:
+            if r["event"] == "publish":
+                print(f"{adapter}: recorded the interrupted publish of {adapter}@{r['version']}")
+            elif "move_line" in r:
+                print(f"{adapter}: recorded that the move of {r['alias']!r} at audit line {r['move_line']} did not take effect")
+            elif "line" in r:
+                print(f"{adapter}: recorded torn audit line {r['line']} (skipped from now on)")
+            else:
+                print(f"{adapter}: {r['issue']} ({r['folder']})")
+    if not any(done.values()):
+        print(f"nothing to recover in registry {reg.uri}")
+    return 0
+
+
+def registry_main(args: argparse.Namespace) -> int:
+    """Run one ``registry`` subcommand parsed by :func:`add_registry_commands`; return the exit code."""
+    try:
+        reg = Registry(args.registry)
+        command = args.registry_command
+        if command == "list":
+            print(reg.list_table())
+        elif command == "show":
+            print(reg.show_table(args.ref))
+        elif command == "publish":
+            return _cli_publish(reg, args)
+        elif command in ("promote", "rollback"):
+            if command == "promote":
+                e = reg.promote(args.name, args.version, args.alias, reason=args.reason, actor=args.actor)
+            else:
+                e = reg.rollback(args.name, args.alias, reason=args.reason, actor=args.actor)
+            before = e["from"] if e["from"] is not None else "-"
+            print(f"{args.name}@{e['alias']}: {before} -> {e['to']} ({command} by {e['actor']})")
+        elif command == "verify":
+            return _cli_verify(reg, args.name)
+        elif command == "recover":
+            return _cli_recover(reg, args.name)
+        else:
+            raise RegistryError(f"unknown registry command {command!r}")
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a read the filesystem refused; writes are turned into RegistryError
+        print(f"error: registry {args.registry}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- modft plan
+
+
+def _cmd_plan(args) -> int:
+    try:
+        profile = load_profile(args.profile, check_paths=False)
+        result = plan.plan(profile, gpu_memory=args.gpu_memory, gpus=args.gpus, experts_4bit=not args.stock_experts,
+                      stage=args.stage, config_path=args.config)
+    except (PlanError, ProfileError) as exc:
+        print(f"modft plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
+    return 1 if args.check and not result.fits else 0
+
+
+def add_plan_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``modft plan``: print the memory plan of a profile (no weights are downloaded)."""
+    p = subparsers.add_parser("plan", help="will this profile's training fit on this GPU? (reads configs only)")
+    p.add_argument("--profile", required=True, help="profile YAML, e.g. params/minimax_m2.yaml")
+    p.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB, 80GB (default: the profile's, else 24GiB)")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (device_map='auto' splits whole layers)")
+    p.add_argument("--stage", choices=("dapt", "sft", "both"), default="both", help="which training phase(s)")
+    p.add_argument("--stock-experts", action="store_true",
+                   help="price the fused experts as stock bitsandbytes leaves them (16-bit), not 4-bit")
+    p.add_argument("--config", help="a local config.json to use instead of the profile's base (offline hub ids)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--check", action="store_true", help="exit 1 when it does not fit")
+    p.set_defaults(func=_cmd_plan)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from . import adapters
-from .modeling import sha256_file
+from .stack import load_adapter
+from .cache import sha256_file
 
 TOLERANCE = 1e-5
 EXPORT_RECORD = "modft_export.json"
@@ -94,7 +95,7 @@ def export_merged(
         )
     names = list(adapter_dirs)
     for name in names:
-        model = adapters.load_adapter(model, adapter_dirs[name], name)
+        model = load_adapter(model, adapter_dirs[name], name)
     adapters.activate(model, names)
     merged = model.merge_and_unload(safe_merge=True, adapter_names=names)
     if dtype is not None:

@@ -110,7 +110,7 @@ def inspect(path: Path, *, with_sha256: bool = True) -> GGUFSource:
     """
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    from .modeling import sha256_file
+    from .cache import sha256_file
 
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -157,7 +157,7 @@ def converted_folder(profile: Profile, *, progress: bool = True) -> tuple[Path, 
     Written aside and renamed into place, so a conversion that dies halfway is never taken for a
     finished one, and a file changed in place (another sha256) gets a folder of its own.
     """
-    from .modeling import build_once
+    from .cache import build_once
 
     source = inspect(locate(profile))
     cache = profile.resolve(profile.cache_dir) / source.cache_name

@@ -26,31 +26,18 @@ not quantize the fused experts at all (``BitsAndBytesConfig(load_in_4bit=True)``
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import math
 import os
 import re
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from .config import LoraSpec, Profile, ProfileError, load_profile
+from . import basecfg
+from .basecfg import PARTS, PlanError, Tensor, read_model_config
+from .config import LoraSpec, Profile
 
 GiB = 1 << 30
 GB = 10**9
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "params" / "configs"
-# Hub ids whose published config.json ships with the workbook, so planning them needs no network.
-BUNDLED_CONFIGS: dict[str, Path] = {
-    "MiniMaxAI/MiniMax-M2": CONFIG_DIR / "MiniMax-M2.config.json",
-    "Qwen/Qwen3-30B-A3B": CONFIG_DIR / "Qwen3-30B-A3B.config.json",
-}
 
 # bitsandbytes' 4-bit layout (checked on bitsandbytes 0.50.2): the weight is packed two per byte;
 # each block of 64 weights has an absmax scale, fp32, or with double quantization uint8 plus one fp32
@@ -75,10 +62,6 @@ OVERHEAD_FIXED_BYTES = 1 * GiB
 OVERHEAD_FRACTION = 0.05
 # Beyond this many GPUs the answer is "not this base on this kind of card", not a count.
 MAX_GPUS = 64
-
-
-class PlanError(ValueError):
-    """A plan that cannot be made; the message names the config, id or key at fault and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,238 +117,6 @@ def _size(n: int | float) -> str:
 
 def _gb(n: int | float) -> str:
     return f"{n / GB:,.0f} GB"
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading the base's config (never its weights)
-
-
-class _SpecVocab:
-    """Stands in for the tiny base's tokenizer in ``modeling.tiny_config``: its size and special ids.
-
-    The tokenizer trained by ``modeling.train_tokenizer`` puts ``<|pad|>`` at 0 and ``<|endoftext|>``
-    at 1; its size is the spec's ``vocab_size`` (a corpus too small to fill the vocabulary gives a
-    few tokens fewer, which the planner ignores).
-    """
-
-    pad_token_id = 0
-    eos_token_id = 1
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-
-def _first_line(exc: BaseException) -> str:
-    """The gist of a library error (transformers' run to paragraphs of advice that does not apply)."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-    return text + "."
-
-
-def _read_config_file(path: Path):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-        raise PlanError(
-            f"cannot read the model config {path}: {_first_line(exc)} Give a config.json with a known 'model_type' "
-            "(e.g. the model's own config.json, or params/configs/MiniMax-M2.config.json)."
-        ) from exc
-
-
-def read_model_config(profile: Profile, config_path: str | os.PathLike | None = None):
-    """The base's ``PretrainedConfig``, without downloading weights.
-
-    * ``config_path`` given: that config.json (or model folder) wins, whatever ``model.id`` says.
-    * ``model.id == "tiny"``: built from ``model.tiny`` exactly as ``modeling.tiny_config`` builds it.
-    * a GGUF file (``model.gguf_file``): the config its header describes (no weights dequantized).
-    * a local folder: its ``config.json``.
-    * ``MiniMaxAI/MiniMax-M2``: the published config bundled in ``params/configs`` (no network).
-    * any other hub id: ``AutoConfig.from_pretrained(id, revision)``, which fetches config.json only;
-      offline, a :class:`PlanError` says to pass a local config path instead.
-    """
-    spec = profile.model
-    if config_path is not None:
-        path = Path(config_path).expanduser()
-        if not path.exists():
-            raise PlanError(f"model config {path} does not exist; pass a config.json or a model folder")
-        return _read_config_file(path)
-    if spec.id == "tiny":
-        from .modeling import tiny_config
-
-        return tiny_config(spec.tiny, _SpecVocab(spec.tiny.vocab_size))
-    if spec.gguf_file:
-        from . import gguf
-
-        return gguf.read_config(gguf.locate(profile))
-    local = profile.resolve(spec.id) if profile.source else Path(spec.id).expanduser()
-    if local.exists():
-        config_file = local / "config.json" if local.is_dir() else local
-        if not config_file.is_file():
-            raise PlanError(f"model.id: {local} has no config.json; point model.id at a model folder")
-        return _read_config_file(config_file)
-    if spec.id in BUNDLED_CONFIGS:
-        return _read_config_file(BUNDLED_CONFIGS[spec.id])
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(spec.id, revision=spec.revision)
-    except Exception as exc:  # noqa: BLE001 - offline, gated, misspelt: the fix is the same
-        raise PlanError(
-            f"cannot read the config of {spec.id!r} (revision {spec.revision or 'default'}): {_first_line(exc)} "
-            "Download its config.json once and pass it: `modft plan --profile ... --config path/to/config.json`."
-        ) from exc
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameter inventory
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    """One parameter or buffer of the base, with what decides its dtype after loading."""
-
-    name: str
-    part: str  # experts | attention | dense_mlp | embeddings | lm_head | other
-    shape: tuple[int, ...]
-    kind: str  # linear (bnb quantizes it) | experts (fused 3-D) | float (stays 16/32-bit) | buffer
-    layer: int | None = None
-    buffer_itemsize: int = 0  # buffers keep their own dtype
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-PARTS = ("experts", "attention", "dense_mlp", "embeddings", "lm_head", "other")
-
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def _minimax_m2_tensors(config) -> list[_Tensor]:
-    """MiniMax-M2's parameters and buffers in closed form (module names as in transformers 5.x)."""
-    h, f = config.hidden_size, config.intermediate_size
-    nh, nkv, hd = config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
-    n_exp, vocab = config.num_local_experts, config.vocab_size
-    out: list[_Tensor] = [_Tensor("model.embed_tokens.weight", "embeddings", (vocab, h), "float")]
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        out += [
-            _Tensor(p + "self_attn.q_proj.weight", "attention", (nh * hd, h), "linear", i),
-            _Tensor(p + "self_attn.k_proj.weight", "attention", (nkv * hd, h), "linear", i),
-            _Tensor(p + "self_attn.v_proj.weight", "attention", (nkv * hd, h), "linear", i),
-            _Tensor(p + "self_attn.o_proj.weight", "attention", (h, nh * hd), "linear", i),
-            # q_norm/k_norm normalise the whole projection (not per head) in MiniMax-M2.
-            _Tensor(p + "self_attn.q_norm.weight", "other", (nh * hd,), "float", i),
-            _Tensor(p + "self_attn.k_norm.weight", "other", (nkv * hd,), "float", i),
-            # The router is a bare Parameter, not nn.Linear, so bitsandbytes leaves it alone.
-            _Tensor(p + "mlp.gate.weight", "other", (n_exp, h), "float", i),
-            _Tensor(p + "mlp.experts.gate_up_proj", "experts", (n_exp, 2 * f, h), "experts", i),
-            _Tensor(p + "mlp.experts.down_proj", "experts", (n_exp, h, f), "experts", i),
-            _Tensor(p + "input_layernorm.weight", "other", (h,), "float", i),
-            _Tensor(p + "post_attention_layernorm.weight", "other", (h,), "float", i),
-            # Created with torch.zeros, so it takes the load dtype.
-            _Tensor(p + "mlp.e_score_correction_bias", "other", (n_exp,), "buffer", i, 0),
-        ]
-    out.append(_Tensor("model.norm.weight", "other", (h,), "float"))
-    if not config.tie_word_embeddings:
-        out.append(_Tensor("lm_head.weight", "lm_head", (vocab, h), "lm_head"))
-    rope = getattr(config, "rope_parameters", None) or {}
-    rot = int(hd * rope.get("partial_rotary_factor", 1.0))
-    # inv_freq and original_inv_freq are built in fp32 explicitly, whatever the load dtype.
-    for name in ("inv_freq", "original_inv_freq"):
-        out.append(_Tensor(f"model.rotary_emb.{name}", "other", ((rot + 1) // 2,), "buffer", None, 4))
-    return out
-
-
-def _part_from_name(name: str) -> str:
-    if "attn" in name or "attention" in name:
-        return "attention"
-    return "dense_mlp"
-
-
-def _meta_model(config, dtype_name: str = "float32"):
-    """The base instantiated on the meta device: shapes and module types, no memory, no download."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype_name))
-
-
-def _meta_tensors(config, dtype_name: str = "float32") -> list[_Tensor]:
-    """Any architecture's parameters and buffers, classified from a meta-device instance."""
-    import torch
-
-    model = _meta_model(config, dtype_name)
-    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
-    seen: set[int] = set()
-    tensors: list[_Tensor] = []
-    layer_re = re.compile(r"\.layers\.(\d+)\.")
-    for mod_name, module in model.named_modules():
-        for pname, param in module.named_parameters(recurse=False):
-            if id(param) in seen:  # tied weights are one tensor
-                continue
-            seen.add(id(param))
-            name = f"{mod_name}.{pname}" if mod_name else pname
-            m = layer_re.search("." + name)
-            layer = int(m.group(1)) if m else None
-            shape = tuple(param.shape)
-            if module is out_emb:
-                part, kind = "lm_head", "lm_head"
-            elif module is in_emb:
-                part, kind = "embeddings", "float"
-            elif param.dim() == 3 and "expert" in name:
-                part, kind = "experts", "experts"
-            elif isinstance(module, torch.nn.Linear) and pname == "weight":
-                # Per-expert nn.Linear (older MoE code) is still expert weight; shared experts are dense.
-                part, kind = ("experts" if "expert" in name and "shared" not in name else _part_from_name(name)), "linear"
-            else:  # norms, routers held as bare parameters, biases
-                part, kind = "other", "float"
-            tensors.append(_Tensor(name, part, shape, kind, layer))
-        for bname, buf in module.named_buffers(recurse=False):
-            name = f"{mod_name}.{bname}" if mod_name else bname
-            m = layer_re.search("." + name)
-            tensors.append(_Tensor(name, "other", tuple(buf.shape), "buffer", int(m.group(1)) if m else None, buf.element_size()))
-    return tensors
-
-
-def _tensors(config, dtype_name: str = "float32") -> list[_Tensor]:
-    """The inventory: closed form for MiniMax-M2, the meta device (in the load dtype) otherwise."""
-    if getattr(config, "model_type", None) == "minimax_m2":
-        return _minimax_m2_tensors(config)
-    return _meta_tensors(config, dtype_name)
-
-
-def count_params(config) -> dict[str, int]:
-    """Parameters by part (plus ``total``): closed form for ``minimax_m2``, meta device otherwise.
-
-    Parts: ``experts`` (fused 3-D expert weights), ``attention`` (q/k/v/o projections),
-    ``dense_mlp`` (other nn.Linear layers, e.g. shared experts; 0 for MiniMax-M2), ``embeddings``,
-    ``lm_head`` (0 when tied), ``other`` (norms incl. q_norm/k_norm, routers, biases). Buffers such
-    as the router's score-correction bias are memory but not parameters and are not counted here.
-    """
-    counts = dict.fromkeys(PARTS, 0)
-    for t in _tensors(config):
-        if t.kind != "buffer":
-            counts[t.part] += t.numel
-    counts["total"] = sum(counts[p] for p in PARTS)
-    return counts
-
-
-def count_params_meta(config) -> dict[str, int]:
-    """The same counts from a meta-device instance, whatever the architecture (the ground truth)."""
-    counts = dict.fromkeys(PARTS, 0)
-    for t in _meta_tensors(config):
-        if t.kind != "buffer":
-            counts[t.part] += t.numel
-    counts["total"] = sum(counts[p] for p in PARTS)
-    return counts
 
 
 def nf4_bytes(numel: int, *, double_quant: bool = True) -> int:
@@ -526,7 +277,7 @@ class _Arch:
     qk_norm: bool
 
 
-def _arch(config, tensors: list[_Tensor]) -> _Arch:
+def _arch(config, tensors: list[Tensor]) -> _Arch:
     experts = (
         getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
         or getattr(config, "n_routed_experts", None) or 0
@@ -537,7 +288,7 @@ def _arch(config, tensors: list[_Tensor]) -> _Arch:
         layers=config.num_hidden_layers,
         heads=config.num_attention_heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-        head_dim=_head_dim(config),
+        head_dim=basecfg.head_dim(config),
         experts=int(experts),
         top_k=int(getattr(config, "num_experts_per_tok", 1) or 1) if experts else 1,
         ffn=int(ffn or config.intermediate_size),
@@ -626,12 +377,12 @@ def _activations(arch: _Arch, *, batch: int, seq: int, s: int, lora_rank_sum: in
 # LoRA
 
 
-def _lora_targets(tensors: list[_Tensor], lora: LoraSpec, where: str) -> list[_Tensor]:
+def _lora_targets(tensors: list[Tensor], lora: LoraSpec, where: str) -> list[Tensor]:
     """The nn.Linear weights PEFT wraps for ``target_modules`` (a name or a dotted suffix matches)."""
     linears = [t for t in tensors if t.kind in ("linear", "lm_head") and t.name.endswith(".weight")]
     if lora.target_modules == ["all-linear"]:
         return [t for t in linears if t.kind == "linear"]
-    hits: list[_Tensor] = []
+    hits: list[Tensor] = []
     for target in lora.target_modules:
         found = [t for t in linears if (mod := t.name[: -len(".weight")]) == target or mod.endswith("." + target)]
         if not found:
@@ -643,7 +394,7 @@ def _lora_targets(tensors: list[_Tensor], lora: LoraSpec, where: str) -> list[_T
     return hits
 
 
-def _lora_params(targets: list[_Tensor], r: int) -> int:
+def _lora_params(targets: list[Tensor], r: int) -> int:
     return sum(r * (t.shape[0] + t.shape[1]) for t in targets)  # A: r x in, B: out x r
 
 
@@ -717,7 +468,7 @@ class _Layout:
         return self.head + sum(self.layers) + self.tail
 
 
-def _layout(tensors: list[_Tensor], byte_of: dict[str, int], n_layers: int) -> _Layout:
+def _layout(tensors: list[Tensor], byte_of: dict[str, int], n_layers: int) -> _Layout:
     layers = [0] * n_layers
     head = tail = 0
     for t in tensors:
@@ -775,7 +526,7 @@ class _Priced:
     """A base priced for a profile: what ``plan`` and the smaller-base search both need."""
 
     arch: _Arch
-    tensors: list[_Tensor]
+    tensors: list[Tensor]
     rows: list[PlanRow]
     byte_of: dict[str, int]
     layout: _Layout
@@ -793,10 +544,10 @@ def _dtype_label(kind: str, load_in_4bit: bool, experts_4bit: bool, quant: str, 
 def _price(profile: Profile, config, *, experts_4bit: bool, stage: str) -> _Priced:
     spec = profile.model
     s = DTYPE_BYTES[spec.compute_dtype]
-    tensors = _tensors(config, spec.compute_dtype)
+    tensors = basecfg.tensors(config, spec.compute_dtype)
     arch = _arch(config, tensors)
 
-    def tensor_bytes(t: _Tensor, exp4: bool) -> int:
+    def tensor_bytes(t: Tensor, exp4: bool) -> int:
         if t.kind == "buffer":
             return t.numel * (t.buffer_itemsize or s)
         if _dtype_label(t.kind, spec.load_in_4bit, exp4, spec.quant_type, spec.compute_dtype) == spec.quant_type:
@@ -1060,183 +811,3 @@ def plan(
         trainable_params=phase.trainable,
         notes=notes,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Measuring a real training step (CPU), to check the arithmetic
-
-
-_MEASURE_SCRIPT = r"""
-import json, os, sys
-args = json.loads(sys.argv[1])
-sys.path.insert(0, args["repo"])
-
-def status(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-import gc
-import torch, transformers, peft, bitsandbytes  # noqa: F401 - imported before the baseline on purpose
-from modft_utils.config import Profile
-from modft_utils.modeling import BaseRef, load_base, lora_config
-torch.manual_seed(0)
-profile = Profile.model_validate_json(args["profile"])
-
-def step(model, ids):
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    return loss
-
-# Warm-up on a one-layer copy of the architecture, through the same loading and training code:
-# the first step pages in tens of MiB of library code (file-backed RSS), which is not memory the
-# training step's tensors need and which the plan does not price. Without it the code pages
-# counted as a fixed ~38 MiB on the tiny profile, whatever the batch.
-if args["warmup_base"]:
-    warm = peft.get_peft_model(load_base(profile, BaseRef(args["warmup_base"])), lora_config(profile.dapt.lora), adapter_name="domain")
-    warm.train()
-    step(warm, torch.randint(2, args["vocab"], (2, 16)))
-    torch.optim.AdamW([p for p in warm.parameters() if p.requires_grad], lr=1e-4).step()
-    del warm
-    gc.collect()
-baseline = status("VmRSS")
-baseline_file = status("RssFile")
-try:  # reset the high-water mark so import-time peaks do not count
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    reset = True
-except OSError:
-    reset = False
-model = load_base(profile, BaseRef(args["base"]))
-after_load = status("VmRSS")
-model = peft.get_peft_model(model, lora_config(profile.dapt.lora), adapter_name="domain")
-if args["stage"] == "sft":
-    model.add_adapter("task", lora_config(profile.sft.lora))
-    model.base_model.set_adapter(["domain", "task"])
-    for name, p in model.named_parameters():  # set_adapter makes every listed adapter trainable
-        p.requires_grad_(".task." in name)
-trainable = [p for p in model.parameters() if p.requires_grad]
-if args["checkpointing"]:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-model.train()
-opt = torch.optim.AdamW(trainable, lr=1e-4)
-ids = torch.randint(2, args["vocab"], (args["batch"], args["seq"]))
-peaks, losses = [], []
-for _ in range(args["steps"]):
-    loss = step(model, ids)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    losses.append(float(loss))
-    peaks.append(status("VmHWM"))
-print(json.dumps({
-    "baseline_rss": baseline, "after_load_rss": after_load, "hwm": status("VmHWM"), "hwm_per_step": peaks,
-    "hwm_reset": reset, "trainable_params": sum(p.numel() for p in trainable), "losses": losses,
-    "threads": torch.get_num_threads(), "library_pages_during_steps": status("RssFile") - baseline_file,
-}))
-"""
-
-
-def measure_training_peak(
-    profile: Profile,
-    *,
-    stage: Literal["dapt", "sft"] = "sft",
-    steps: int = 2,
-    checkpointing: bool | None = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    malloc_mmap_threshold: int | None = 65536,
-    warmup: bool = True,
-    timeout: float = 600,
-) -> dict[str, Any]:
-    """Peak resident-memory growth of real QLoRA training steps of a local base, on CPU.
-
-    A fresh Python process imports torch/transformers/peft/bitsandbytes, takes its resident memory
-    as the baseline (and resets the high-water mark), loads the base in 4-bit through
-    ``modeling.load_base``, adds the adapters (for SFT the frozen domain adapter too), and runs
-    ``steps`` AdamW steps at the profile's batch and sequence length. ``measured_bytes`` is the
-    high-water mark (VmHWM) minus the baseline. A subprocess because a process's peak only rises.
-    Only for bases that need no download (``tiny``, a local folder or a local GGUF file): the weights
-    are random, which changes no size.
-
-    ``malloc_mmap_threshold`` (glibc's ``MALLOC_MMAP_THRESHOLD_``) makes every allocation of that
-    many bytes or more its own mapping, returned to the system when freed, so resident memory follows
-    the live tensors. With glibc's default (None) freed blocks stay in the heap and are reused
-    imperfectly: measured on the tiny profile, the peak then grows from step to step and ends near
-    twice the live-tensor peak, a property of the CPU allocator, not of the training step.
-
-    ``warmup`` first trains one step of a one-layer copy of the architecture, so the library code
-    the first step pages in (about 30 MiB of file-backed RSS here) is resident before the baseline:
-    it is the process's, not the step's. ``library_pages_during_steps`` reports what still came in.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if not Path("/proc/self/status").exists():
-        raise PlanError("measure_training_peak reads /proc/self/status and needs Linux")
-    spec = profile.model
-    if spec.id != "tiny" and not spec.gguf_file and not profile.resolve(spec.id).exists():
-        raise PlanError(f"measure_training_peak builds the base locally; {spec.id!r} is not a local base")
-    config = read_model_config(profile)
-    section = profile.dapt if stage == "dapt" else profile.sft
-    batch = batch_size or section.train.batch_size
-    seq = seq_len or (profile.data.block_size if stage == "dapt" else profile.data.max_sft_tokens)
-    ckpt = section.train.gradient_checkpointing if checkpointing is None else checkpointing
-    with tempfile.TemporaryDirectory(prefix="modft-measure-") as tmp:
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(Path(tmp) / "base")
-        if warmup:
-            one_layer = copy.deepcopy(config)
-            one_layer.num_hidden_layers = 1
-            AutoModelForCausalLM.from_config(one_layer).save_pretrained(Path(tmp) / "warmup")
-        args = {
-            "repo": str(REPO_ROOT), "profile": profile.model_dump_json(), "base": str(Path(tmp) / "base"), "stage": stage,
-            "batch": batch, "seq": seq, "steps": steps, "checkpointing": ckpt, "vocab": config.vocab_size,
-            "warmup_base": str(Path(tmp) / "warmup") if warmup else None,
-        }
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)
-        if malloc_mmap_threshold is not None:
-            env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
-        proc = subprocess.run([sys.executable, "-c", _MEASURE_SCRIPT, json.dumps(args)],
-                              capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training-step measurement failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(stage=stage, batch=batch, seq=seq, checkpointing=ckpt, steps=steps,
-                  malloc_mmap_threshold=malloc_mmap_threshold, measured_bytes=result["hwm"] - result["baseline_rss"])
-    return result
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _cmd_plan(args) -> int:
-    try:
-        profile = load_profile(args.profile, check_paths=False)
-        result = plan(profile, gpu_memory=args.gpu_memory, gpus=args.gpus, experts_4bit=not args.stock_experts,
-                      stage=args.stage, config_path=args.config)
-    except (PlanError, ProfileError) as exc:
-        print(f"modft plan: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
-    return 1 if args.check and not result.fits else 0
-
-
-def add_plan_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``modft plan``: print the memory plan of a profile (no weights are downloaded)."""
-    p = subparsers.add_parser("plan", help="will this profile's training fit on this GPU? (reads configs only)")
-    p.add_argument("--profile", required=True, help="profile YAML, e.g. params/minimax_m2.yaml")
-    p.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB, 80GB (default: the profile's, else 24GiB)")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (device_map='auto' splits whole layers)")
-    p.add_argument("--stage", choices=("dapt", "sft", "both"), default="both", help="which training phase(s)")
-    p.add_argument("--stock-experts", action="store_true",
-                   help="price the fused experts as stock bitsandbytes leaves them (16-bit), not 4-bit")
-    p.add_argument("--config", help="a local config.json to use instead of the profile's base (offline hub ids)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--check", action="store_true", help="exit 1 when it does not fit")
-    p.set_defaults(func=_cmd_plan)
-    return p

@@ -41,24 +41,19 @@ Guarantees, and where they stop (docs/store_guarantees.md goes through a crash a
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import hashlib
 import json
-import math
 import os
 import posixpath
-import re
 import shutil
 import socket
 import stat
-import sys
 import time
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,439 +61,61 @@ from typing import Any
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-DEFAULT_ROOT = "outputs/registry"
-FORMAT = 2
-# Format 1 manifests, written before a manifest carried its own sha256, are still read.
-READABLE_FORMATS = (1, 2)
-MANIFEST = "manifest.json"
-AUDIT_FILE = "audit.jsonl"
-ALIASES_FILE = "aliases.json"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-# Written beside an adapter by adapters.save_adapter (not stored): the base it was trained on.
-BASE_RECORD = "base_identity.json"
-# Any of these could be a pickle, and unpickling runs arbitrary code; PEFT itself falls back to
-# adapter_model.bin when the safetensors file is missing.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-RESERVED_SELECTORS = ("latest",)
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-# An adapter name is a folder name; 255 bytes is the usual limit, and paths get long on object stores.
-NAME_MAX = 100
-_ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]*\Z")
-# ASCII only and no leading zero: str.isdigit() also takes '٣' and '³', and '03' would name version 3
-# through a folder that is not called 3.
-_VERSION_RE = re.compile(r"[1-9][0-9]*\Z")
-# Keys of config.to_json_string(use_diff=False) that change with how a model was loaded or which
-# library saved it, not with which weights it has: dtype, a 4-bit load, the folder it came from.
-# Keys starting with "_" (_name_or_path, _commit_hash, _attn_implementation...) are dropped too.
-_VOLATILE_CONFIG_KEYS = frozenset(
-    {
-        "transformers_version",
-        "name_or_path",
-        "dtype",
-        "torch_dtype",
-        "architectures",
-        "quantization_config",
-        "attn_implementation",
-        "experts_implementation",
-        "use_cache",
-        "output_attentions",
-        "output_hidden_states",
-        "return_dict",
-    }
+from .store_records import (  # noqa: F401 - re-exported: registry is where callers find them
+    _adapter_summary,
+    _alias_history,
+    _ALIAS_RE,
+    _check_alias,
+    _check_files,
+    _check_version,
+    _is_int,
+    _jsonable,
+    _last_moves,
+    _libraries,
+    _ManifestIssue,
+    _NAME_RE,
+    _parse_event,
+    _sha256_fs,
+    _VERSION_RE,
+    ADAPTER_FILES,
+    AdapterRef,
+    AdapterVersion,
+    ALIASES_FILE,
+    AUDIT_FILE,
+    AuditDamage,
+    base_identity,
+    base_identity_from_config_file,
+    BASE_RECORD,
+    BaseIdentity,
+    check_adapter_dir,
+    check_files_against_manifest,
+    check_name,
+    CONFIG_FILE,
+    config_sha256,
+    IncompatibleAdapterError,
+    IntegrityError,
+    InvalidAdapterError,
+    loads_json,
+    Manifest,
+    MANIFEST,
+    NAME_MAX,
+    pickle_files,
+    Problem,
+    read_base_record,
+    RegistryError,
+    RESERVED_SELECTORS,
+    verify_version,
+    WEIGHTS_FILE,
 )
+
+DEFAULT_ROOT = "outputs/registry"
+
+
 # A staging folder with no owner record may be one that is being created right now.
 _ORPHAN_STAGING_S = 3600.0
+
+
 _LOCK_POLL_S = 0.1
-
-
-class RegistryError(RuntimeError):
-    """A registry operation that cannot be done; the message names the adapter, version or file."""
-
-
-class IntegrityError(RegistryError):
-    """Stored files differ from what their manifest recorded."""
-
-
-class InvalidAdapterError(RegistryError):
-    """An adapter folder that must not be published or loaded (pickle, missing or broken file)."""
-
-
-class IncompatibleAdapterError(RegistryError):
-    """An adapter that does not belong to this model: other base, other parent, other shapes."""
-
-
-class _ManifestIssue(ValueError):
-    """Why a manifest cannot be trusted; the caller adds which version it belongs to."""
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not standard JSON")
-
-
-def _loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses NaN and Infinity: Python writes them by default, other readers fail on them."""
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def _canonical_sha256(value: Any) -> str:
-    return hashlib.sha256(
-        json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    ).hexdigest()
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # true and false are ints to Python
-
-
-@dataclass(frozen=True)
-class BaseIdentity:
-    """Which base model an adapter was trained on.
-
-    ``config_sha256`` is the sha256 of the base config without load-time keys (see
-    :func:`config_sha256`). Two bases match when their config hashes match and, where both
-    revisions are known, the revisions match; ``model_id`` is shown but not compared, because the
-    same base is often reached through different paths (a hub id here, a local folder there).
-    A config hash cannot tell apart two checkpoints of one architecture: pin ``revision`` for those.
-    """
-
-    model_id: str
-    revision: str | None
-    config_sha256: str
-
-    def matches(self, other: BaseIdentity) -> bool:
-        if self.config_sha256 != other.config_sha256:
-            return False
-        return self.revision is None or other.revision is None or self.revision == other.revision
-
-    def __str__(self) -> str:
-        return f"model_id={self.model_id!r} revision={self.revision!r} config_sha256={self.config_sha256}"
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """One concrete adapter version, written ``name@version``."""
-
-    name: str
-    version: int
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Everything recorded about one version; stored as ``manifest.json`` next to the adapter."""
-
-    name: str
-    version: int
-    files: dict[str, str]  # file name -> sha256 of its bytes
-    base: BaseIdentity
-    parent: AdapterRef | None  # a task adapter records the domain version it was trained on
-    params: dict[str, Any]
-    data_fingerprint: str
-    metrics: dict[str, Any]
-    note: str
-    created_at: str  # UTC, ISO 8601
-    created_by: str  # user@host
-    adapter: dict[str, Any]  # peft_type, r, lora_alpha, targets: read from adapter_config.json
-    libraries: dict[str, str]
-    format: int = FORMAT
-
-    @property
-    def sealed(self) -> bool:
-        """Whether the stored manifest carries the sha256 of its own content (format 2 on)."""
-        return self.format >= 2
-
-    def content_sha256(self) -> str:
-        """sha256 of this manifest's canonical JSON: what ``manifest_sha256`` and the publish record hold."""
-        return _canonical_sha256(asdict(self))
-
-    def to_json(self) -> str:
-        body = asdict(self)
-        body["manifest_sha256"] = _canonical_sha256(body)
-        return json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Manifest:
-        """Parse a manifest; raise ValueError (with the reason) on anything malformed or edited."""
-        try:
-            raw = _loads(text)
-        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, NaN
-            raise _ManifestIssue(f"unreadable manifest: not JSON ({err})") from None
-        if not isinstance(raw, dict):
-            raise _ManifestIssue("unreadable manifest: not a JSON object")
-        fmt = raw.get("format")
-        if not _is_int(fmt) or fmt not in READABLE_FORMATS:
-            raise _ManifestIssue(f"unreadable manifest: format {fmt!r}, this code reads formats {READABLE_FORMATS}")
-        if fmt >= 2:
-            recorded = raw.pop("manifest_sha256", None)
-            actual = _canonical_sha256(raw)
-            if recorded != actual:
-                raise _ManifestIssue(
-                    f"edited after it was published: its content hashes to {actual[:16]}..., "
-                    f"its manifest_sha256 says {str(recorded)[:16]}..."
-                )
-        try:
-            parent = raw["parent"]
-            manifest = cls(
-                name=str(raw["name"]),
-                version=int(raw["version"]),
-                files={str(k): str(v) for k, v in raw["files"].items()},
-                base=BaseIdentity(**raw["base"]),
-                parent=None if parent is None else AdapterRef(str(parent["name"]), int(parent["version"])),
-                params=dict(raw["params"]),
-                data_fingerprint=str(raw["data_fingerprint"]),
-                metrics=dict(raw["metrics"]),
-                note=str(raw["note"]),
-                created_at=str(raw["created_at"]),
-                created_by=str(raw["created_by"]),
-                adapter=dict(raw["adapter"]),
-                libraries=dict(raw["libraries"]),
-                format=fmt,
-            )
-        except (KeyError, TypeError, AttributeError, ValueError) as err:
-            raise _ManifestIssue(
-                f"unreadable manifest: missing or malformed field ({type(err).__name__}: {err})"
-            ) from None
-        if set(manifest.files) != set(ADAPTER_FILES):
-            raise _ManifestIssue(
-                f"unreadable manifest: lists files {sorted(manifest.files)}, expected {list(ADAPTER_FILES)}"
-            )
-        return manifest
-
-
-@dataclass(frozen=True)
-class AdapterVersion:
-    """A published version: its manifest and where its files are.
-
-    ``path`` is the local folder, or None when the store is remote; :meth:`local_copy` gives a
-    local folder in both cases (downloading and verifying a remote version into a cache).
-    ``reused`` is True when :meth:`Registry.publish` found these files already stored as this version.
-    """
-
-    name: str
-    version: int
-    manifest: Manifest
-    uri: str
-    path: Path | None
-    registry_uri: str = field(repr=False)
-    _fs: Any = field(repr=False, compare=False)
-    _fs_path: str = field(repr=False, compare=False)
-    reused: bool = field(default=False, compare=False)
-
-    @property
-    def ref(self) -> AdapterRef:
-        return AdapterRef(self.name, self.version)
-
-    def local_copy(self, cache_dir: str | os.PathLike | None = None) -> Path:
-        """A local folder holding this version's files, verified against the manifest.
-
-        Remote versions are downloaded once into ``cache_dir`` (default ``$MODFT_REGISTRY_CACHE``
-        or ``~/.cache/modft/registry``); a cached copy that no longer verifies is fetched again.
-        """
-        if self.path is not None:
-            return self.path
-        base = Path(
-            cache_dir
-            or os.environ.get("MODFT_REGISTRY_CACHE")
-            or Path.home() / ".cache" / "modft" / "registry"
-        )
-        target = (
-            base / hashlib.sha256(self.registry_uri.encode()).hexdigest()[:16] / self.name / str(self.version)
-        )
-        local = LocalFileSystem()
-        if target.is_dir() and not _check_files(local, str(target), self.manifest, self.name, self.version):
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".download-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            for fname in (*ADAPTER_FILES, MANIFEST):
-                self._fs.get_file(posixpath.join(self._fs_path, fname), str(tmp / fname))
-            _raise_problems(_check_files(local, str(tmp), self.manifest, self.name, self.version))
-            if target.exists():
-                shutil.rmtree(target)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                # Another process finished the same download first; keep its copy if it verifies.
-                _raise_problems(_check_files(local, str(target), self.manifest, self.name, self.version))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One integrity problem found by :meth:`Registry.verify`."""
-
-    adapter: str
-    version: int | None
-    file: str
-    issue: str
-
-    def __str__(self) -> str:
-        where = self.adapter if self.version is None else f"{self.adapter}@{self.version}"
-        return f"{where}: {self.file}: {self.issue}"
-
-
-@dataclass(frozen=True)
-class AuditDamage:
-    """A line of ``audit.jsonl`` that holds no readable event.
-
-    ``torn`` marks the last line of the file when it has no end of line: a write that was cut
-    short (a crash mid-append, a full disk). ``recorded_by`` is the line of the ``recover``
-    record that a later write added for it, or None while nobody has.
-    """
-
-    line: int
-    issue: str
-    torn: bool
-    sha256: str
-    recorded_by: int | None = None
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.issue}"
-
-
-# --------------------------------------------------------------------------- base identity
-
-
-def config_sha256(config) -> str:
-    """sha256 of a transformers config without the keys that change with how it was loaded."""
-    full = json.loads(config.to_json_string(use_diff=False))
-    canonical = json.dumps(_strip_volatile(full), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _strip_volatile(value: Any) -> Any:
-    # Sub-configs (text_config, vision_config, ...) carry the same load-time keys.
-    if isinstance(value, dict):
-        return {
-            k: _strip_volatile(v)
-            for k, v in value.items()
-            if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
-        }
-    if isinstance(value, list):
-        return [_strip_volatile(v) for v in value]
-    return value
-
-
-def base_identity(model, *, model_id: str | None = None, revision: str | None = None) -> BaseIdentity:
-    """The identity of ``model``'s base (a plain model or a PeftModel around one).
-
-    ``model_id`` defaults to the config's ``_name_or_path`` and ``revision`` to the hub commit
-    the config came from, when transformers recorded one.
-    """
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    return BaseIdentity(
-        model_id=model_id if model_id is not None else str(getattr(config, "_name_or_path", "") or ""),
-        revision=revision if revision is not None else getattr(config, "_commit_hash", None),
-        config_sha256=config_sha256(config),
-    )
-
-
-def base_identity_from_config_file(
-    path: str | os.PathLike, *, model_id: str, revision: str | None = None
-) -> BaseIdentity:
-    """The identity of a base from its ``config.json`` (a file or the folder holding it), no weights.
-
-    The config is instantiated with its model class's defaults, so the hash equals
-    :func:`base_identity` of a model loaded from the same folder.
-    """
-    from transformers import AutoConfig
-
-    path = Path(path)
-    if not path.exists():
-        raise RegistryError(f"base config {path} does not exist")
-    config = AutoConfig.from_pretrained(str(path))
-    return BaseIdentity(model_id=model_id, revision=revision, config_sha256=config_sha256(config))
-
-
-# --------------------------------------------------------------------------- adapter folders
-
-
-def _sha256_fs(fs, path: str) -> str:
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _pickle_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
-
-
-def check_adapter_dir(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-    """Validate a PEFT adapter folder and return its parsed ``adapter_config.json``.
-
-    Refuses a folder holding a pickle, one without ``adapter_config.json`` or with an unparsable
-    one, and a missing, truncated or unreadable ``adapter_model.safetensors`` (its header is
-    opened with ``safe_open``, which checks that the tensors it lists fit in the file).
-    """
-    from safetensors import SafetensorError, safe_open
-
-    folder = Path(adapter_dir)
-    if not folder.is_dir():
-        raise InvalidAdapterError(f"adapter folder {folder} does not exist")
-    pickles = _pickle_files(folder)
-    if pickles:
-        raise InvalidAdapterError(
-            f"{folder / pickles[0]}: refusing an adapter folder holding a pickle {pickles}; "
-            "save with safe_serialization=True and remove the pickle"
-        )
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        nested = sorted(str(p.parent.relative_to(folder)) for p in folder.glob(f"*/{CONFIG_FILE}"))
-        # PEFT saves an adapter not named "default" into a subfolder named after it.
-        hint = f" (found one in subfolder(s) {nested}: pass that folder)" if nested else ""
-        raise InvalidAdapterError(f"{config_path}: missing; not a PEFT adapter folder{hint}")
-    try:
-        adapter_config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidAdapterError(f"{config_path}: not valid JSON ({err})") from None
-    if not isinstance(adapter_config, dict) or "peft_type" not in adapter_config:
-        raise InvalidAdapterError(f"{config_path}: has no 'peft_type'; not a PEFT adapter config")
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise InvalidAdapterError(f"{weights}: missing")
-    try:
-        with safe_open(str(weights), framework="numpy") as fh:
-            keys = list(fh.keys())
-            for key in keys:
-                fh.get_slice(key).get_shape()
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InvalidAdapterError(f"{weights}: unreadable or truncated safetensors file ({err})") from None
-    if not keys:
-        raise InvalidAdapterError(f"{weights}: holds no tensors")
-    return adapter_config
-
-
-def _adapter_summary(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
-    targets = adapter_config.get("target_modules")
-    return {
-        "peft_type": adapter_config.get("peft_type"),
-        "r": adapter_config.get("r"),
-        "lora_alpha": adapter_config.get("lora_alpha"),
-        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
-        "target_parameters": adapter_config.get("target_parameters"),
-        "base_model_name_or_path": adapter_config.get("base_model_name_or_path"),
-    }
-
-
-def _libraries() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("peft", "transformers", "safetensors", "torch"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return found
 
 
 def _copy_file(src: Path, fs, dst: str) -> None:
@@ -511,48 +128,6 @@ def _copy_file(src: Path, fs, dst: str) -> None:
         fs.put_file(str(src), dst)
 
 
-def _check_files(fs, folder: str, manifest: Manifest, name: str, version: int) -> list[Problem]:
-    """Problems with the files of one version folder against ``manifest``; empty when intact."""
-    problems = []
-    try:
-        present = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
-    except FileNotFoundError:
-        return [Problem(name, version, folder, "version folder is missing")]
-    for fname, expected in sorted(manifest.files.items()):
-        if fname not in present:
-            problems.append(Problem(name, version, fname, "missing"))
-            continue
-        actual = _sha256_fs(fs, posixpath.join(folder, fname))
-        if actual != expected:
-            problems.append(
-                Problem(
-                    name,
-                    version,
-                    fname,
-                    f"sha256 mismatch: manifest {expected[:16]}..., file {actual[:16]}...",
-                )
-            )
-    for extra in sorted(present - set(manifest.files) - {MANIFEST}):
-        kind = "pickle file" if extra.lower().endswith(PICKLE_SUFFIXES) else "file"
-        problems.append(Problem(name, version, extra, f"extra {kind} not listed in the manifest"))
-    return problems
-
-
-def _raise_problems(problems: list[Problem]) -> None:
-    if problems:
-        raise IntegrityError("; ".join(str(p) for p in problems))
-
-
-def verify_version(version: AdapterVersion) -> None:
-    """Re-hash every file of ``version`` where it is stored; raise IntegrityError naming the file."""
-    _raise_problems(
-        _check_files(version._fs, version._fs_path, version.manifest, version.name, version.version)
-    )
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -563,57 +138,6 @@ def _whoami() -> str:
     except Exception:  # getpass raises varied errors in containers with no passwd entry
         user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
     return f"{user}@{socket.gethostname()}"
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RegistryError(f"invalid adapter name {name!r}: use letters, digits, '_', '-', '.'")
-    if len(name) > NAME_MAX:
-        raise RegistryError(
-            f"invalid adapter name {name[:20]!r}... ({len(name)} characters): at most {NAME_MAX} characters, "
-            "as it names a folder"
-        )
-    return name
-
-
-def _check_version(name: str, version: Any) -> int:
-    if not _is_int(version) or version < 1:
-        raise RegistryError(f"{name}@{version!r}: a version is a whole number from 1")
-    return version
-
-
-def _check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
-        raise RegistryError(f"invalid alias {alias!r}: must match [a-z][a-z0-9_-]*")
-    if alias in RESERVED_SELECTORS:
-        raise RegistryError(f"alias {alias!r} is reserved: it always means the highest version")
-    return alias
-
-
-def _non_finite(value: Any, where: str) -> str | None:
-    """Where in ``value`` a NaN or infinity sits (``metrics['f1']``), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{where} is {value!r}"
-    if isinstance(value, Mapping):
-        children = ((f"{where}[{k!r}]", v) for k, v in value.items())
-    elif isinstance(value, (list, tuple)):
-        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    return next((found for path, v in children if (found := _non_finite(v, path))), None)
-
-
-def _jsonable(what: str, value: Any) -> None:
-    found = _non_finite(value, what)
-    if found:
-        raise RegistryError(
-            f"{found}: a manifest is standard JSON, which has no NaN or Infinity; "
-            "leave the value out or record it as null"
-        )
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise RegistryError(f"{what} must be JSON-serialisable: {err}") from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -638,72 +162,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _parse_event(raw: bytes) -> dict[str, Any]:
-    """One audit line as an event; ValueError saying why it is not one."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
-    try:
-        event = _loads(text)
-    except ValueError as err:
-        raise ValueError(f"not JSON ({err})") from None
-    if not isinstance(event, dict):
-        raise ValueError(f"not a JSON object ({text[:40]!r})")
-    kind = event.get("event")
-    if not isinstance(kind, str):
-        raise ValueError(f"a JSON object with no 'event' name ({text[:40]!r})")
-    if kind == "publish":
-        ok = _is_int(event.get("version"))
-    elif kind in ("promote", "rollback"):
-        ok = (
-            isinstance(event.get("alias"), str)
-            and _is_int(event.get("to"))
-            and (event.get("from") is None or _is_int(event.get("from")))
-        )
-    else:
-        ok = True
-    if not ok:
-        raise ValueError(f"malformed {kind} event ({text[:60]!r})")
-    return event
-
-
-def _unapplied_moves(events: list[tuple[int, dict[str, Any]]]) -> set[int]:
-    """Lines of moves that a ``recover`` record says never reached aliases.json."""
-    return {e["move_line"] for _, e in events if e["event"] == "recover" and _is_int(e.get("move_line"))}
-
-
-def _last_moves(events: list[tuple[int, dict[str, Any]]]) -> dict[str, tuple[int, dict[str, Any]]]:
-    """The last move that took effect, per alias: (line, event)."""
-    unapplied = _unapplied_moves(events)
-    last: dict[str, tuple[int, dict[str, Any]]] = {}
-    for lineno, event in events:
-        if event["event"] in ("promote", "rollback") and lineno not in unapplied:
-            last[event["alias"]] = (lineno, event)
-    return last
-
-
-def _alias_history(events: list[tuple[int, dict[str, Any]]], alias: str) -> list[int]:
-    """Versions ``alias`` held before its current one, oldest first, replaying promotes and rollbacks.
-
-    ``events`` are (line, event) pairs; moves that never reached aliases.json are left out.
-    """
-    unapplied = _unapplied_moves(events)
-    stack: list[int] = []
-    for lineno, event in events:
-        if event.get("alias") != alias or lineno in unapplied:
-            continue
-        if event.get("event") == "promote":
-            if event.get("from") is not None and event.get("from") != event.get("to"):
-                stack.append(int(event["from"]))
-        elif event.get("event") == "rollback" and stack:
-            stack.pop()
-    return stack
-
-
-# --------------------------------------------------------------------------- the store
 
 
 class Registry:
@@ -789,7 +247,7 @@ class Registry:
 
     def versions(self, name: str) -> list[int]:
         """Visible (complete) versions of ``name``, ascending; half-written ones are ignored."""
-        return sorted(n for n, visible in self._version_dirs(_check_name(name)).items() if visible)
+        return sorted(n for n, visible in self._version_dirs(check_name(name)).items() if visible)
 
     def choices(self, name: str) -> list[tuple[str, str]]:
         """(label, reference) for every version of ``name``, newest first, labelled with its aliases.
@@ -817,7 +275,7 @@ class Registry:
 
     def get(self, name: str, version: int) -> AdapterVersion:
         """Version ``version`` of ``name``; RegistryError if it does not exist."""
-        _check_name(name)
+        check_name(name)
         _check_version(name, version)
         folder = self._p(name, "versions", str(version))
         try:
@@ -842,13 +300,13 @@ class Registry:
 
     def aliases(self, name: str) -> dict[str, int]:
         """The aliases of ``name`` and the versions they point at (whether those exist is not checked)."""
-        path = self._p(_check_name(name), ALIASES_FILE)
+        path = self._p(check_name(name), ALIASES_FILE)
         try:
             raw = self.fs.cat_file(path)
         except FileNotFoundError:
             return {}
         try:
-            data = _loads(raw)
+            data = loads_json(raw)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             for alias, target in data.items():
@@ -864,7 +322,7 @@ class Registry:
     def _read_audit(self, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[AuditDamage]]:
         """(line number, event) for every readable line of the audit log, and the lines that are not."""
         try:
-            raw = self.fs.cat_file(self._p(_check_name(name), AUDIT_FILE))
+            raw = self.fs.cat_file(self._p(check_name(name), AUDIT_FILE))
         except FileNotFoundError:
             return [], []
         lines = raw.split(b"\n")
@@ -921,7 +379,7 @@ class Registry:
         if isinstance(ref, AdapterRef):
             return self.get(ref.name, ref.version)
         name, sep, selector = str(ref).partition("@")
-        _check_name(name)
+        check_name(name)
         if not sep:
             if "production" in self.aliases(name):
                 return self._by_alias(name, "production")
@@ -1160,7 +618,7 @@ class Registry:
         What to run after a crash when no publish, promote or rollback is due, so that ``verify``
         passes again.
         """
-        names = [_check_name(name)] if name is not None else self.names()
+        names = [check_name(name)] if name is not None else self.names()
         if name is not None:
             self._require(name)
         done = {}
@@ -1215,7 +673,7 @@ class Registry:
         parent, that version is returned with ``reused=True`` and nothing is written or recorded:
         its manifest keeps the params, metrics and note it was first published with.
         """
-        _check_name(name)
+        check_name(name)
         if not isinstance(base, BaseIdentity):
             raise RegistryError(
                 f"base must be a BaseIdentity (from base_identity(model)), got {type(base).__name__}"
@@ -1329,7 +787,7 @@ class Registry:
         actor: str | None = None,
     ) -> dict[str, Any]:
         """Point ``alias`` at ``version`` (a number, or another alias to copy); returns the audit event."""
-        _check_name(name)
+        check_name(name)
         _check_alias(alias)
         if not reason or not str(reason).strip():
             raise RegistryError("a promotion needs a reason: it is kept in the audit log")
@@ -1343,7 +801,7 @@ class Registry:
         self, name: str, alias: str = "production", *, reason: str, actor: str | None = None
     ) -> dict[str, Any]:
         """Move ``alias`` back to the version it held before; each call goes one step further back."""
-        _check_name(name)
+        check_name(name)
         _check_alias(alias)
         if not reason or not str(reason).strip():
             raise RegistryError("a rollback needs a reason: it is kept in the audit log")
@@ -1360,7 +818,7 @@ class Registry:
         a move of this alias, so the history cannot be trusted: that is an error naming the line.
         A torn last line is not: it is recorded by the rollback's own recovery first.
         """
-        _check_name(name)
+        check_name(name)
         _check_alias(alias)
         self._require(name)
         events, damage = self._read_audit(name)
@@ -1415,7 +873,7 @@ class Registry:
         """
         self._require_store()
         if name is not None:
-            self._require(_check_name(name))
+            self._require(check_name(name))
             names = [name]
         else:
             names = self.names()
@@ -1631,406 +1089,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _lora_keys_mismatch(peft_model, weights: Path, adapter_name: str) -> tuple[list[str], list[str]]:
-    """Adapter weights PEFT expected but the file lacks, and tensors in the file PEFT did not use.
-
-    ``get_peft_model_state_dict`` yields exactly the keys ``save_pretrained`` would write for this
-    adapter in this model; comparing it with the file gives the adapter-filtered
-    ``missing_keys``/``unexpected_keys`` of a load result, also for ``PeftModel.from_pretrained``,
-    which does not return one (and only warns).
-    """
-    from peft.utils import get_peft_model_state_dict
-    from safetensors import safe_open
-
-    expected = set(
-        get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
-    )
-    with safe_open(str(weights), framework="numpy") as fh:
-        in_file = set(fh.keys())
-    return sorted(expected - in_file), sorted(in_file - expected)
-
-
-def _strip_lora_layers(model) -> None:
-    """Undo a ``PeftModel.from_pretrained`` that already wrapped ``model``'s layers in place."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    replaced: list[str] = []
-    for mod_name, module in list(model.named_modules()):
-        wrapper = isinstance(module, AuxiliaryTrainingWrapper)  # trainable-token rows around an embedding
-        if not (wrapper or isinstance(module, BaseTunerLayer)) or any(mod_name.startswith(r + ".") for r in replaced):
-            continue
-        parent_name, _, child = mod_name.rpartition(".")
-        original = module.original_module if wrapper else module.get_base_layer()
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, original)
-        replaced.append(mod_name)
-    if "peft_config" in vars(model):
-        del model.peft_config
-
-
-def _discard(model, adapter_name: str, was_peft: bool) -> None:
-    """Leave ``model`` as it was before a failed load."""
-    if was_peft:
-        if adapter_name in getattr(model, "peft_config", {}):
-            model.delete_adapter(adapter_name)
-    else:
-        _strip_lora_layers(model)
-
-
-def load_adapter_into(
-    model,
-    version: AdapterVersion,
-    adapter_name: str,
-    *,
-    base: BaseIdentity,
-    force_parent: bool = False,
-    active_parent: AdapterRef | None = None,
-):
-    """Load a registry version into ``model`` as frozen adapter ``adapter_name``; return the PeftModel.
-
-    Checks, in order: every file's sha256 against the manifest, no pickle, the manifest's base
-    identity against ``base``, the recorded parent against ``active_parent`` (skipped with
-    ``force_parent``), then loads with PEFT and turns shape mismatches and missing or unexpected
-    adapter weights, which PEFT only warns about, into errors. On any failure the model is left as
-    it was. ``model`` may be a plain transformers model or a PeftModel holding other adapters.
-    """
-    from peft import PeftModel
-
-    from .adapters import ensure_peft_fixes
-
-    ensure_peft_fixes()
-    label = f"adapter {adapter_name!r} ({version.ref})"
-    path = version.local_copy()
-    pickles = _pickle_files(path)
-    if pickles:
-        raise InvalidAdapterError(
-            f"{label}: {path / pickles[0]}: refusing to load a folder holding a pickle {pickles}"
-        )
-    _raise_problems(
-        _check_files(LocalFileSystem(), str(path), version.manifest, version.name, version.version)
-    )
-    trained_on = version.manifest.base
-    if not trained_on.matches(base):
-        raise IncompatibleAdapterError(
-            f"{label} was trained on a different base:\n"
-            f"  adapter's base: {trained_on}\n"
-            f"  this model:     {base}"
-        )
-    expected_parent = version.manifest.parent
-    if expected_parent is not None and expected_parent != active_parent:
-        message = (
-            f"{label} was trained on top of {expected_parent}, "
-            f"but the active parent is {active_parent or 'none'}"
-        )
-        if not force_parent:
-            raise IncompatibleAdapterError(
-                message + "; load that parent first, or pass force_parent=True to load it anyway"
-            )
-        warnings.warn(message + " (loading anyway: force_parent=True)", stacklevel=2)
-
-    was_peft = isinstance(model, PeftModel)
-    if was_peft and adapter_name in model.peft_config:
-        raise RegistryError(f"{label}: an adapter named {adapter_name!r} is already loaded in this model")
-    try:
-        with warnings.catch_warnings():
-            # PEFT's missing-keys warning is replaced by the error below.
-            warnings.filterwarnings("ignore", message="Found missing adapter keys")
-            if was_peft:
-                model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=False)
-                peft_model = model
-            else:
-                peft_model = PeftModel.from_pretrained(
-                    model, str(path), adapter_name=adapter_name, is_trainable=False
-                )
-    except Exception as err:
-        _discard(model, adapter_name, was_peft)
-        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
-        raise IncompatibleAdapterError(
-            f"{label} does not fit this model (rank or shape mismatch?): {type(err).__name__}: {detail}"
-        ) from err
-    missing, unexpected = _lora_keys_mismatch(peft_model, path / WEIGHTS_FILE, adapter_name)
-    if missing or unexpected:
-        _discard(model, adapter_name, was_peft)
-        raise IncompatibleAdapterError(
-            f"{label} does not fit this model: {len(missing)} adapter weight(s) missing from {WEIGHTS_FILE} "
-            f"{missing[:3]}, {len(unexpected)} unexpected in it {unexpected[:3]}"
-        )
-    return peft_model
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_registry_commands(subparsers) -> argparse.ArgumentParser:
-    """Add ``registry {list,show,publish,promote,rollback,verify,recover}`` to an argparse subparsers object."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--registry",
-        default=DEFAULT_ROOT,
-        metavar="URI",
-        help=f"registry folder or fsspec URL (default: {DEFAULT_ROOT})",
-    )
-
-    reg = subparsers.add_parser(
-        "registry", help="versioned store of LoRA adapters", description=__doc__.split("\n\n")[0]
-    )
-    sub = reg.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
-    sub.add_parser("list", parents=[common], help="every version of every adapter")
-    p = sub.add_parser("show", parents=[common], help="one version in detail")
-    p.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
-    p = sub.add_parser("publish", parents=[common], help="store an adapter folder as the next version")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument(
-        "adapter_dir", metavar="DIR", help="folder with adapter_config.json and adapter_model.safetensors"
-    )
-    p.add_argument("--parent", metavar="REF", help="adapter this one was trained on, e.g. domain@production")
-    p.add_argument(
-        "--base-config",
-        metavar="PATH",
-        help="base config.json (or its folder); default: the base of the run folder holding DIR "
-        "(vocabulary extension included), else <base_model_name_or_path>/config.json",
-    )
-    p.add_argument(
-        "--base-revision", metavar="REV", help="hub revision of the base, when it came from the hub"
-    )
-    p.add_argument("--params", default="{}", metavar="JSON", help="training parameters, a JSON object")
-    p.add_argument("--metrics", default="{}", metavar="JSON", help="evaluation metrics, a JSON object")
-    p.add_argument("--data-fingerprint", default="", metavar="SHA", help="fingerprint of the training data")
-    p.add_argument("--note", default="")
-    p = sub.add_parser("promote", parents=[common], help="point an alias at a version")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("version", metavar="VERSION", help="a version number, or an alias whose version to take")
-    p.add_argument("--alias", default="production")
-    p.add_argument("--reason", required=True)
-    p.add_argument("--actor", help="who (default: user@host)")
-    p = sub.add_parser("rollback", parents=[common], help="move an alias back to its previous version")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--alias", default="production")
-    p.add_argument("--reason", required=True)
-    p.add_argument("--actor", help="who (default: user@host)")
-    p = sub.add_parser("verify", parents=[common], help="re-hash every stored file; exit 1 on any problem")
-    p.add_argument("name", nargs="?", metavar="NAME")
-    p = sub.add_parser(
-        "recover", parents=[common], help="record and clean up what a killed publish, promote or rollback left"
-    )
-    p.add_argument("name", nargs="?", metavar="NAME")
-    reg.set_defaults(func=registry_main)
-    return reg
-
-
-def _json_object(text: str, option: str) -> dict[str, Any]:
-    try:
-        value = _loads(text)
-    except json.JSONDecodeError as err:
-        raise RegistryError(f"{option}: not JSON ({err})") from None
-    except ValueError as err:  # NaN, Infinity
-        raise RegistryError(f"{option}: {err}") from None
-    if not isinstance(value, dict):
-        raise RegistryError(f"{option}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-# A run folder: what `modft run` and the notebooks write (config.prepare_run_dir). Adapters sit
-# at <run>/adapters/<name>/adapter, so the run is a few levels up, never more.
-RUN_PROFILE = "profile.resolved.json"
-_RUN_DEPTH = 4
-
-
-def _run_folder(adapter_dir: Path) -> Path | None:
-    """The run folder an adapter was saved in, or None when it is not inside one."""
-    for parent in list(adapter_dir.resolve().parents)[:_RUN_DEPTH]:
-        if (parent / RUN_PROFILE).is_file():
-            return parent
-    return None
-
-
-def _run_base_identity(run: Path, base_path: str, revision: str | None) -> BaseIdentity:
-    """The base an adapter of run folder ``run`` was trained on: the run's model, with its vocabulary extension.
-
-    Notebook 01 may extend the vocabulary (``<run>/tokenizer/vocab_extension.json``); every later
-    load in the run applies it, which changes the config (more rows, the extension's hash). The
-    model is rebuilt here on the meta device, so this costs no memory, and extended exactly as
-    ``modeling.load_base`` extends it.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .vocab import VocabError, load_decision
-
-    try:
-        profile = _loads((run / RUN_PROFILE).read_text(encoding="utf-8"))
-        model_spec = profile["model"]
-        model_id, revision = str(model_spec["id"]), revision or model_spec.get("revision")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RegistryError(f"{run / RUN_PROFILE}: cannot read the run's model from it ({err})") from None
-    try:
-        ext = load_decision(run)
-    except VocabError as err:
-        raise RegistryError(f"cannot tell which base this adapter was trained on: {err}") from None
-    try:
-        config = AutoConfig.from_pretrained(base_path, revision=revision)
-    except Exception as err:  # noqa: BLE001 - missing folder, offline hub, unknown architecture
-        raise RegistryError(
-            f"cannot read the config of base {base_path!r} (base_model_name_or_path of the adapter, in run "
-            f"{run}): {str(err).splitlines()[0]}; pass --base-config"
-        ) from None
-    if ext is None or not ext.words:
-        return BaseIdentity(model_id=model_id, revision=revision, config_sha256=config_sha256(config))
-    from .vocab import extend_model
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    extend_model(model, ext)
-    return base_identity(model, model_id=model_id, revision=revision)
-
-
-def _base_record(adapter_dir: Path) -> BaseIdentity | None:
-    """The base identity ``adapters.save_adapter`` recorded beside the adapter, or None."""
-    path = adapter_dir / BASE_RECORD
-    if not path.is_file():
-        return None
-    try:
-        raw = _loads(path.read_text(encoding="utf-8"))
-        return BaseIdentity(str(raw["model_id"]), raw["revision"], str(raw["config_sha256"]))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RegistryError(f"{path}: unreadable base record ({err}); pass --base-config") from None
-
-
-def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tuple[BaseIdentity, str]:
-    """The identity of the base the adapter was trained on, and where it came from (for the message).
-
-    Sources, first wins: --base-config, the run folder holding the adapter, the adapter's own
-    base record. Every source present must name the same base config, or the publish is refused;
-    with none, ``<base_model_name_or_path>/config.json`` is taken (an adapter trained elsewhere).
-    """
-    adapter_dir = Path(args.adapter_dir)
-    base_path = str(adapter_config.get("base_model_name_or_path") or "")
-    run = _run_folder(adapter_dir)
-    sources: list[tuple[str, BaseIdentity]] = []
-    if args.base_config is not None:
-        sources.append((f"--base-config {args.base_config}", base_identity_from_config_file(
-            args.base_config, model_id=base_path, revision=args.base_revision)))
-    if run is not None:
-        sources.append((f"run folder {run}", _run_base_identity(run, base_path, args.base_revision)))
-    record = _base_record(adapter_dir)
-    if record is not None:
-        sources.append((str(adapter_dir / BASE_RECORD), record))
-    if not sources:
-        guess = Path(base_path) / "config.json" if base_path else None
-        if guess is None or not guess.is_file():
-            raise RegistryError(
-                f"--base-config is needed: base_model_name_or_path {base_path!r} in "
-                f"{adapter_dir / CONFIG_FILE} is not a local folder with a config.json, and {adapter_dir} "
-                f"has no {BASE_RECORD} and is not inside a run folder"
-            )
-        sources.append((str(guess), base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision)))
-    (label, identity), *others = sources
-    if any(other.config_sha256 != identity.config_sha256 for _, other in others):
-        width = max(len(src) for src, _ in sources) + 1
-        raise RegistryError(
-            f"{label} is not the base this adapter was trained on:\n"
-            + "\n".join(f"  {src + ':':<{width}} {base}" for src, base in sources)
-        )
-    return identity, label
-
-
-def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
-    params = _json_object(args.params, "--params")
-    metrics = _json_object(args.metrics, "--metrics")
-    _check_name(args.name)
-    adapter_config = check_adapter_dir(args.adapter_dir)
-    base, source = _cli_base(args, adapter_config)
-    v = reg.publish(
-        args.name,
-        args.adapter_dir,
-        base=base,
-        parent=args.parent,
-        params=params,
-        data_fingerprint=args.data_fingerprint,
-        metrics=metrics,
-        note=args.note,
-    )
-    if v.reused:
-        print(
-            f"{v.ref} already holds these files (same base and parent): nothing published; "
-            f"its manifest keeps what it was published with ({v.manifest.created_at}, note {v.manifest.note!r})"
-        )
-    else:
-        print(
-            f"published {v.ref} at {v.uri} (weights sha256 {v.manifest.files[WEIGHTS_FILE][:12]}; "
-            f"base from {source})"
-        )
-    return 0
-
-
-def _cli_verify(reg: Registry, name: str | None) -> int:
-    problems = reg.verify(name)
-    for problem in problems:
-        print(f"MISMATCH {problem}")
-    for note in reg.verify_notes(name):
-        print(f"note: {note}")
-    if problems:
-        print(f"{len(problems)} problem(s) in registry {reg.uri}", file=sys.stderr)
-        return 1
-    names = [name] if name else reg.names()
-    count = sum(len(reg.versions(n)) for n in names)
-    print(f"ok: {count} version(s) of {len(names)} adapter(s) verified in {reg.uri}")
-    return 0
-
-
-def _cli_recover(reg: Registry, name: str | None) -> int:
-    done = reg.recover(name)
-    for adapter, records in done.items():
-        for r in records:
-            if r["event"] == "publish":
-                print(f"{adapter}: recorded the interrupted publish of {adapter}@{r['version']}")
-            elif "move_line" in r:
-                print(f"{adapter}: recorded that the move of {r['alias']!r} at audit line {r['move_line']} did not take effect")
-            elif "line" in r:
-                print(f"{adapter}: recorded torn audit line {r['line']} (skipped from now on)")
-            else:
-                print(f"{adapter}: {r['issue']} ({r['folder']})")
-    if not any(done.values()):
-        print(f"nothing to recover in registry {reg.uri}")
-    return 0
-
-
-def registry_main(args: argparse.Namespace) -> int:
-    """Run one ``registry`` subcommand parsed by :func:`add_registry_commands`; return the exit code."""
-    try:
-        reg = Registry(args.registry)
-        command = args.registry_command
-        if command == "list":
-            print(reg.list_table())
-        elif command == "show":
-            print(reg.show_table(args.ref))
-        elif command == "publish":
-            return _cli_publish(reg, args)
-        elif command in ("promote", "rollback"):
-            if command == "promote":
-                e = reg.promote(args.name, args.version, args.alias, reason=args.reason, actor=args.actor)
-            else:
-                e = reg.rollback(args.name, args.alias, reason=args.reason, actor=args.actor)
-            before = e["from"] if e["from"] is not None else "-"
-            print(f"{args.name}@{e['alias']}: {before} -> {e['to']} ({command} by {e['actor']})")
-        elif command == "verify":
-            return _cli_verify(reg, args.name)
-        elif command == "recover":
-            return _cli_recover(reg, args.name)
-        else:
-            raise RegistryError(f"unknown registry command {command!r}")
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # a read the filesystem refused; writes are turned into RegistryError
-        print(f"error: registry {args.registry}: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
 __all__ = [
     "AdapterRef",
     "AdapterVersion",
@@ -2045,12 +1103,9 @@ __all__ = [
     "Problem",
     "Registry",
     "RegistryError",
-    "add_registry_commands",
     "base_identity",
     "base_identity_from_config_file",
     "check_adapter_dir",
     "config_sha256",
-    "load_adapter_into",
-    "registry_main",
     "verify_version",
 ]

@@ -1,7 +1,7 @@
 """ipywidgets panels for people exploring in JupyterLab. UI only: nothing else imports this module.
 
 What the panels compute is done by plain functions the headless runs test: switching stacks and
-loading store versions (:class:`modft_utils.adapters.AdapterStack`), answering with several
+loading store versions (:class:`modft_utils.stack.AdapterStack`), answering with several
 stacks side by side and the token diff (:func:`modft_utils.evaluate.compare_answers`), and
 rollbacks (:meth:`modft_utils.registry.Registry.rollback`, as ``modft registry rollback`` does).
 Each panel keeps its controls in ``panel.parts`` so tests can drive it as a person would.
@@ -57,12 +57,13 @@ def stack_explorer(
     import ipywidgets as W
 
     from . import adapters, evaluate, registry
+    from .stack import AdapterStack
 
-    stack = adapters.AdapterStack(model, store, base) if store is not None else None
+    versions = AdapterStack(model, store, base) if store is not None else None
     window = window or int(getattr(model.config, "max_position_embeddings", 2048))
     present = set(adapters.loaded_adapters(model))
 
-    compose = stack.compose if stack is not None else adapters.switcher(model)
+    compose = versions.compose if versions is not None else adapters.switcher(model)
 
     def options(role: str) -> list[tuple[str, str]]:
         mine = [("this run", role)] if role in present else []
@@ -82,9 +83,9 @@ def stack_explorer(
         return [picks[r].value for r in roles if boxes[r].value]
 
     def show_status() -> None:
-        current = stack.model if stack is not None else model
+        current = versions.model if versions is not None else model
         names = adapters.active_adapters(current)
-        labels = [str(stack.versions[n].ref) if stack is not None and n in stack.versions else n for n in names]
+        labels = [str(versions.versions[n].ref) if versions is not None and n in versions.versions else n for n in names]
         status.value = f"<b>active stack:</b> <span class='modft-active'>{_text(evaluate.stack_label(labels))}</span>"
 
     def on_change(change) -> None:
@@ -128,7 +129,7 @@ def stack_explorer(
     rows = [W.HBox([boxes[r], picks[r]]) for r in roles]
     panel = W.VBox([*rows, status, warning, prompt, button, answers])
     panel.parts = {"boxes": boxes, "picks": picks, "prompt": prompt, "generate": button,
-                   "status": status, "warning": warning, "answers": answers, "stack": stack}
+                   "status": status, "warning": warning, "answers": answers, "stack": versions}
     return panel
 
 

@@ -6,6 +6,7 @@ from datasets import Dataset
 from transformers import default_data_collator
 
 from modft_utils import adapters, evaluate, modeling, train
+from modft_utils.stack import load_adapter
 from modft_utils.config import LoraSpec, TrainSpec
 from modft_utils.modeling import BaseRef
 
@@ -75,7 +76,7 @@ def test_disabling_adapters_equals_separately_loaded_models(micro_profile, base,
     adapters.activate(model, [])
     all_off = evaluate.logits(model, x)
 
-    base_domain = adapters.load_adapter(modeling.load_base(micro_profile, ref), domain.adapter_dir, "domain")
+    base_domain = load_adapter(modeling.load_base(micro_profile, ref), domain.adapter_dir, "domain")
     adapters.activate(base_domain, ["domain"])
     bare = modeling.load_base(micro_profile, ref)
     assert evaluate.max_abs_diff(task_off, evaluate.logits(base_domain, x)) == 0.0
@@ -118,7 +119,7 @@ def test_saved_adapter_layout_and_load_refusals(micro_profile, base, tmp_path):
     (pickled / "adapter_config.json").write_text((out / "adapter_config.json").read_text())
     torch.save({}, pickled / "adapter_model.bin")
     with pytest.raises(adapters.AdapterError, match="pickle"):
-        adapters.load_adapter(modeling.load_base(micro_profile, ref), pickled, "domain")
+        load_adapter(modeling.load_base(micro_profile, ref), pickled, "domain")
 
     # A rank-2 adapter's file under a rank-4 config: shapes disagree, PEFT must not load it quietly.
     other = adapters.add_adapter(modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8, target_modules=["q_proj"])))
@@ -126,7 +127,7 @@ def test_saved_adapter_layout_and_load_refusals(micro_profile, base, tmp_path):
     cfg = (out / "adapter_config.json").read_text()
     (partial / "adapter_config.json").write_text(cfg)  # claims all four projections, file has only q_proj
     with pytest.raises(adapters.AdapterError, match="missing from the file"):
-        adapters.load_adapter(modeling.load_base(micro_profile, ref), partial, "domain")
+        load_adapter(modeling.load_base(micro_profile, ref), partial, "domain")
 
 
 def test_training_is_deterministic(micro_profile, tmp_path):

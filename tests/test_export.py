@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from modft_utils import adapters, evaluate, export, modeling
+from modft_utils import adapters, evaluate, export, modeling, stack
 from modft_utils.config import LoraSpec
 from modft_utils.modeling import BaseRef
 
@@ -25,7 +25,7 @@ def adapter_dirs(micro_profile, tmp_path_factory, random_adapter):
 def _live(profile, dirs, *, four_bit):
     model = modeling.load_base(profile, BaseRef(profile.model.id), load_in_4bit=four_bit)
     for name, path in dirs.items():
-        model = adapters.load_adapter(model, path, name)
+        model = stack.load_adapter(model, path, name)
     adapters.activate(model, list(dirs))
     return model
 
@@ -45,7 +45,7 @@ def test_combined_adapter_equals_live_stack(micro_profile, adapter_dirs, tmp_pat
     assert evaluate.max_abs_diff(before, evaluate.logits(live, X)) == 0.0
 
     assert json.loads((out / "adapter_config.json").read_text())["r"] == DOMAIN.r + TASK.r
-    served = adapters.load_adapter(
+    served = stack.load_adapter(
         modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=four_bit), out, "stack"
     )
     adapters.activate(served, ["stack"])

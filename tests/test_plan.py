@@ -12,21 +12,23 @@ import pytest
 import torch
 
 from modft_utils.config import load_profile
-from modft_utils.plan import (
-    GiB,
+from modft_utils.basecfg import (
     PlanError,
-    _arch,
-    _layer_activation_bytes,
     _meta_tensors,
     _minimax_m2_tensors,
-    add_plan_command,
     count_params,
     count_params_meta,
-    measure_training_peak,
+    read_model_config,
+)
+from modft_utils.cli import add_plan_command
+from modft_utils.measure import measure_training_peak
+from modft_utils.plan import (
+    GiB,
+    _arch,
+    _layer_activation_bytes,
     nf4_bytes,
     parse_bytes,
     plan,
-    read_model_config,
 )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from modft_utils import registry as R
+from modft_utils import stack
 from modft_utils.registry import Registry, RegistryError
 from test_registry import (  # noqa: F401  (tiny is a fixture)
     CONFIG,
@@ -260,7 +261,7 @@ def test_cli_publish_takes_the_base_from_the_run_the_adapter_was_trained_in(tiny
     identity = R.base_identity(extended, model_id="tiny")
     v = Registry(uri).resolve("domain")
     assert v.manifest.base == identity and v.manifest.base.config_sha256 != tiny.base_id.config_sha256
-    R.load_adapter_into(extended, v, "domain", base=identity)  # loads: the recorded base is the real one
+    stack.load_adapter(extended, v, "domain", base=identity)  # loads: the recorded base is the real one
 
     # A --base-config that contradicts the run folder is refused, naming both.
     assert _cli("publish", "domain", str(adapter), "--registry", uri,

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from modft_utils import config, data, modeling
+from modft_utils import config, data, tiny
 
 SAMPLE = "data/sample/squad"
 
@@ -43,7 +43,7 @@ def _profile(root, tmp_path, train: str, validation: str, **extra):
 @pytest.fixture(scope="module")
 def tokenizer(root):
     texts = [r["context"] + " " + r["question"] for r in _rows(root, "train", 300)]
-    return modeling.train_tokenizer(texts, vocab_size=2000)
+    return tiny.train_tokenizer(texts, vocab_size=2000)
 
 
 def test_original_squad_files_run_as_validate_reads_them(root, tmp_path, tokenizer):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modft_utils import adapters, evaluate, modeling, registry
+from modft_utils.stack import AdapterStack, ParentMismatchError, load_adapter
 from modft_utils.config import LoraSpec
 from modft_utils.modeling import BaseRef
 
@@ -35,14 +36,14 @@ def store(micro_profile, tmp_path_factory, random_adapter):
 @pytest.fixture
 def stack(micro_profile, store):
     base = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))  # 4-bit, as the workbook runs it
-    return adapters.AdapterStack(base, store, registry.base_identity(base, model_id=micro_profile.model.id))
+    return AdapterStack(base, store, registry.base_identity(base, model_id=micro_profile.model.id))
 
 
 def test_parent_mismatch_refused_then_shown_when_forced(stack):
-    with pytest.raises(adapters.ParentMismatchError, match=r"task@1 was trained on domain@1, but the active domain is domain@2"):
+    with pytest.raises(ParentMismatchError, match=r"task@1 was trained on domain@1, but the active domain is domain@2"):
         stack.use("domain@2", "task@1")
     assert adapters.loaded_adapters(stack.model) == []  # refused before anything was loaded
-    with pytest.raises(adapters.ParentMismatchError, match="active domain is none"):
+    with pytest.raises(ParentMismatchError, match="active domain is none"):
         stack.use("task@1")
 
     with pytest.warns(UserWarning, match="parent mismatch"):
@@ -55,9 +56,9 @@ def test_parent_mismatch_refused_then_shown_when_forced(stack):
 
     stack.use("domain@1", "task@1")
     assert stack.mismatches() == [] and "NO:" not in stack.describe()
-    with pytest.raises(adapters.ParentMismatchError, match="task@1 was trained on domain@1"):
+    with pytest.raises(ParentMismatchError, match="task@1 was trained on domain@1"):
         stack.swap("domain", "domain@2")
-    with pytest.raises(adapters.ParentMismatchError, match="active domain is none"):
+    with pytest.raises(ParentMismatchError, match="active domain is none"):
         stack.disable("domain")
     assert stack.active == ["domain@1", "task@1"]
 
@@ -73,7 +74,7 @@ def test_swap_disable_enable_and_idempotent_load(stack):
     stack.swap("task", "task@1")
     assert evaluate.max_abs_diff(full, evaluate.logits(stack.model, X)) == 0.0
 
-    with pytest.raises(adapters.ParentMismatchError):
+    with pytest.raises(ParentMismatchError):
         stack.swap("task", "task@3")  # trained on domain@2
     assert stack.active == ["domain@1", "task@1"]
 
@@ -126,7 +127,7 @@ def test_task_off_equals_separately_loaded_base_plus_domain(micro_profile, store
     ref = BaseRef(micro_profile.model.id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reference = registry.load_adapter_into(
+        reference = load_adapter(
             modeling.load_base(micro_profile, ref), store.resolve("domain@production"), "domain", base=stack.base
         )
     assert evaluate.max_abs_diff(task_off, evaluate.logits(reference, X)) == 0.0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from modft_utils import adapters, config, data, evaluate, export, modeling, registry, vocab
+from modft_utils.stack import load_adapter
 
 DOCS = [
     "The Thaenen council met at Maszaer. The Thaenen fishers sailed from Maszaer to the Thaenen Isles. " * 3,
@@ -109,15 +110,15 @@ def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, exte
     adapters.activate(model, [])
     assert evaluate.max_abs_diff(evaluate.logits(model, ids), evaluate.logits(modeling.load_base(prof, xbase), ids)) == 0.0
 
-    fresh = adapters.load_adapter(modeling.load_base(prof, xbase), tmp_path / "domain", "domain")
-    fresh = adapters.load_adapter(fresh, tmp_path / "task", "task")
+    fresh = load_adapter(modeling.load_base(prof, xbase), tmp_path / "domain", "domain")
+    fresh = load_adapter(fresh, tmp_path / "task", "task")
     adapters.activate(fresh, ["domain"])
     assert evaluate.max_abs_diff(evaluate.logits(fresh, ids), domain_only) == 0.0
     adapters.activate(fresh, ["domain", "task"])
     assert evaluate.max_abs_diff(evaluate.logits(fresh, ids), stack) == 0.0
 
     combined = export.export_combined(fresh, ["task", "domain"], tmp_path / "stack")
-    one = adapters.load_adapter(modeling.load_base(prof, xbase), combined, "stack")
+    one = load_adapter(modeling.load_base(prof, xbase), combined, "stack")
     adapters.activate(one, ["stack"])
     assert evaluate.max_abs_diff(evaluate.logits(one, ids), stack) < 1e-4
     merged = export.export_merged(export.full_precision_loader(prof, xbase),

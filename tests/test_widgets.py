@@ -2,7 +2,7 @@
 
 import pytest
 
-from modft_utils import adapters, config, evaluate, modeling, registry, widgets
+from modft_utils import adapters, config, evaluate, modeling, registry, stack, widgets
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def explorer(tiny, published):
     """This run's adapters are domain@1 and task@1's files, loaded under their role names."""
     prof, base, tok = tiny
     store, identity, folders = published
-    model = adapters.load_adapter(modeling.load_base(prof, base), folders[1], "domain")
-    model = adapters.load_adapter(model, folders[3], "task")
+    model = stack.load_adapter(modeling.load_base(prof, base), folders[1], "domain")
+    model = stack.load_adapter(model, folders[3], "task")
     adapters.activate(model, ["domain"])
     panel = widgets.stack_explorer(model, tok, ["Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:"],
                                    store=store, base=identity, max_new_tokens=6)
