@@ -42,6 +42,7 @@ from .registry import (
     read_base_record,
 )
 from .runner import RunError
+from .runs import RESOLVED_PROFILE
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -54,8 +55,12 @@ def _cmd_run(args) -> int:
 
     try:
         result = run_notebooks(
-            args.profile, run_dir=args.run_dir, notebooks=args.notebooks, overrides=_overrides(args.set),
-            log_output=args.log_output, progress=not args.quiet,
+            args.profile,
+            run_dir=args.run_dir,
+            notebooks=args.notebooks,
+            overrides=_overrides(args.set),
+            log_output=args.log_output,
+            progress=not args.quiet,
         )
     except NotebookFailed as exc:
         print(f"[modft] FAILED: {exc}", file=sys.stderr)
@@ -63,18 +68,33 @@ def _cmd_run(args) -> int:
     keys = [k for k in SUMMARY_KEYS if k in result.metrics]
     print("\n[modft] metrics")
     print(record.metrics_table(result.metrics, keys))
-    print("\n[modft] seconds per notebook: " + ", ".join(f"{nb} {s:.0f}" for nb, s in result.seconds.items())
-          + f" (total {sum(result.seconds.values()):.0f})")
+    print(
+        "\n[modft] seconds per notebook: "
+        + ", ".join(f"{nb} {s:.0f}" for nb, s in result.seconds.items())
+        + f" (total {sum(result.seconds.values()):.0f})"
+    )
     print(f"[modft] outputs: {result.run_dir}")
     print("[modft]   metrics.json, notebooks/ (executed), adapters/, figures/")
     return 0
 
 
 SUMMARY_KEYS = [
-    "data.dapt_train_tokens", "data.sft_train_examples", "data.pii_replacements", "data.tokens_per_word",
-    "dapt.ppl_base", "dapt.ppl_domain", "sft.em_domain", "sft.em_stack", "sft.f1_domain", "sft.f1_stack",
-    "sft.answer_nll_domain", "sft.answer_nll_stack", "sft.domain_adapter_unchanged", "compose.switch_ms",
-    "rollback.max_abs_logit_diff_task_off", "rollback.max_abs_logit_diff_all_off",
+    "data.dapt_train_tokens",
+    "data.sft_train_examples",
+    "data.pii_replacements",
+    "data.tokens_per_word",
+    "dapt.ppl_base",
+    "dapt.ppl_domain",
+    "sft.em_domain",
+    "sft.em_stack",
+    "sft.f1_domain",
+    "sft.f1_stack",
+    "sft.answer_nll_domain",
+    "sft.answer_nll_stack",
+    "sft.domain_adapter_unchanged",
+    "compose.switch_ms",
+    "rollback.max_abs_logit_diff_task_off",
+    "rollback.max_abs_logit_diff_all_off",
 ]
 
 
@@ -89,8 +109,10 @@ def _cmd_validate(args) -> int:
     preflight(profile.model_copy(update={"model": spec.model_copy(update={"requires_cuda": False})}))
     rows = validate_inputs(profile)
     gpu = "; needs a CUDA GPU to run" if spec.requires_cuda else ""
-    print(f"{profile.source}: profile {profile.name!r} is valid (model {spec.id}); "
-          f"{len(rows)} local data file(s), {sum(rows.values()):,} rows read{gpu}")
+    print(
+        f"{profile.source}: profile {profile.name!r} is valid (model {spec.id}); "
+        f"{len(rows)} local data file(s), {sum(rows.values()):,} rows read{gpu}"
+    )
     return 0
 
 
@@ -131,9 +153,7 @@ def add_registry_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
     p = sub.add_parser("publish", parents=[common], help="store an adapter folder as the next version")
     p.add_argument("name", metavar="NAME")
-    p.add_argument(
-        "adapter_dir", metavar="DIR", help="folder with adapter_config.json and adapter_model.safetensors"
-    )
+    p.add_argument("adapter_dir", metavar="DIR", help="folder with adapter_config.json and adapter_model.safetensors")
     p.add_argument("--parent", metavar="REF", help="adapter this one was trained on, e.g. domain@production")
     p.add_argument(
         "--base-config",
@@ -141,9 +161,7 @@ def add_registry_commands(subparsers) -> argparse.ArgumentParser:
         help="base config.json (or its folder); default: the base of the run folder holding DIR "
         "(vocabulary extension included), else <base_model_name_or_path>/config.json",
     )
-    p.add_argument(
-        "--base-revision", metavar="REV", help="hub revision of the base, when it came from the hub"
-    )
+    p.add_argument("--base-revision", metavar="REV", help="hub revision of the base, when it came from the hub")
     p.add_argument("--params", default="{}", metavar="JSON", help="training parameters, a JSON object")
     p.add_argument("--metrics", default="{}", metavar="JSON", help="evaluation metrics, a JSON object")
     p.add_argument("--data-fingerprint", default="", metavar="SHA", help="fingerprint of the training data")
@@ -183,7 +201,7 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
 
 # A run folder: what `modft run` and the notebooks write (config.prepare_run_dir). Adapters sit
 # at <run>/adapters/<name>/adapter, so the run is a few levels up, never more.
-RUN_PROFILE = "profile.resolved.json"
+RUN_PROFILE = RESOLVED_PROFILE
 _RUN_DEPTH = 4
 
 
@@ -247,8 +265,12 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
     run = _run_folder(adapter_dir)
     sources: list[tuple[str, BaseIdentity]] = []
     if args.base_config is not None:
-        sources.append((f"--base-config {args.base_config}", base_identity_from_config_file(
-            args.base_config, model_id=base_path, revision=args.base_revision)))
+        sources.append(
+            (
+                f"--base-config {args.base_config}",
+                base_identity_from_config_file(args.base_config, model_id=base_path, revision=args.base_revision),
+            )
+        )
     if run is not None:
         sources.append((f"run folder {run}", _run_base_identity(run, base_path, args.base_revision)))
     record = read_base_record(adapter_dir)
@@ -262,7 +284,9 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
                 f"{adapter_dir / CONFIG_FILE} is not a local folder with a config.json, and {adapter_dir} "
                 f"has no {BASE_RECORD} and is not inside a run folder"
             )
-        sources.append((str(guess), base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision)))
+        sources.append(
+            (str(guess), base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision))
+        )
     (label, identity), *others = sources
     if any(other.config_sha256 != identity.config_sha256 for _, other in others):
         width = max(len(src) for src, _ in sources) + 1
@@ -296,8 +320,7 @@ def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"published {v.ref} at {v.uri} (weights sha256 {v.manifest.files[WEIGHTS_FILE][:12]}; "
-            f"base from {source})"
+            f"published {v.ref} at {v.uri} (weights sha256 {v.manifest.files[WEIGHTS_FILE][:12]}; base from {source})"
         )
     return 0
 
@@ -324,7 +347,9 @@ def _cli_recover(reg: Registry, name: str | None) -> int:
             if r["event"] == "publish":
                 print(f"{adapter}: recorded the interrupted publish of {adapter}@{r['version']}")
             elif "move_line" in r:
-                print(f"{adapter}: recorded that the move of {r['alias']!r} at audit line {r['move_line']} did not take effect")
+                print(
+                    f"{adapter}: recorded that the move of {r['alias']!r} at audit line {r['move_line']} did not take effect"
+                )
             elif "line" in r:
                 print(f"{adapter}: recorded torn audit line {r['line']} (skipped from now on)")
             else:
@@ -373,8 +398,14 @@ def registry_main(args: argparse.Namespace) -> int:
 def _cmd_plan(args) -> int:
     try:
         profile = load_profile(args.profile, check_paths=False)
-        result = plan.plan(profile, gpu_memory=args.gpu_memory, gpus=args.gpus, experts_4bit=not args.stock_experts,
-                      stage=args.stage, config_path=args.config)
+        result = plan.plan(
+            profile,
+            gpu_memory=args.gpu_memory,
+            gpus=args.gpus,
+            experts_4bit=not args.stock_experts,
+            stage=args.stage,
+            config_path=args.config,
+        )
     except (PlanError, ProfileError) as exc:
         print(f"modft plan: {exc}", file=sys.stderr)
         return 2
@@ -389,8 +420,11 @@ def add_plan_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB, 80GB (default: the profile's, else 24GiB)")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs (device_map='auto' splits whole layers)")
     p.add_argument("--stage", choices=("dapt", "sft", "both"), default="both", help="which training phase(s)")
-    p.add_argument("--stock-experts", action="store_true",
-                   help="price the fused experts as stock bitsandbytes leaves them (16-bit), not 4-bit")
+    p.add_argument(
+        "--stock-experts",
+        action="store_true",
+        help="price the fused experts as stock bitsandbytes leaves them (16-bit), not 4-bit",
+    )
     p.add_argument("--config", help="a local config.json to use instead of the profile's base (offline hub ids)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 when it does not fit")
@@ -399,14 +433,18 @@ def add_plan_command(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modft", description="Modular fine-tuning workbook: DAPT + SFT adapters on a 4-bit base.")
+    parser = argparse.ArgumentParser(
+        prog="modft", description="Modular fine-tuning workbook: DAPT + SFT adapters on a 4-bit base."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the numbered notebooks headlessly with papermill")
     run.add_argument("--profile", default="params/smollm2.yaml", help="profile YAML (default: params/smollm2.yaml)")
     run.add_argument("--notebooks", nargs="*", help="subset by number or name, e.g. 01 02 (default: all five)")
     run.add_argument("--run-dir", help="run folder (default: <runs_dir>/<time>-<profile>-<host>)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a profile key, e.g. dapt.train.max_steps=20")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a profile key, e.g. dapt.train.max_steps=20"
+    )
     run.add_argument("--log-output", action="store_true", help="stream cell output to the console")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
