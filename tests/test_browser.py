@@ -59,13 +59,15 @@ def lab(request, root, tmp_path_factory):
         profile = Path(os.environ.get("MODFT_BROWSER_PROFILE", root / "params" / "smollm2.yaml")).resolve()
     else:
         pipeline = request.getfixturevalue("pipeline")
-        source, registry, profile = pipeline.run_dir, pipeline.run_dir.parent / "registry", root / "params" / "tiny.yaml"
+        source, registry, profile = pipeline.run_dir, pipeline.registry, root / "params" / "tiny.yaml"
     run = shutil.copytree(source, folder / "run", ignore=shutil.ignore_patterns("exports", "checkpoints"))
     overrides = dict(QUICK_04) if BROWSER_RUN else {}  # running 04 records metrics: into the copy, never the source
     if registry is not None:
         overrides["registry"] = str(registry)
     papermill.execute_notebook(
-        str(root / "notebooks" / "04_compose.ipynb"), str(folder / "04_compose.ipynb"), prepare_only=True,
+        str(root / "notebooks" / "04_compose.ipynb"),
+        str(folder / "04_compose.ipynb"),
+        prepare_only=True,
         parameters={"profile": str(profile), "run_dir": str(run), "overrides": overrides},
     )
     port, token = _free_port(), "modft-browser-test"
@@ -75,15 +77,33 @@ def lab(request, root, tmp_path_factory):
     (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     (settings / "apputils-extension").mkdir(parents=True)
     (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "JUPYTER_CONFIG_DIR": str(folder / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(folder / ".runtime"),
-           "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "JUPYTER_CONFIG_DIR": str(folder / ".jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(folder / ".runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],  # CI containers run as root
-        env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={folder}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],  # CI containers run as root
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "server.log", "w"),
     )
     deadline = time.time() + 60
     while time.time() < deadline and server.poll() is None:
@@ -107,9 +127,19 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1500,1200", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,1200",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -128,12 +158,17 @@ def test_widgets_render_and_a_checkbox_switches_the_stack(lab, browser):
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")))
     wait.until(lambda d: "Python 3" in " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-KernelName")))
+
     # A Run All sent before the kernel's connection is up is dropped (seen once in CI): retry until a
     # prompt shows the run started.
-    started = lambda d: any(p.text.strip() not in ("", "[ ]:") for p in d.find_elements(By.CSS_SELECTOR, ".jp-InputPrompt"))  # noqa: E731
+    def started(driver) -> bool:
+        return any(p.text.strip() not in ("", "[ ]:") for p in driver.find_elements(By.CSS_SELECTOR, ".jp-InputPrompt"))
+
     for _ in range(5):  # Run > Run All Cells, through the menu as a person would
         browser.find_element(By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']").click()
-        wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "li.lm-Menu-item[data-command='runmenu:run-all']"))).click()
+        wait.until(
+            EC.element_to_be_clickable((By.CSS_SELECTOR, "li.lm-Menu-item[data-command='runmenu:run-all']"))
+        ).click()
         try:
             WebDriverWait(browser, 20).until(started)
             break
@@ -141,20 +176,32 @@ def test_widgets_render_and_a_checkbox_switches_the_stack(lab, browser):
             continue
     try:
         WebDriverWait(browser, 300).until(
-            EC.presence_of_element_located((By.CSS_SELECTOR, ".widget-checkbox input[type='checkbox']")))
+            EC.presence_of_element_located((By.CSS_SELECTOR, ".widget-checkbox input[type='checkbox']"))
+        )
     except TimeoutException:
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT.with_name("browser_failure.png")))
-        errors = [e.text[:500] for e in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")]
-        pytest.fail(f"the widgets did not render; run started: {started(browser)}; errors: {errors}; "
-                    f"screenshot: {SCREENSHOT.with_name('browser_failure.png')}")
+        errors = [
+            e.text[:500]
+            for e in browser.find_elements(
+                By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+            )
+        ]
+        pytest.fail(
+            f"the widgets did not render; run started: {started(browser)}; errors: {errors}; "
+            f"screenshot: {SCREENSHOT.with_name('browser_failure.png')}"
+        )
     # Widgets re-render their HTML on every change: read it through one script call, never a held element.
     status = lambda: browser.execute_script(  # noqa: E731
-        "const s = document.querySelectorAll('.modft-active'); return s.length ? s[s.length - 1].textContent : null;")
+        "const s = document.querySelectorAll('.modft-active'); return s.length ? s[s.length - 1].textContent : null;"
+    )
     answers = lambda: browser.execute_script(  # noqa: E731
-        "return Array.from(arguments[0].querySelectorAll('.modft-answer')).map(e => e.firstChild.textContent);", panel)
-    boxes = {el.find_element(By.XPATH, "./ancestor::label").text.strip(): el
-             for el in browser.find_elements(By.CSS_SELECTOR, ".widget-checkbox input[type='checkbox']")}
+        "return Array.from(arguments[0].querySelectorAll('.modft-answer')).map(e => e.firstChild.textContent);", panel
+    )
+    boxes = {
+        el.find_element(By.XPATH, "./ancestor::label").text.strip(): el
+        for el in browser.find_elements(By.CSS_SELECTOR, ".widget-checkbox input[type='checkbox']")
+    }
     assert set(boxes) == {"domain", "task"}
     dropdown = browser.find_elements(By.CSS_SELECTOR, ".widget-dropdown select")
     assert len(dropdown) == 2 and "(production)" in dropdown[1].text  # versions from the store 05 published to
@@ -167,7 +214,9 @@ def test_widgets_render_and_a_checkbox_switches_the_stack(lab, browser):
         boxes["task"].click()
         wait.until(lambda _: "task" in status())
     assert status() == "base + domain + task"
-    generate = browser.find_element(By.XPATH, "//button[contains(@class,'jupyter-button') and normalize-space()='Generate']")
+    generate = browser.find_element(
+        By.XPATH, "//button[contains(@class,'jupyter-button') and normalize-space()='Generate']"
+    )
     panel = generate.find_element(By.XPATH, "./ancestor::div[contains(@class,'widget-vbox')][1]")
     generate.click()
     wait.until(lambda _: len(answers()) == 4)  # every sub-stack of the selection, side by side

@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
-from modft_utils.upstream_fixes import keep_cpu_4bit_exact  # noqa: E402
+from micro import save_micro_base  # noqa: E402
+
 from modft_utils.quant import (  # noqa: E402
     NF4Experts,
     check_lora_targets,
@@ -19,6 +20,7 @@ from modft_utils.quant import (  # noqa: E402
     quantize_experts,
     weight_bytes,
 )
+from modft_utils.upstream_fixes import keep_cpu_4bit_exact  # noqa: E402
 
 LAYERS, EXPERTS, HIDDEN, FFN = 2, 8, 128, 128
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -27,17 +29,18 @@ EXPERT_PARAMS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from transformers import MiniMaxM2Config, MiniMaxM2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = MiniMaxM2Config(
-        hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, num_local_experts=EXPERTS, num_experts_per_tok=2, vocab_size=512,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    return save_micro_base(
+        tmp_path_factory.mktemp("tiny_minimax"),
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_local_experts=EXPERTS,
+        vocab_size=512,
+        max_position_embeddings=196608,
     )
-    out = tmp_path_factory.mktemp("tiny_minimax")
-    MiniMaxM2ForCausalLM(cfg).save_pretrained(out)
-    return out
 
 
 def _load(path, *, four_bit: bool, dtype=torch.float32):
@@ -46,7 +49,8 @@ def _load(path, *, four_bit: bool, dtype=torch.float32):
     kwargs = {}
     if four_bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
     model = MiniMaxM2ForCausalLM.from_pretrained(path, dtype=dtype, experts_implementation="eager", **kwargs)
     keep_cpu_4bit_exact(model)  # exact comparisons below need bnb's CPU repacking off
     model.eval()
@@ -105,8 +109,11 @@ def test_quantize_experts_makes_experts_4bit(tiny_dir, float_model, full_4bit):
     assert leftovers == []
 
     parts = weight_bytes(full_4bit)
-    per_layer = EXPERTS * (_nf4_expert_bytes(2 * FFN * HIDDEN, compressed=True)
-                           + _nf4_expert_bytes(HIDDEN * FFN, compressed=True)) + 256 * 4  # + shared absmax code
+    per_layer = (
+        EXPERTS
+        * (_nf4_expert_bytes(2 * FFN * HIDDEN, compressed=True) + _nf4_expert_bytes(HIDDEN * FFN, compressed=True))
+        + 256 * 4
+    )  # + shared absmax code
     assert parts["experts"] == LAYERS * per_layer
     assert parts["attention"] == stock_parts["attention"]
 
@@ -138,8 +145,10 @@ def test_nf4_experts_equal_eager_on_dequantized_weights(float_model, compress_st
 
     # Our storage and statistics path gives bitsandbytes' own dequantization, bit for bit.
     w = source.experts.gate_up_proj[3].detach()
-    assert torch.equal(gate_up[3], dequantize_4bit(*quantize_4bit(
-        w, blocksize=64, compress_statistics=compress_statistics, quant_type="nf4")))
+    assert torch.equal(
+        gate_up[3],
+        dequantize_4bit(*quantize_4bit(w, blocksize=64, compress_statistics=compress_statistics, quant_type="nf4")),
+    )
     assert float((gate_up - source.experts.gate_up_proj).norm() / source.experts.gate_up_proj.norm()) < 0.1
 
     torch.manual_seed(2)
@@ -183,8 +192,10 @@ def test_fully_4bit_logits_stay_close(tiny_dir, float_model, full_4bit, ids):
     stock = _load(tiny_dir, four_bit=True)
     with torch.no_grad():
         ref = float_model(ids).logits
-        errors = {name: (m(ids).logits - ref) for name, m in
-                  [("experts", experts_only), ("stock", stock), ("full", full_4bit)]}
+        errors = {
+            name: (m(ids).logits - ref)
+            for name, m in [("experts", experts_only), ("stock", stock), ("full", full_4bit)]
+        }
     rel = {name: float(e.norm() / ref.norm()) for name, e in errors.items()}
     assert rel["experts"] < 0.06
     assert rel["full"] < 0.25
@@ -223,8 +234,9 @@ def test_check_lora_targets_refuses_what_cannot_train(full_4bit):
     from peft import LoraConfig
 
     with pytest.raises(ValueError, match="target_parameters.*4-bit"):
-        check_lora_targets(full_4bit, LoraConfig(target_modules=ATTENTION, target_parameters=EXPERT_PARAMS,
-                                                 lora_dropout=0.0))
+        check_lora_targets(
+            full_4bit, LoraConfig(target_modules=ATTENTION, target_parameters=EXPERT_PARAMS, lora_dropout=0.0)
+        )
     with pytest.raises(ValueError, match="matches no module"):
         check_lora_targets(full_4bit, LoraConfig(target_modules=["query_key_value"]))
     with pytest.raises(ValueError, match="fused experts"):
@@ -238,8 +250,7 @@ def test_target_parameters_work_with_float_experts(tiny_dir, ids):
     from peft import LoraConfig, get_peft_model
 
     model = _load(tiny_dir, four_bit=True)
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=ATTENTION,
-                        target_parameters=EXPERT_PARAMS)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=ATTENTION, target_parameters=EXPERT_PARAMS)
     targets = check_lora_targets(model, config)
     assert len(targets["parameters"]) == 2 * LAYERS
     peft_model = get_peft_model(model, config)
@@ -257,8 +268,11 @@ def test_weight_bytes_add_up_to_footprint(float_model, full_4bit):
     footprint = full_4bit.get_memory_footprint()
     # get_memory_footprint() misses Linear4bit's quant state (kept on the parameter object, not a
     # buffer); weight_bytes counts it, and nothing else differs.
-    quant_state = sum(m.weight.quant_state.absmax.nbytes + m.weight.quant_state.code.nbytes
-                      for m in full_4bit.modules() if isinstance(m, Linear4bit))
+    quant_state = sum(
+        m.weight.quant_state.absmax.nbytes + m.weight.quant_state.code.nbytes
+        for m in full_4bit.modules()
+        if isinstance(m, Linear4bit)
+    )
     assert sum(parts.values()) == footprint + quant_state
     assert sum(parts.values()) == pytest.approx(footprint, rel=0.01)
     assert parts["adapters"] == 0 and min(parts[p] for p in ("embeddings", "lm_head", "other")) > 0
@@ -304,3 +318,17 @@ def test_narrow_experts_dequantize_correctly():
     nf4 = NF4Experts(gate_up, down, torch.nn.functional.silu)
     for original, restored in zip((gate_up, down), nf4.dequantized_weights()):
         assert float((restored - original).norm() / original.norm()) < 0.11
+
+
+@pytest.mark.gpu
+def test_nf4_experts_on_cuda_match_cpu(float_model):
+    """The same NF4 experts, moved to the GPU, give what they give on the CPU (bitsandbytes' CUDA kernels)."""
+    source = float_model.model.layers[1].mlp.experts
+    nf4 = NF4Experts.from_experts(source)
+    hidden = torch.randn(32, HIDDEN, generator=torch.Generator().manual_seed(3))
+    index = torch.randint(0, EXPERTS, (32, 2), generator=torch.Generator().manual_seed(4))
+    weights = torch.full((32, 2), 0.5)
+    with torch.no_grad():
+        expected = nf4(hidden, index, weights)
+        on_gpu = nf4.to("cuda")(hidden.cuda(), index.cuda(), weights.cuda()).cpu()
+    assert torch.allclose(on_gpu, expected, rtol=1e-4, atol=1e-5)

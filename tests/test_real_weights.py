@@ -11,18 +11,27 @@ import json
 
 import pytest
 
-from modft_utils import config, gguf
+from modft_utils import config, gguf, runner
 
 MICRO = {
     "data.sft_eval_size": 16,
     "dapt.eval_blocks": 4,
-    "dapt.train.max_steps": 2, "dapt.train.batch_size": 2, "dapt.train.eval_steps": 2, "dapt.train.warmup_steps": 0,
+    "dapt.train.max_steps": 2,
+    "dapt.train.batch_size": 2,
+    "dapt.train.eval_steps": 2,
+    "dapt.train.warmup_steps": 0,
     "dapt.train.logging_steps": 1,
-    "sft.train.max_steps": 6, "sft.train.batch_size": 4, "sft.train.eval_steps": 6, "sft.train.warmup_steps": 0,
-    "sft.train.learning_rate": 1.0e-3, "sft.train.logging_steps": 1,
+    "sft.train.max_steps": 6,
+    "sft.train.batch_size": 4,
+    "sft.train.eval_steps": 6,
+    "sft.train.warmup_steps": 0,
+    "sft.train.learning_rate": 1.0e-3,
+    "sft.train.logging_steps": 1,
     "sft.max_new_tokens": 8,
-    "compose.eval_examples": 8, "compose.switch_repeats": 20,
-    "rollback.candidate_steps": 2, "rollback.probe_examples": 2,
+    "compose.eval_examples": 8,
+    "compose.switch_repeats": 20,
+    "rollback.candidate_steps": 2,
+    "rollback.probe_examples": 2,
 }
 
 
@@ -32,7 +41,9 @@ def real_pipeline(root, tmp_path_factory, test_outputs):
 
     tmp = tmp_path_factory.mktemp("real_pipeline")
     overrides = {**MICRO, "registry": str(tmp / "registry"), "cache_dir": str(test_outputs / "cache")}
-    return runner.run_notebooks(root / "params" / "smollm2.yaml", run_dir=tmp / "run", overrides=overrides, progress=False)
+    return runner.run_notebooks(
+        root / "params" / "smollm2.yaml", run_dir=tmp / "run", overrides=overrides, progress=False
+    )
 
 
 @pytest.mark.slow
@@ -46,6 +57,8 @@ def test_real_weights_go_through_every_notebook(real_pipeline):
     assert m["rollback.max_abs_logit_diff_after_domain_rollback"] == 0.0
     assert m["rollback.gate_metric"] == "f1"
     assert m["compose.export_combined_max_abs_diff"] < 1e-4
+    for nb in runner.NOTEBOOKS:  # `modft run` keeps every executed notebook in the run folder
+        assert (real_pipeline.run_dir / "notebooks" / f"{nb}.ipynb").is_file()
 
 
 @pytest.mark.slow
@@ -61,7 +74,9 @@ def test_dense_model_counts_every_quantized_linear(real_pipeline):
 def test_merged_into_the_dequantized_base_matches_the_live_stack(real_pipeline):
     m = real_pipeline.metrics
     assert m["compose.export_merged_dequantized_fp32_top1_agreement"] >= 0.995
-    assert m["compose.export_merged_dequantized_fp32_max_abs_diff"] < m["compose.export_merged_original_bf16_max_abs_diff"]
+    assert (
+        m["compose.export_merged_dequantized_fp32_max_abs_diff"] < m["compose.export_merged_original_bf16_max_abs_diff"]
+    )
 
 
 @pytest.mark.slow

@@ -20,9 +20,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from micro import STORE_BASE, micro_config
+from micro import load_store_base as _load_base
+from micro import store_logits as _logits
 
 from modft_utils import registry as R
 from modft_utils import stack
@@ -38,93 +40,12 @@ from modft_utils.registry import (
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
-TOKENS = [[1, 5, 9, 13, 17, 21], [2, 6, 10, 14, 18, 63]]
-
-
-# --------------------------------------------------------------------------- tiny real models
-
-
-def _config(hidden_size: int = 32):
-    from transformers import MiniMaxM2Config
-
-    return MiniMaxM2Config(
-        hidden_size=hidden_size,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        vocab_size=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-
-
-def _save_base(folder: Path, hidden_size: int = 32) -> Path:
-    import torch
-    from transformers import MiniMaxM2ForCausalLM
-
-    torch.manual_seed(0)
-    MiniMaxM2ForCausalLM(_config(hidden_size)).save_pretrained(folder)
-    return folder
-
-
-def _load_base(folder: Path):
-    from transformers import MiniMaxM2ForCausalLM
-
-    return MiniMaxM2ForCausalLM.from_pretrained(folder).eval()
-
-
-def _save_adapter(base_dir: Path, out: Path, seed: int) -> Path:
-    """A rank-4 LoRA on q/v whose B matrices are random, so that it changes the logits."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(
-        _load_base(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    )
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen))
-    model.save_pretrained(out)
-    return out
-
-
-def _logits(model):
-    import torch
-
-    with torch.no_grad():
-        return model(torch.tensor(TOKENS)).logits
 
 
 def _lora_layer_count(model) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return sum(isinstance(m, BaseTunerLayer) for m in model.modules())
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny base on disk, two adapters for it, and an adapter for a wider base."""
-    root = tmp_path_factory.mktemp("tiny")
-    base_dir = _save_base(root / "base")
-    other_dir = _save_base(root / "other_base", hidden_size=48)
-    base = _load_base(base_dir)
-    return SimpleNamespace(
-        base_dir=base_dir,
-        base_id=R.base_identity(base),
-        base_logits=_logits(base),
-        other_id=R.base_identity(_load_base(other_dir)),
-        domain=_save_adapter(base_dir, root / "domain", seed=1),
-        task=_save_adapter(base_dir, root / "task", seed=2),
-        other=_save_adapter(other_dir, root / "other_adapter", seed=3),
-        # More domain adapters with other weights: publishing the same files twice gives one version.
-        more=[_save_adapter(base_dir, root / f"domain_{seed}", seed=seed) for seed in (4, 5)],
-    )
 
 
 def _publish(reg: Registry, tiny, name: str = "domain", src: Path | None = None, **kw):
@@ -171,9 +92,7 @@ def test_versions_are_numbered_and_never_change(tiny, tmp_path):
     assert sorted(p.name for p in v1.path.iterdir()) == [CONFIG, WEIGHTS, "manifest.json"]
     assert (v1.path / WEIGHTS).read_bytes() == (tiny.domain / WEIGHTS).read_bytes()
     m = v1.manifest
-    assert m.files == {
-        f: hashlib.sha256((tiny.domain / f).read_bytes()).hexdigest() for f in (CONFIG, WEIGHTS)
-    }
+    assert m.files == {f: hashlib.sha256((tiny.domain / f).read_bytes()).hexdigest() for f in (CONFIG, WEIGHTS)}
     assert m.base == tiny.base_id and m.parent is None
     assert (m.params, m.data_fingerprint, m.metrics, m.note) == (
         {"lora_r": 4},
@@ -350,9 +269,7 @@ def test_a_shape_mismatch_is_an_error_naming_the_adapter(tiny, tmp_path):
     # An adapter for the wider base, published under this base's identity (a mislabelled upload).
     v = _publish(Registry(tmp_path / "reg"), tiny, "mislabelled", src=tiny.other)
     model = _load_base(tiny.base_dir)
-    with pytest.raises(
-        IncompatibleAdapterError, match=r"adapter 'mislabelled' \(mislabelled@1\) does not fit"
-    ):
+    with pytest.raises(IncompatibleAdapterError, match=r"adapter 'mislabelled' \(mislabelled@1\) does not fit"):
         stack.load_adapter(model, v, "mislabelled", base=tiny.base_id)
     assert _lora_layer_count(model) == 0
 
@@ -369,9 +286,7 @@ def _rewrite_weights(src: Path, dst: Path, edit) -> Path:
 def test_missing_or_unexpected_adapter_weights_are_errors_not_warnings(tiny, tmp_path):
     import torch
 
-    no_v = _rewrite_weights(
-        tiny.domain, tmp_path / "no_v", lambda t: {k: v for k, v in t.items() if "v_proj" not in k}
-    )
+    no_v = _rewrite_weights(tiny.domain, tmp_path / "no_v", lambda t: {k: v for k, v in t.items() if "v_proj" not in k})
     extra_key = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"
     extra = _rewrite_weights(tiny.domain, tmp_path / "extra", lambda t: {**t, extra_key: torch.zeros(4, 32)})
     reg = Registry(tmp_path / "reg")
@@ -502,9 +417,7 @@ def test_concurrent_promotions_are_all_recorded_in_order(tiny, tmp_path):
     _publish(reg, tiny, src=tiny.more[0])
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
-    workers = [
-        ctx.Process(target=_promote_many, args=(str(tmp_path / "reg"), v, 10, barrier)) for v in (1, 2)
-    ]
+    workers = [ctx.Process(target=_promote_many, args=(str(tmp_path / "reg"), v, 10, barrier)) for v in (1, 2)]
     for w in workers:
         w.start()
     for w in workers:
@@ -517,9 +430,7 @@ def test_concurrent_promotions_are_all_recorded_in_order(tiny, tmp_path):
     # Each move starts where the previous one ended: no move read a stale aliases.json.
     assert moves[0]["from"] is None
     assert all(later["from"] == earlier["to"] for earlier, later in zip(moves, moves[1:], strict=False))
-    assert json.loads((tmp_path / "reg" / "domain" / "aliases.json").read_text()) == {
-        "production": moves[-1]["to"]
-    }
+    assert json.loads((tmp_path / "reg" / "domain" / "aliases.json").read_text()) == {"production": moves[-1]["to"]}
 
 
 # --------------------------------------------------------------------------- crashes
@@ -663,9 +574,7 @@ def test_a_remote_lock_is_waited_for_and_broken_when_stale(tiny, memory_root):
     fs.pipe(lock, json.dumps({"token": "other", "owner": "someone@elsewhere", "at": time.time()}).encode())
     with pytest.raises(RegistryError, match=r"could not take lock .*\.lock"):
         reg.promote("domain", 1, reason="busy")
-    fs.pipe(
-        lock, json.dumps({"token": "dead", "owner": "someone@elsewhere", "at": time.time() - 3600}).encode()
-    )
+    fs.pipe(lock, json.dumps({"token": "dead", "owner": "someone@elsewhere", "at": time.time() - 3600}).encode())
     reg.promote("domain", 1, reason="the holder died an hour ago")
     assert reg.aliases("domain") == {"production": 1} and not fs.exists(lock)
 
@@ -677,7 +586,7 @@ def test_base_identity_ignores_how_the_base_was_loaded(tiny):
     import torch
     from transformers import MiniMaxM2ForCausalLM
 
-    fresh = MiniMaxM2ForCausalLM(_config())
+    fresh = MiniMaxM2ForCausalLM(micro_config(**STORE_BASE))
     in_bf16 = MiniMaxM2ForCausalLM.from_pretrained(tiny.base_dir, dtype=torch.bfloat16)
     from_file = R.base_identity_from_config_file(tiny.base_dir / "config.json", model_id="x")
     assert {
@@ -686,7 +595,7 @@ def test_base_identity_ignores_how_the_base_was_loaded(tiny):
         from_file.config_sha256,
     } == {tiny.base_id.config_sha256}
     assert tiny.base_id.model_id == str(tiny.base_dir)
-    changed = _config()
+    changed = micro_config(**STORE_BASE)
     changed.rms_norm_eps = 1e-5
     assert R.base_identity(MiniMaxM2ForCausalLM(changed)).config_sha256 != tiny.base_id.config_sha256
     assert tiny.other_id.config_sha256 != tiny.base_id.config_sha256
@@ -760,11 +669,7 @@ def test_cli_publish_list_show_promote_rollback_verify(tiny, tmp_path, capsys):
 
     assert _cli("show", "domain", "--registry", uri) == 0
     shown = capsys.readouterr().out
-    assert (
-        "domain@1" in shown
-        and "production" in shown
-        and reg.resolve("domain").manifest.files[WEIGHTS] in shown
-    )
+    assert "domain@1" in shown and "production" in shown and reg.resolve("domain").manifest.files[WEIGHTS] in shown
     assert "baseline" in shown, "the alias history is shown"
     assert _cli("show", "domain@9", "--registry", uri) == 1
     assert "domain@9 does not exist" in capsys.readouterr().err

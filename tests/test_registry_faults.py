@@ -2,7 +2,7 @@
 
 Each test sets up one fault the way it happens (a crash mid-append, a hand edit, a typo) and checks
 that it ends in a message naming the store, version, alias, file or line, or in a consistent store
-with nothing lost. The tiny base and adapters come from test_registry's module fixture.
+with nothing lost. The tiny base and adapters are conftest's ``tiny`` fixture (tests/micro.py).
 """
 
 from __future__ import annotations
@@ -15,21 +15,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from micro import load_store_base as _load_base
+from test_registry import (
+    WEIGHTS,
+    _cli,
+    _domains,
+    _publish,
+    _run_until_marker_then_kill,
+)
 
 from modft_utils import registry as R
 from modft_utils import stack
 from modft_utils.registry import Registry, RegistryError
-from test_registry import (  # noqa: F401  (tiny is a fixture)
-    CONFIG,
-    WEIGHTS,
-    _cli,
-    _domains,
-    _load_base,
-    _publish,
-    _run_until_marker_then_kill,
-    _save_adapter,
-    tiny,
-)
 
 
 def _audit(root: Path, name: str) -> Path:
@@ -264,8 +261,10 @@ def test_cli_publish_takes_the_base_from_the_run_the_adapter_was_trained_in(tiny
     stack.load_adapter(extended, v, "domain", base=identity)  # loads: the recorded base is the real one
 
     # A --base-config that contradicts the run folder is refused, naming both.
-    assert _cli("publish", "domain", str(adapter), "--registry", uri,
-                "--base-config", str(tiny.base_dir / "config.json")) == 1
+    assert (
+        _cli("publish", "domain", str(adapter), "--registry", uri, "--base-config", str(tiny.base_dir / "config.json"))
+        == 1
+    )
     err = capsys.readouterr().err
     assert "is not the base this adapter was trained on" in err and str(run) in err
     assert Registry(uri).versions("domain") == [1]
@@ -297,8 +296,10 @@ def test_cli_publish_refuses_a_run_folder_it_cannot_read(tmp_path, extended_run,
     broken = tmp_path / "run"
     shutil.copytree(run, broken)
     (broken / "tokenizer" / "vocab_extension.json").write_text("{")
-    assert _cli("publish", "domain", str(broken / "adapters" / "domain" / "adapter"), "--registry",
-                str(tmp_path / "reg")) == 1
+    assert (
+        _cli("publish", "domain", str(broken / "adapters" / "domain" / "adapter"), "--registry", str(tmp_path / "reg"))
+        == 1
+    )
     assert "vocab_extension.json" in capsys.readouterr().err
 
 
@@ -311,8 +312,10 @@ def test_an_alias_value_that_is_not_a_version_number_is_named(tiny, tmp_path, va
     reg = Registry(root)
     for src in _domains(tiny):
         _publish(reg, tiny, src=src)
-    (root / "domain" / "aliases.json").write_text('{"production": %s}' % value)
-    with pytest.raises(RegistryError, match=rf"aliases\.json: .*alias 'production' holds {value}, not a version number"):
+    (root / "domain" / "aliases.json").write_text(f'{{"production": {value}}}')
+    with pytest.raises(
+        RegistryError, match=rf"aliases\.json: .*alias 'production' holds {value}, not a version number"
+    ):
         reg.resolve("domain")
     assert [p.file for p in reg.verify()] == ["aliases.json"]
 
@@ -333,11 +336,20 @@ def test_a_version_selector_is_ascii_digits_without_leading_zero(tiny, tmp_path,
 def test_non_finite_metrics_are_refused_naming_the_key(tiny, tmp_path, capsys, bad):
     reg = Registry(tmp_path / "reg")
     with pytest.raises(RegistryError, match=r"metrics\['scores'\]\['f1'\] is (nan|inf|-inf).*standard JSON"):
-        reg.publish("domain", tiny.domain, base=tiny.base_id, parent=None, params={}, data_fingerprint="",
-                    metrics={"scores": {"f1": bad}})
+        reg.publish(
+            "domain",
+            tiny.domain,
+            base=tiny.base_id,
+            parent=None,
+            params={},
+            data_fingerprint="",
+            metrics={"scores": {"f1": bad}},
+        )
     assert reg.names() == []
-    assert _cli("publish", "domain", str(tiny.domain), "--registry", str(tmp_path / "reg"),
-                "--metrics", '{"f1": NaN}') == 1
+    assert (
+        _cli("publish", "domain", str(tiny.domain), "--registry", str(tmp_path / "reg"), "--metrics", '{"f1": NaN}')
+        == 1
+    )
     assert "--metrics: NaN is not standard JSON" in capsys.readouterr().err
 
 
@@ -354,7 +366,12 @@ def test_a_store_uri_with_an_unknown_protocol_is_named(tmp_path, capsys):
 def test_a_file_given_as_the_store_is_named(tiny, tmp_path, capsys):
     afile = tmp_path / "store.txt"
     afile.write_text("not a store")
-    for argv in (["show", "domain"], ["publish", "domain", str(tiny.domain)], ["list"], ["promote", "domain", "1", "--reason", "x"]):
+    for argv in (
+        ["show", "domain"],
+        ["publish", "domain", str(tiny.domain)],
+        ["list"],
+        ["promote", "domain", "1", "--reason", "x"],
+    ):
         assert _cli(*argv, "--registry", str(afile)) == 1, argv
         assert f"registry {afile} is a file, not a folder" in capsys.readouterr().err
     assert afile.read_text() == "not a store"
@@ -435,9 +452,7 @@ registry.Registry(root).publish("domain", adapter_dir, base=registry.BaseIdentit
 
 def _kill_publish_at(tmp_path: Path, tiny, root: Path, where: str) -> None:
     base = json.dumps(dataclasses.asdict(tiny.base_id))
-    _run_until_marker_then_kill(
-        _KILL_AT, tmp_path / "marker", str(root), str(tiny.more[0]), "MARKER", base, where
-    )
+    _run_until_marker_then_kill(_KILL_AT, tmp_path / "marker", str(root), str(tiny.more[0]), "MARKER", base, where)
 
 
 def test_a_publish_killed_before_its_rename_is_cleaned_and_recorded(tiny, tmp_path):
@@ -526,8 +541,18 @@ def test_publishing_the_same_files_again_returns_the_existing_version(tiny, tmp_
     assert len(_events(reg, "domain", "publish")) == 1, "nothing was published, so nothing is recorded"
     assert not list((root / "domain").glob(".staging-*"))
 
-    assert _cli("publish", "domain", str(tiny.domain), "--registry", str(root), "--base-config",
-                str(tiny.base_dir / "config.json")) == 0
+    assert (
+        _cli(
+            "publish",
+            "domain",
+            str(tiny.domain),
+            "--registry",
+            str(root),
+            "--base-config",
+            str(tiny.base_dir / "config.json"),
+        )
+        == 0
+    )
     assert "domain@1 already holds these files" in capsys.readouterr().out
 
     # Other parent or other base: another version; so is a copy that replaces a damaged one.
