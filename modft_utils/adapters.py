@@ -58,7 +58,8 @@ def _index(model) -> _LoraIndex:
         partial = [
             (m, frozenset(_held_adapters(m)))
             for m in model.modules()
-            if isinstance(m, AuxiliaryTrainingWrapper) or (isinstance(m, BaseTunerLayer) and hasattr(m, "token_indices"))
+            if isinstance(m, AuxiliaryTrainingWrapper)
+            or (isinstance(m, BaseTunerLayer) and hasattr(m, "token_indices"))
         ]
         full = [m for m in layers if all(m is not p for p, _ in partial)]
         params: dict[str, list] = {}

@@ -25,6 +25,7 @@ BUNDLED_CONFIGS: dict[str, Path] = {
     "Qwen/Qwen3-30B-A3B": CONFIG_DIR / "Qwen3-30B-A3B.config.json",
 }
 
+
 class PlanError(ValueError):
     """A plan that cannot be made; the message names the config, id or key at fault and the fix."""
 
@@ -213,14 +214,19 @@ def _meta_tensors(config, dtype_name: str = "float32") -> list[Tensor]:
                 part, kind = "experts", "experts"
             elif isinstance(module, torch.nn.Linear) and pname == "weight":
                 # Per-expert nn.Linear (older MoE code) is still expert weight; shared experts are dense.
-                part, kind = ("experts" if "expert" in name and "shared" not in name else _part_from_name(name)), "linear"
+                part, kind = (
+                    ("experts" if "expert" in name and "shared" not in name else _part_from_name(name)),
+                    "linear",
+                )
             else:  # norms, routers held as bare parameters, biases
                 part, kind = "other", "float"
             tensors.append(Tensor(name, part, shape, kind, layer))
         for bname, buf in module.named_buffers(recurse=False):
             name = f"{mod_name}.{bname}" if mod_name else bname
             m = layer_re.search("." + name)
-            tensors.append(Tensor(name, "other", tuple(buf.shape), "buffer", int(m.group(1)) if m else None, buf.element_size()))
+            tensors.append(
+                Tensor(name, "other", tuple(buf.shape), "buffer", int(m.group(1)) if m else None, buf.element_size())
+            )
     return tensors
 
 

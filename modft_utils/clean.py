@@ -262,7 +262,9 @@ def _chars(docs: Iterable[str]) -> int:
     return sum(len(d) for d in docs)
 
 
-def map_documents(docs: list[str], fn: Callable[[str], str], desc: str, progress: bool, batch_size: int = 512) -> list[str]:
+def map_documents(
+    docs: list[str], fn: Callable[[str], str], desc: str, progress: bool, batch_size: int = 512
+) -> list[str]:
     """``fn`` over every document through a batched ``datasets.map`` (a progress bar per step).
 
     The explicit fingerprint skips hashing ``fn`` (a closure datasets cannot hash reproducibly)
@@ -277,7 +279,10 @@ def map_documents(docs: list[str], fn: Callable[[str], str], desc: str, progress
     try:
         out = Dataset.from_dict({"text": docs}).map(
             lambda batch: {"text": [fn(d) for d in batch["text"]]},
-            batched=True, batch_size=batch_size, desc=desc, new_fingerprint=f"modft-{desc}-{len(docs)}",
+            batched=True,
+            batch_size=batch_size,
+            desc=desc,
+            new_fingerprint=f"modft-{desc}-{len(docs)}",
             load_from_cache_file=False,
         )
         return out["text"]
@@ -357,7 +362,11 @@ def clean_corpus(
     record("split_documents", None, docs, rows_in=counted["rows"], chars_in=counted["chars"])
 
     normalization = config.normalization
-    cleaned = [c for c in map_documents(docs, lambda d: clean_wikitext(d, normalization), "detokenize+normalize", progress) if c]
+    cleaned = [
+        c
+        for c in map_documents(docs, lambda d: clean_wikitext(d, normalization), "detokenize+normalize", progress)
+        if c
+    ]
     record("detokenize+normalize", docs, cleaned)
     docs = cleaned
 

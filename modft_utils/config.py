@@ -51,7 +51,7 @@ class TinyBaseSpec(_Section):
     generic_corpus: str = Field(..., description="JSONL of {'text': ...} generic prose the base is pretrained on")
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "TinyBaseSpec":
+    def _heads_divide(self) -> TinyBaseSpec:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.num_experts_per_tok > self.num_local_experts:
@@ -61,20 +61,25 @@ class TinyBaseSpec(_Section):
 
 class ModelSpec(_Section):
     id: str = Field(
-        ..., description="hub id (MiniMaxAI/MiniMax-M2), a local model folder, 'tiny' to build one, or "
-        "'package:<distribution>' (an installed Python package holding model.gguf_file)"
+        ...,
+        description="hub id (MiniMaxAI/MiniMax-M2), a local model folder, 'tiny' to build one, or "
+        "'package:<distribution>' (an installed Python package holding model.gguf_file)",
     )
     revision: str | None = Field(None, description="hub revision (commit or tag) pinned for reproducibility")
     gguf_file: str | None = Field(
-        None, description="a GGUF checkpoint inside model.id (folder, package or hub repo), converted once into "
-        "the cache as a safetensors folder keyed by its sha256"
+        None,
+        description="a GGUF checkpoint inside model.id (folder, package or hub repo), converted once into "
+        "the cache as a safetensors folder keyed by its sha256",
     )
     tiny: TinyBaseSpec | None = Field(None, description="how to build the base when id is 'tiny'")
     load_in_4bit: bool = Field(True, description="QLoRA: store the frozen base in bitsandbytes 4-bit")
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 suits normally distributed weights")
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type; NF4 suits normally distributed weights"
+    )
     double_quant: bool = Field(True, description="also quantize the 4-bit scales (saves ~0.4 bit/param)")
     experts_4bit: bool = Field(
-        True, description="with load_in_4bit, store the fused MoE experts in NF4 too (stock bitsandbytes leaves them 16-bit)"
+        True,
+        description="with load_in_4bit, store the fused MoE experts in NF4 too (stock bitsandbytes leaves them 16-bit)",
     )
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "bfloat16", description="dtype of matmuls and LoRA weights; float32 on CPU keeps invariants bit-exact"
@@ -87,7 +92,7 @@ class ModelSpec(_Section):
     requires_cuda: bool = Field(False, description="refuse to start on a machine without a CUDA GPU")
 
     @model_validator(mode="after")
-    def _tiny_needs_spec(self) -> "ModelSpec":
+    def _tiny_needs_spec(self) -> ModelSpec:
         if self.id == "tiny" and self.tiny is None:
             raise ValueError("model.id 'tiny' needs a model.tiny section")
         if self.id == "tiny" and self.gguf_file:
@@ -106,7 +111,7 @@ class _SourceSpec(_Section):
     validation_file: str | None = Field(None, description="local held-out split, as train_file")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "_SourceSpec":
+    def _one_source(self) -> _SourceSpec:
         if (self.hub_name is None) == (self.train_file is None):
             raise ValueError("give either hub_name or train_file (exactly one)")
         if self.train_file is not None and self.validation_file is None:
@@ -118,8 +123,9 @@ class CorpusSpec(_SourceSpec):
     """The domain corpus: a hub dataset, or local files in any format :mod:`modft_utils.readers` reads."""
 
     train_file: str | None = Field(
-        None, description="local train split: a file, a folder or a glob (.jsonl .raw .txt .md .parquet .csv, "
-        "optionally .gz, or a save_to_disk folder)"
+        None,
+        description="local train split: a file, a folder or a glob (.jsonl .raw .txt .md .parquet .csv, "
+        "optionally .gz, or a save_to_disk folder)",
     )
     format: Literal["auto", "jsonl", "wikitext", "text", "parquet", "csv", "saved"] = Field(
         "auto", description="how local files are read; auto goes by the extension (see modft_utils.readers)"
@@ -141,12 +147,14 @@ class SftSourceSpec(_SourceSpec):
     """The labeled set for SFT: SQuAD, instruction (prompt/response) or chat (messages) rows."""
 
     train_file: str | None = Field(
-        None, description="local train split: SQuAD in any layout (original nested JSON, JSON lines, a JSON list); "
-        "prompt_response and messages sets as .jsonl, .json, .csv or .parquet"
+        None,
+        description="local train split: SQuAD in any layout (original nested JSON, JSON lines, a JSON list); "
+        "prompt_response and messages sets as .jsonl, .json, .csv or .parquet",
     )
     format: Literal["squad", "prompt_response", "messages"] = Field(
-        "squad", description="squad: extractive QA scored by the official EM/F1; prompt_response: instruction rows "
-        "(data.sft.fields); messages: multi-turn chats rendered with the chat template, loss on assistant turns"
+        "squad",
+        description="squad: extractive QA scored by the official EM/F1; prompt_response: instruction rows "
+        "(data.sft.fields); messages: multi-turn chats rendered with the chat template, loss on assistant turns",
     )
     fields: FieldsSpec = Field(default_factory=FieldsSpec, description="prompt_response: the row's field names")
     messages_field: str = Field(
@@ -160,24 +168,34 @@ class DataSpec(_Section):
     sft_subset_size: int = Field(1000, ge=10, description="training examples drawn (seeded) from the SFT train split")
     sft_eval_size: int = Field(200, ge=10, description="held-out QA examples evaluated")
     min_sft_examples: int = Field(
-        10, ge=1, description="fewest usable SFT examples per split after validation and de-duplication; fewer is an error"
+        10,
+        ge=1,
+        description="fewest usable SFT examples per split after validation and de-duplication; fewer is an error",
     )
     unanswerable: Literal["drop", "keep"] = Field("drop", description="SQuAD v2 questions without an answer")
     normalization: Literal["NFKC", "NFC", "none"] = Field("NFKC", description="Unicode normalization of the corpus")
     section_headings: Literal["keep", "drop"] = Field("keep", description="wikitext = = Section = = lines")
     min_doc_chars: int = Field(200, ge=0, description="documents shorter than this after cleaning are dropped")
-    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity above which documents are near-duplicates")
+    near_dup_threshold: float = Field(
+        0.8, gt=0, le=1, description="Jaccard similarity above which documents are near-duplicates"
+    )
     scrub_pii: bool = Field(True, description="replace e-mails, phones, cards... with typed placeholders")
     block_size: int = Field(128, ge=16, description="tokens per packed DAPT block")
-    max_sft_tokens: int = Field(256, ge=32, description="longest tokenized SFT example; longer contexts are cut around the answer")
+    max_sft_tokens: int = Field(
+        256, ge=32, description="longest tokenized SFT example; longer contexts are cut around the answer"
+    )
     tokenizer_extend_threshold: float = Field(
         1.6, gt=0, description="extend the tokenizer when domain tokens per word exceed this"
     )
     tokenizer_max_new_tokens: int = Field(
         100, ge=0, description="most domain words added when extending (0: record the decision, add nothing)"
     )
-    tokenizer_min_word_count: int = Field(5, ge=1, description="a word added to the tokenizer occurs at least this often")
-    tokenizer_min_pieces: int = Field(3, ge=2, description="a word added to the tokenizer is now cut into at least this many pieces")
+    tokenizer_min_word_count: int = Field(
+        5, ge=1, description="a word added to the tokenizer occurs at least this often"
+    )
+    tokenizer_min_pieces: int = Field(
+        3, ge=2, description="a word added to the tokenizer is now cut into at least this many pieces"
+    )
 
 
 class LoraSpec(_Section):
@@ -220,16 +238,18 @@ class SftSpec(_Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     max_new_tokens: int = Field(12, ge=1, le=512, description="greedy decoding budget for an answer")
     prompt_style: Literal["plain", "chat"] = Field(
-        "plain", description="plain: 'Context: ... Question: ... Answer:'; chat: the same as a user turn rendered "
-        "with the base's own chat template (instruct models)"
+        "plain",
+        description="plain: 'Context: ... Question: ... Answer:'; chat: the same as a user turn rendered "
+        "with the base's own chat template (instruct models)",
     )
     system_prompt: str | None = Field(
         None, description="with prompt_style chat: a system turn to add (None keeps the template's default)"
     )
     eval_batch_size: int = Field(32, ge=1, description="prompts decoded together when scoring (left-padded)")
     chat_template: str | None = Field(
-        None, description="with prompt_style chat: a Jinja chat template (text, or a .jinja file beside the profile) "
-        "used instead of the base's own; needed for a base that ships none"
+        None,
+        description="with prompt_style chat: a Jinja chat template (text, or a .jinja file beside the profile) "
+        "used instead of the base's own; needed for a base that ships none",
     )
 
 
@@ -243,10 +263,13 @@ class ComposeSpec(_Section):
 
 class RollbackSpec(_Section):
     gate_metric: Literal["auto", "f1", "exact_match", "rouge_l", "answer_nll"] = Field(
-        "auto", description="held-out metric the promotion gate compares (answer_nll: lower is better); auto: the "
-        "format's own, F1 for squad and ROUGE-L for prompt_response and messages"
+        "auto",
+        description="held-out metric the promotion gate compares (answer_nll: lower is better); auto: the "
+        "format's own, F1 for squad and ROUGE-L for prompt_response and messages",
     )
-    regression_tolerance: float = Field(1.0, ge=0, description="how much worse than production a candidate may score on gate_metric")
+    regression_tolerance: float = Field(
+        1.0, ge=0, description="how much worse than production a candidate may score on gate_metric"
+    )
     candidate_steps: int = Field(40, ge=1, description="steps of the deliberately regressing candidate in the drill")
     probe_examples: int = Field(8, ge=1, description="held-out prompts whose logits are compared exactly")
 
@@ -269,14 +292,18 @@ class Profile(_Section):
     source: str = Field("", exclude=True)
 
     @model_validator(mode="after")
-    def _task_format_fits(self) -> "Profile":
+    def _task_format_fits(self) -> Profile:
         fmt = self.data.sft.format
         if fmt == "messages" and self.sft.prompt_style != "chat":
-            raise ValueError("data.sft.format 'messages' renders conversations with a chat template: set "
-                             "sft.prompt_style: chat (and sft.chat_template if the base has none)")
+            raise ValueError(
+                "data.sft.format 'messages' renders conversations with a chat template: set "
+                "sft.prompt_style: chat (and sft.chat_template if the base has none)"
+            )
         if fmt == "squad" and self.rollback.gate_metric == "rouge_l":
-            raise ValueError("rollback.gate_metric 'rouge_l' is reported for prompt_response and messages sets; "
-                             "SQuAD is scored by the official exact match and F1")
+            raise ValueError(
+                "rollback.gate_metric 'rouge_l' is reported for prompt_response and messages sets; "
+                "SQuAD is scored by the official exact match and F1"
+            )
         return self
 
     def gate_metric(self) -> str:
@@ -304,7 +331,9 @@ class Profile(_Section):
                     "(file://, memory://, s3://, gs://, hf://, ...)"
                 ) from None
             except ImportError as exc:  # known, but its package is not installed (s3fs, gcsfs)
-                raise ValueError(f"storage protocol {protocol!r} needs a package that is not installed: {exc}") from None
+                raise ValueError(
+                    f"storage protocol {protocol!r} needs a package that is not installed: {exc}"
+                ) from None
         return value
 
     def registry_uri(self) -> str:
@@ -399,7 +428,9 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_profile(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *, check_paths: bool = True) -> Profile:
+def load_profile(
+    path: str | os.PathLike, overrides: dict[str, Any] | None = None, *, check_paths: bool = True
+) -> Profile:
     """Read, override and validate a profile; raise :class:`ProfileError` naming every bad key or path.
 
     ``overrides`` maps dotted keys to values (``{"dapt.train.max_steps": 20}``); they are validated
@@ -462,7 +493,9 @@ def describe(model_cls: type[BaseModel] = Profile, prefix: str = "") -> list[tup
             continue
         key = f"{prefix}{name}"
         ann = field.annotation
-        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        sub = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
         if sub is not None:
             rows.extend(describe(sub, key + "."))
             continue

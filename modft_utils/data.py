@@ -22,7 +22,9 @@ from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noq
 
 SFT_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
 # The user turn of a chat prompt: instruct models answer in sentences unless told what form to use.
-CHAT_USER_PROMPT = "Answer with the shortest span of the context that answers the question.\nContext: {context}\nQuestion: {question}"
+CHAT_USER_PROMPT = (
+    "Answer with the shortest span of the context that answers the question.\nContext: {context}\nQuestion: {question}"
+)
 # Closed-book questions (no context): what the model knows, e.g. from the domain corpus DAPT read.
 CLOSED_BOOK_PROMPT = "Question: {question}\nAnswer:"
 CHAT_CLOSED_BOOK_PROMPT = "Answer with a short phrase.\nQuestion: {question}"
@@ -45,8 +47,10 @@ def load_sft_rows(profile: Profile) -> dict[str, Any]:
     spec = profile.data.sft
     if spec.hub_name:
         return load_rows(spec, profile)
-    return {split: read_sft_file(profile.resolve(getattr(spec, f"{split}_file")), f"data.sft.{split}_file")
-            for split in ("train", "validation")}
+    return {
+        split: read_sft_file(profile.resolve(getattr(spec, f"{split}_file")), f"data.sft.{split}_file")
+        for split in ("train", "validation")
+    }
 
 
 def load_rows(spec: CorpusSpec, profile: Profile) -> dict[str, Any]:
@@ -77,14 +81,16 @@ def describe_sources(profile: Profile) -> list[str]:
     reader = {
         "squad": "SQuAD reader (original nested layout, JSON lines or a JSON list)",
         "prompt_response": f"prompt_response reader (prompt {sft.fields.prompt!r}, input {sft.fields.input!r}, "
-                           f"response {sft.fields.response!r})",
+        f"response {sft.fields.response!r})",
         "messages": f"messages reader (turns in {sft.messages_field!r}, role/content or ShareGPT from/value)",
     }[sft.format]
     if sft.hub_name:
         lines.append(f"SFT: hub dataset {sft.hub_name}, {reader}")
     else:
-        lines += [f"SFT {split}: {reader}: {profile.resolve(getattr(sft, f'{split}_file'))}"
-                  for split in ("train", "validation")]
+        lines += [
+            f"SFT {split}: {reader}: {profile.resolve(getattr(sft, f'{split}_file'))}"
+            for split in ("train", "validation")
+        ]
     return lines
 
 
@@ -93,8 +99,10 @@ def corpus_sources(profile: Profile) -> dict[str, readers.CorpusSource]:
     spec = profile.data.dapt
     base = Path(profile.source).parent if profile.source else Path.cwd()
     try:
-        return {split: readers.resolve(getattr(spec, f"{split}_file"), base, f"data.dapt.{split}_file", spec.format)
-                for split in ("train", "validation")}
+        return {
+            split: readers.resolve(getattr(spec, f"{split}_file"), base, f"data.dapt.{split}_file", spec.format)
+            for split in ("train", "validation")
+        }
     except readers.SourceError as exc:
         raise DataError(str(exc)) from None
 
@@ -152,7 +160,10 @@ def _tokenize_docs(docs: list[str], tokenizer, progress: bool) -> list[list[int]
     ds = Dataset.from_dict({"text": docs})
     ds = ds.map(
         lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
-        batched=True, batch_size=256, remove_columns=["text"], desc="tokenizing",
+        batched=True,
+        batch_size=256,
+        remove_columns=["text"],
+        desc="tokenizing",
     )
     return ds["ids"]
 
@@ -197,8 +208,11 @@ def clean_dapt(profile: Profile, *, progress: bool = True) -> CleanCorpus:
             raise DataError(f"data.dapt {split}: the split has no rows")
         try:
             docs[split], reports[split] = clean_corpus(
-                _text_rows(rows[split]), cfg, scrub if profile.data.scrub_pii else None,
-                progress=progress, total_rows=len(rows[split]),
+                _text_rows(rows[split]),
+                cfg,
+                scrub if profile.data.scrub_pii else None,
+                progress=progress,
+                total_rows=len(rows[split]),
                 documents=split in sources and sources[split].documents,
             )
         except ValueError as exc:
@@ -223,9 +237,13 @@ def prepare_dapt(
     if not train_blocks or not eval_blocks:
         raise DataError(f"data.dapt: fewer tokens than one block of {block}; lower data.block_size")
     data = DaptData(
-        train_docs=cleaned.train_docs, eval_docs=cleaned.eval_docs,
-        train_blocks=_blocks_dataset(train_blocks), eval_blocks=_blocks_dataset(eval_blocks),
-        reports=cleaned.reports, pii_replacements=cleaned.pii_replacements, leaked_eval_docs=cleaned.leaked_eval_docs,
+        train_docs=cleaned.train_docs,
+        eval_docs=cleaned.eval_docs,
+        train_blocks=_blocks_dataset(train_blocks),
+        eval_blocks=_blocks_dataset(eval_blocks),
+        reports=cleaned.reports,
+        pii_replacements=cleaned.pii_replacements,
+        leaked_eval_docs=cleaned.leaked_eval_docs,
     )
     out = Path(run_dir) / "data"
     data.train_blocks.save_to_disk(str(out / "dapt_train"))
@@ -266,8 +284,14 @@ def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
     for split, rs in reports.items():
         for r in rs:
             key = f"data.clean.{split}.{r.step}"
-            out.update({f"{key}.rows_in": r.rows_in, f"{key}.rows_out": r.rows_out,
-                        f"{key}.chars_in": r.chars_in, f"{key}.chars_out": r.chars_out})
+            out.update(
+                {
+                    f"{key}.rows_in": r.rows_in,
+                    f"{key}.rows_out": r.rows_out,
+                    f"{key}.chars_in": r.chars_in,
+                    f"{key}.chars_out": r.chars_out,
+                }
+            )
     return out
 
 
@@ -276,7 +300,9 @@ def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
 _WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*", re.UNICODE)
 
 
-def tokenizer_coverage(tokenizer, docs: list[str], *, threshold: float, top_n: int = 30, min_freq: int = 5) -> dict[str, Any]:
+def tokenizer_coverage(
+    tokenizer, docs: list[str], *, threshold: float, top_n: int = 30, min_freq: int = 5
+) -> dict[str, Any]:
     """How well the base tokenizer covers the domain, and whether to extend it.
 
     Byte-level BPE never produces an unknown token; its failure mode is falling back to single
@@ -351,8 +377,11 @@ def decide_tokenizer(profile: Profile, base, docs: list[str], run_dir: str | Pat
     extension = None
     if coverage["extend"] and spec.tokenizer_max_new_tokens:
         extension = vocab.choose_words(
-            tokenizer, word_counts(docs), max_words=spec.tokenizer_max_new_tokens,
-            min_count=spec.tokenizer_min_word_count, min_pieces=spec.tokenizer_min_pieces,
+            tokenizer,
+            word_counts(docs),
+            max_words=spec.tokenizer_max_new_tokens,
+            min_count=spec.tokenizer_min_word_count,
+            min_pieces=spec.tokenizer_min_pieces,
         )
         extension = extension if extension.words else None
     vocab.save_decision(run_dir, extension)
@@ -366,7 +395,11 @@ def decide_tokenizer(profile: Profile, base, docs: list[str], run_dir: str | Pat
 
 def _byte_symbols() -> dict[int, str]:
     """GPT-2's byte -> printable-symbol table, which every byte-level BPE (MiniMax-M2's too) uses."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     symbols = dict(zip(printable, map(chr, printable)))
     extra = (b for b in range(256) if b not in symbols)
     symbols.update((b, chr(256 + i)) for i, b in enumerate(extra))
@@ -408,13 +441,17 @@ class PromptFormat:
             if context is None:
                 return CLOSED_BOOK_PROMPT.format(question=question)
             return SFT_PROMPT.format(context=context, question=question)
-        user = (CHAT_CLOSED_BOOK_PROMPT.format(question=question) if context is None
-                else CHAT_USER_PROMPT.format(context=context, question=question))
+        user = (
+            CHAT_CLOSED_BOOK_PROMPT.format(question=question)
+            if context is None
+            else CHAT_USER_PROMPT.format(context=context, question=question)
+        )
         messages = [{"role": "user", "content": user}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
 
 
 def prompt_format(profile: Profile, tokenizer) -> PromptFormat:
@@ -438,7 +475,10 @@ def prompt_format(profile: Profile, tokenizer) -> PromptFormat:
         )
     fmt = PromptFormat("chat", spec.system_prompt, template)
     probe = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ANSWER"}], chat_template=template, tokenize=False)
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ANSWER"}],
+        chat_template=template,
+        tokenize=False,
+    )
     if tokenizer.eos_token is None or f"ANSWER{tokenizer.eos_token}" not in probe:
         raise DataError(
             f"sft.prompt_style 'chat': the chat template of {where} does not end an assistant turn with the EOS "
@@ -481,13 +521,19 @@ class SftReport:
 
     def metrics(self) -> dict[str, Any]:
         """Per-format counts for metrics.json: ``data.sft.<format>.<split>.<count>`` and what later steps dropped."""
-        out: dict[str, Any] = {f"data.sft.{self.format}.{split}.{k}": v
-                               for split, counts in self.loaded.items() for k, v in counts.items()}
+        out: dict[str, Any] = {
+            f"data.sft.{self.format}.{split}.{k}": v for split, counts in self.loaded.items() for k, v in counts.items()
+        }
         prefix = f"data.sft.{self.format}"
-        out.update({f"{prefix}.held_out_overlapping_removed": self.overlapping_titles_removed,
-                    f"{prefix}.dropped_pii_answer": self.answers_dropped_pii,
-                    f"{prefix}.dropped_too_long": self.dropped_too_long,
-                    f"{prefix}.train_examples": self.train_examples, f"{prefix}.eval_examples": self.eval_examples})
+        out.update(
+            {
+                f"{prefix}.held_out_overlapping_removed": self.overlapping_titles_removed,
+                f"{prefix}.dropped_pii_answer": self.answers_dropped_pii,
+                f"{prefix}.dropped_too_long": self.dropped_too_long,
+                f"{prefix}.train_examples": self.train_examples,
+                f"{prefix}.eval_examples": self.eval_examples,
+            }
+        )
         return out
 
     def table(self) -> str:
@@ -495,11 +541,17 @@ class SftReport:
         lines = [f"SFT format: {self.format}"]
         for split, counts in self.loaded.items():
             kept = counts.get("examples", counts.get("rows_out"))
-            drops = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("rows_in", "rows_out", "examples") and v)
-            lines.append(f"  {split:<10} read {counts['rows_in']:>6}  usable {kept:>6}" + (f"  ({drops})" if drops else ""))
+            drops = ", ".join(
+                f"{k} {v}" for k, v in counts.items() if k not in ("rows_in", "rows_out", "examples") and v
+            )
+            lines.append(
+                f"  {split:<10} read {counts['rows_in']:>6}  usable {kept:>6}" + (f"  ({drops})" if drops else "")
+            )
         lines.append(f"  held-out examples removed as overlapping training: {self.overlapping_titles_removed}")
-        lines.append(f"  dropped: PII answer {self.answers_dropped_pii}, too long {self.dropped_too_long}; "
-                     f"contexts cut around the answer {self.contexts_cut}; PII replaced {self.pii_replacements}")
+        lines.append(
+            f"  dropped: PII answer {self.answers_dropped_pii}, too long {self.dropped_too_long}; "
+            f"contexts cut around the answer {self.contexts_cut}; PII replaced {self.pii_replacements}"
+        )
         lines.append(f"  -> train {self.train_examples}, held-out {self.eval_examples}")
         return "\n".join(lines)
 
@@ -534,8 +586,15 @@ def scrub_example(ex: squad.QAExample) -> tuple[squad.QAExample | None, int, boo
     if not answers:
         return None, n, False
     return (
-        squad.QAExample(id=ex.id, title=ex.title, context=context, question=question,
-                        answers=tuple(answers), answer_starts=tuple(starts), is_impossible=ex.is_impossible),
+        squad.QAExample(
+            id=ex.id,
+            title=ex.title,
+            context=context,
+            question=question,
+            answers=tuple(answers),
+            answer_starts=tuple(starts),
+            is_impossible=ex.is_impossible,
+        ),
         n,
         rewritten,
     )
@@ -572,9 +631,16 @@ class SftData:
 
 
 def _eval_record(ex: squad.QAExample, tokenizer, fmt: PromptFormat, version: str) -> dict[str, Any]:
-    return {"id": ex.id, "title": ex.title, "context": ex.context, "question": ex.question,
-            "answers": list(ex.answers), "prompt": fmt.prompt(tokenizer, ex.context, ex.question),
-            "squad_version": version, "format": "squad"}
+    return {
+        "id": ex.id,
+        "title": ex.title,
+        "context": ex.context,
+        "question": ex.question,
+        "answers": list(ex.answers),
+        "prompt": fmt.prompt(tokenizer, ex.context, ex.question),
+        "squad_version": version,
+        "format": "squad",
+    }
 
 
 def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> SftData:
@@ -591,7 +657,9 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     examples = {}
     for split in ("train", "validation"):
         source = spec.hub_name or str(profile.resolve(getattr(spec, f"{split}_file")))
-        exs, rep = squad.rows_to_examples(rows[split], unanswerable=profile.data.unanswerable, source=f"{source} [{split}]")
+        exs, rep = squad.rows_to_examples(
+            rows[split], unanswerable=profile.data.unanswerable, source=f"{source} [{split}]"
+        )
         check_sft_examples(rep, len(exs), profile, f"data.sft {split}", Path(source))
         report.loaded[split] = rep.as_dict()
         examples[split] = exs
@@ -658,16 +726,28 @@ def load_conversations(profile: Profile, split: str) -> tuple[list[tasks.Convers
     try:
         if spec.hub_name:
             rows = load_rows(spec, profile)[split]
-            return tasks.hub_conversations(rows, spec.format, fields=fields, messages_field=spec.messages_field,
-                                           source=f"data.sft: hub dataset {spec.hub_name} [{split}]")
+            return tasks.hub_conversations(
+                rows,
+                spec.format,
+                fields=fields,
+                messages_field=spec.messages_field,
+                source=f"data.sft: hub dataset {spec.hub_name} [{split}]",
+            )
         key = f"data.sft.{split}_file"
-        return tasks.read_conversations(profile.resolve(getattr(spec, f"{split}_file")), key, spec.format,
-                                        fields=fields, messages_field=spec.messages_field)
+        return tasks.read_conversations(
+            profile.resolve(getattr(spec, f"{split}_file")),
+            key,
+            spec.format,
+            fields=fields,
+            messages_field=spec.messages_field,
+        )
     except tasks.TaskFormatError as exc:
         raise DataError(str(exc)) from None
 
 
-def _prepare_conversations(profile: Profile, tokenizer, fmt: PromptFormat, run_dir: str | Path, *, progress: bool) -> SftData:
+def _prepare_conversations(
+    profile: Profile, tokenizer, fmt: PromptFormat, run_dir: str | Path, *, progress: bool
+) -> SftData:
     """prepare_sft for instruction and chat sets: check, de-duplicate, scrub, subset, render with assistant-only loss."""
     from datasets import Dataset
 
@@ -676,14 +756,18 @@ def _prepare_conversations(profile: Profile, tokenizer, fmt: PromptFormat, run_d
     convs = {}
     for split in ("train", "validation"):
         convs[split], rep = load_conversations(profile, split)
-        _check_collapse(rep.examples, rep.why(), profile, f"data.sft {split}", spec.hub_name or getattr(spec, f"{split}_file"))
+        _check_collapse(
+            rep.examples, rep.why(), profile, f"data.sft {split}", spec.hub_name or getattr(spec, f"{split}_file")
+        )
         report.loaded[split] = rep.as_dict()
     # A held-out prompt that training also has would flatter every score.
     seen = {c.messages[:-1] for c in convs["train"]}
     pool = [c for c in convs["validation"] if c.messages[:-1] not in seen]
     report.overlapping_titles_removed = len(convs["validation"]) - len(pool)
-    picked = {"train": squad.subset(convs["train"], profile.data.sft_subset_size, profile.seed),
-              "validation": squad.subset(pool, profile.data.sft_eval_size, profile.seed)}
+    picked = {
+        "train": squad.subset(convs["train"], profile.data.sft_subset_size, profile.seed),
+        "validation": squad.subset(pool, profile.data.sft_eval_size, profile.seed),
+    }
     rows: dict[str, list] = {"train": [], "validation": []}
     kept: dict[str, list[tasks.Conversation]] = {"train": [], "validation": []}
     for split, labels in (("train", "all"), ("validation", "last")):
@@ -702,12 +786,18 @@ def _prepare_conversations(profile: Profile, tokenizer, fmt: PromptFormat, run_d
             kept[split].append(conv)
     report.train_examples, report.eval_examples = len(rows["train"]), len(rows["validation"])
     if not rows["train"] or not rows["validation"]:
-        raise DataError(f"data.sft: no usable training or evaluation examples left ({report.dropped_too_long} longer "
-                        f"than data.max_sft_tokens={profile.data.max_sft_tokens})")
-    evals = [{"id": c.id, "prompt": tasks.prompt_text(c, tokenizer, fmt), "answers": [c.reference], "format": spec.format}
-             for c in kept["validation"]]
+        raise DataError(
+            f"data.sft: no usable training or evaluation examples left ({report.dropped_too_long} longer "
+            f"than data.max_sft_tokens={profile.data.max_sft_tokens})"
+        )
+    evals = [
+        {"id": c.id, "prompt": tasks.prompt_text(c, tokenizer, fmt), "answers": [c.reference], "format": spec.format}
+        for c in kept["validation"]
+    ]
     data = SftData(Dataset.from_list(rows["train"]), Dataset.from_list(rows["validation"]), evals, report)
-    return _save_sft(data, [{"id": c.id, "messages": c.as_dicts(), "format": spec.format} for c in kept["train"]], run_dir)
+    return _save_sft(
+        data, [{"id": c.id, "messages": c.as_dicts(), "format": spec.format} for c in kept["train"]], run_dir
+    )
 
 
 def load_sft(run_dir: str | Path) -> SftData:
@@ -742,24 +832,34 @@ def shuffled_answer_set(profile: Profile, run_dir: str | Path, tokenizer):
         convs = [tasks.Conversation(e["id"], tuple((t["role"], t["content"]) for t in e["messages"])) for e in examples]
         replies = [c.reference for c in convs]
         random.Random(profile.seed).shuffle(replies)
-        shuffled = (tasks.tokenize_conversation(c.with_reference(r), tokenizer, fmt, max_tokens) for c, r in zip(convs, replies))
+        shuffled = (
+            tasks.tokenize_conversation(c.with_reference(r), tokenizer, fmt, max_tokens) for c, r in zip(convs, replies)
+        )
         return Dataset.from_list([row for row in shuffled if row is not None])
     answers = [e["answers"][0] for e in examples]
     random.Random(profile.seed).shuffle(answers)
     rows = []
     for ex, wrong in zip(examples, answers):
-        prompt_ids = tokenizer(fmt.prompt(tokenizer, ex["context"], ex["question"]), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(fmt.answer_prefix + wrong, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt_ids = tokenizer(fmt.prompt(tokenizer, ex["context"], ex["question"]), add_special_tokens=False)[
+            "input_ids"
+        ]
+        answer_ids = tokenizer(fmt.answer_prefix + wrong, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         if len(prompt_ids) + len(answer_ids) <= max_tokens:
             ids = prompt_ids + answer_ids
-            rows.append({"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids, "attention_mask": [1] * len(ids)})
+            rows.append(
+                {"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids, "attention_mask": [1] * len(ids)}
+            )
     return Dataset.from_list(rows)
 
 
 CLOSED_BOOK_FILE = "closed_book.jsonl"
 
 
-def prepare_closed_book(profile: Profile, tokenizer, run_dir: str | Path, train_docs: list[str]) -> list[dict[str, Any]]:
+def prepare_closed_book(
+    profile: Profile, tokenizer, run_dir: str | Path, train_docs: list[str]
+) -> list[dict[str, Any]]:
     """Held-out questions whose answer the DAPT training corpus states, to be asked without their context.
 
     On extractive QA the context holds the answer, so the domain adapter adds little to the task;
@@ -779,9 +879,16 @@ def prepare_closed_book(profile: Profile, tokenizer, run_dir: str | Path, train_
     for ex in evals if profile.data.sft.format == "squad" else ():
         subject = ex["title"].replace("_", " ")
         if any(subject in doc and any(a and a in doc for a in ex["answers"]) for doc in train_docs):
-            kept.append({"id": ex["id"], "title": ex["title"], "question": ex["question"], "answers": ex["answers"],
-                         "prompt": fmt.prompt(tokenizer, None, ex["question"]),
-                         "squad_version": ex.get("squad_version", "v1.1")})
+            kept.append(
+                {
+                    "id": ex["id"],
+                    "title": ex["title"],
+                    "question": ex["question"],
+                    "answers": ex["answers"],
+                    "prompt": fmt.prompt(tokenizer, None, ex["question"]),
+                    "squad_version": ex.get("squad_version", "v1.1"),
+                }
+            )
         if len(kept) >= profile.compose.closed_book_examples:
             break
     with open(Path(run_dir) / "data" / CLOSED_BOOK_FILE, "w", encoding="utf-8") as fh:
@@ -847,16 +954,20 @@ def _squad_version(rows) -> str:
 
 def check_sft_examples(report: squad.SquadReport, examples: int, profile: Profile, key: str, path: Path) -> None:
     """Refuse a SQuAD split that collapses (empty, all duplicates, answers not found) below the minimum."""
-    why = (f"{report.rows_in} row(s) read, {report.duplicate_ids} duplicate id(s), {report.dropped_bad_answer} "
-           f"without an answer found in the context, {report.unanswerable_dropped} unanswerable dropped")
+    why = (
+        f"{report.rows_in} row(s) read, {report.duplicate_ids} duplicate id(s), {report.dropped_bad_answer} "
+        f"without an answer found in the context, {report.unanswerable_dropped} unanswerable dropped"
+    )
     _check_collapse(examples, why, profile, key, path)
 
 
 def _check_collapse(examples: int, why: str, profile: Profile, key: str, path) -> None:
     need = profile.data.min_sft_examples
     if examples < need:
-        raise DataError(f"{key}: {path} leaves {examples} usable example(s) ({why}); at least {need} are needed "
-                        "(data.min_sft_examples). Check the file, or lower data.min_sft_examples for a smoke test.")
+        raise DataError(
+            f"{key}: {path} leaves {examples} usable example(s) ({why}); at least {need} are needed "
+            "(data.min_sft_examples). Check the file, or lower data.min_sft_examples for a smoke test."
+        )
 
 
 def validate_inputs(profile: Profile) -> dict[str, int]:
@@ -875,19 +986,25 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
                     for f in source.files:
                         if f.suffix != ".gz":
                             _check_text_rows(f, f"data.dapt.{split}_file")
-                counts[str(profile.resolve(getattr(dapt, f"{split}_file")))] = len(readers.read(source, dapt.text_column))
+                counts[str(profile.resolve(getattr(dapt, f"{split}_file")))] = len(
+                    readers.read(source, dapt.text_column)
+                )
             except readers.SourceError as exc:
                 raise DataError(str(exc)) from None
     for key in ("train_file", "validation_file"):
         if getattr(sft, key) and sft.format != "squad":
             convs, report = load_conversations(profile, key.removesuffix("_file"))
-            _check_collapse(report.examples, report.why(), profile, f"data.sft.{key}", profile.resolve(getattr(sft, key)))
+            _check_collapse(
+                report.examples, report.why(), profile, f"data.sft.{key}", profile.resolve(getattr(sft, key))
+            )
             counts[str(profile.resolve(getattr(sft, key)))] = report.rows_in
         elif getattr(sft, key):
             path = profile.resolve(getattr(sft, key))
             rows = read_sft_file(path, f"data.sft.{key}")
             try:
-                examples, report = squad.rows_to_examples(rows, unanswerable=profile.data.unanswerable, source=str(path))
+                examples, report = squad.rows_to_examples(
+                    rows, unanswerable=profile.data.unanswerable, source=str(path)
+                )
             except (squad.SquadFormatError, ValueError) as exc:
                 raise DataError(f"data.sft.{key}: {exc}") from exc
             check_sft_examples(report, len(examples), profile, f"data.sft.{key}", path)

@@ -35,7 +35,10 @@ def token_nll(model, batches, *, progress: bool = False, desc: str = "scoring") 
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:]
         loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         total += float(loss)
         count += int((shift_labels != -100).sum())
@@ -52,7 +55,9 @@ def perplexity(model, blocks, *, batch_size: int = 8, progress: bool = False) ->
     """exp(mean NLL per predicted token) over packed blocks (``input_ids``, ``labels`` columns)."""
     from transformers import default_data_collator
 
-    total, count = token_nll(model, _batches(blocks, batch_size, default_data_collator), progress=progress, desc="perplexity")
+    total, count = token_nll(
+        model, _batches(blocks, batch_size, default_data_collator), progress=progress, desc="perplexity"
+    )
     return math.exp(total / max(count, 1))
 
 
@@ -109,8 +114,16 @@ def _common_prefix(id_lists: Sequence[Sequence[int]]) -> int:
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
-    max_prompt_tokens: int | None = None, progress: bool = False, share_prefix: bool = True, one_line: bool = True,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    max_prompt_tokens: int | None = None,
+    progress: bool = False,
+    share_prefix: bool = True,
+    one_line: bool = True,
 ) -> list[str]:
     """Greedy answers to ``prompts``: the first line of each continuation, in the order given.
 
@@ -132,8 +145,9 @@ def generate(
     if not prompts:
         return []
     device = _device(model)
-    encoded = tokenizer(list(prompts), add_special_tokens=False, truncation=max_prompt_tokens is not None,
-                        max_length=max_prompt_tokens)["input_ids"]
+    encoded = tokenizer(
+        list(prompts), add_special_tokens=False, truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens
+    )["input_ids"]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     # Each row keeps at least one token of its own after the shared part, which generate prefills.
     shared = min(_common_prefix(encoded), min(len(ids) for ids in encoded) - 1) if share_prefix else 0
@@ -147,18 +161,24 @@ def generate(
         for r, i in enumerate(rows):
             rest = encoded[i][shared:]
             ids[r, :shared] = torch.tensor(encoded[i][:shared], dtype=torch.long)
-            ids[r, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            ids[r, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
             mask[r, :shared] = 1
-            mask[r, width - len(rest):] = 1
+            mask[r, width - len(rest) :] = 1
         kwargs: dict[str, Any] = {}
         if shared:
             cache = model(input_ids=ids[:1, :shared].to(device), use_cache=True).past_key_values
             cache.batch_repeat_interleave(len(rows))
             kwargs["past_key_values"] = cache
         gen = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-            num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            stopping_criteria=[_stop_at_newline(tokenizer, width)] if one_line else None, **kwargs,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            stopping_criteria=[_stop_at_newline(tokenizer, width)] if one_line else None,
+            **kwargs,
         )
         texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
         for i, text in zip(rows, texts):
@@ -168,7 +188,12 @@ def generate(
 
 @torch.no_grad()
 def generate_plain(
-    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
 ) -> list[str]:
     """What a user writes first: left-padded batches in the order given, all ``max_new_tokens`` decoded.
 
@@ -180,12 +205,21 @@ def generate_plain(
     outs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            outs.extend(clean_generation(t) for t in
-                        tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+            enc = tokenizer(
+                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            outs.extend(
+                clean_generation(t)
+                for t in tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
     finally:
         tokenizer.padding_side = side
     return outs
@@ -199,7 +233,9 @@ def example_format(examples: Sequence[dict[str, Any]]) -> str:
     return formats.pop() if formats else "squad"
 
 
-def task_scores(model, tokenizer, examples: Sequence[dict[str, Any]], *, max_new_tokens: int, progress: bool = False) -> dict[str, Any]:
+def task_scores(
+    model, tokenizer, examples: Sequence[dict[str, Any]], *, max_new_tokens: int, progress: bool = False
+) -> dict[str, Any]:
     """Greedy answers scored as their format is judged (0-100), with the predictions by id.
 
     SQuAD: exact match and F1 by the official script of the examples' version. Instruction and chat
@@ -209,8 +245,14 @@ def task_scores(model, tokenizer, examples: Sequence[dict[str, Any]], *, max_new
     from .tasks import text_metrics
 
     fmt = example_format(examples)
-    preds = generate(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens=max_new_tokens,
-                     progress=progress, one_line=fmt == "squad")
+    preds = generate(
+        model,
+        tokenizer,
+        [e["prompt"] for e in examples],
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        one_line=fmt == "squad",
+    )
     predictions = {e["id"]: p for e, p in zip(examples, preds)}
     references = {e["id"]: list(e["answers"]) for e in examples}
     if fmt != "squad":
@@ -252,8 +294,17 @@ STACKS: dict[str, list[str]] = {
 
 
 def comparison_grid(
-    model, tokenizer, *, stacks: dict[str, list[str]], eval_blocks, qa_examples: Sequence[dict[str, Any]],
-    qa_tokenized, collator, max_new_tokens: int, closed_book: Sequence[dict[str, Any]] = (), progress: bool = False,
+    model,
+    tokenizer,
+    *,
+    stacks: dict[str, list[str]],
+    eval_blocks,
+    qa_examples: Sequence[dict[str, Any]],
+    qa_tokenized,
+    collator,
+    max_new_tokens: int,
+    closed_book: Sequence[dict[str, Any]] = (),
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Every stack scored on the same held-out data: one row per stack.
 
@@ -291,12 +342,19 @@ def grid_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 def grid_table(rows: list[dict[str, Any]]) -> str:
     closed = "closed_book_f1" in rows[0]
     rouge = "rouge_l" in rows[0]
-    header = f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6}" + (f" {'ROUGE-L':>7}" if rouge else "") + f" {'answer NLL':>10}"
+    header = (
+        f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6}"
+        + (f" {'ROUGE-L':>7}" if rouge else "")
+        + f" {'answer NLL':>10}"
+    )
     header += f" {'closed-book EM':>14} {'closed-book F1':>14}" if closed else ""
     lines = [header, "-" * len(header)]
     for r in rows:
-        line = (f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f}"
-                + (f" {r['rouge_l']:>7.1f}" if rouge else "") + f" {r['answer_nll']:>10.3f}")
+        line = (
+            f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f}"
+            + (f" {r['rouge_l']:>7.1f}" if rouge else "")
+            + f" {r['answer_nll']:>10.3f}"
+        )
         if closed:
             line += f" {r['closed_book_exact_match']:>14.1f} {r['closed_book_f1']:>14.1f}"
         lines.append(line)
@@ -306,7 +364,9 @@ def grid_table(rows: list[dict[str, Any]]) -> str:
 LOWER_IS_BETTER = frozenset({"answer_nll", "domain_ppl"})
 
 
-def promotion_gate(candidate: dict[str, float], production: dict[str, float], *, metric: str = "f1", tolerance: float) -> dict[str, Any]:
+def promotion_gate(
+    candidate: dict[str, float], production: dict[str, float], *, metric: str = "f1", tolerance: float
+) -> dict[str, Any]:
     """Refuse a candidate that scores more than ``tolerance`` worse than production on ``metric``.
 
     ``drop`` is how much worse the candidate is (positive: worse), whichever direction the metric runs.
@@ -323,10 +383,15 @@ def promotion_gate(candidate: dict[str, float], production: dict[str, float], *,
     }
 
 
-def stack_scores(model, tokenizer, qa_examples: Sequence[dict[str, Any]], qa_tokenized, collator, *, max_new_tokens: int) -> dict[str, Any]:
+def stack_scores(
+    model, tokenizer, qa_examples: Sequence[dict[str, Any]], qa_tokenized, collator, *, max_new_tokens: int
+) -> dict[str, Any]:
     """The active stack's held-out scores for its format and its answer NLL: what the promotion gate compares."""
     qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens)
-    return {**{k: v for k, v in qa.items() if k != "predictions"}, "answer_nll": answer_nll(model, qa_tokenized, collator)}
+    return {
+        **{k: v for k, v in qa.items() if k != "predictions"},
+        "answer_nll": answer_nll(model, qa_tokenized, collator),
+    }
 
 
 # --------------------------------------------------------------------------- side-by-side answers

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from . import adapters
-from .stack import load_adapter
 from .cache import sha256_file
+from .stack import load_adapter
 
 TOLERANCE = 1e-5
 EXPORT_RECORD = "modft_export.json"
@@ -208,5 +208,11 @@ def parity_report(reference_model, exported_model, input_ids: torch.Tensor) -> d
     }
 
 
-__all__ = ["ExportError", "dequantized_loader", "export_combined", "export_merged", "full_precision_loader",
-           "parity_report"]
+__all__ = [
+    "ExportError",
+    "dequantized_loader",
+    "export_combined",
+    "export_merged",
+    "full_precision_loader",
+    "parity_report",
+]

@@ -76,7 +76,7 @@ def locate(profile: Profile) -> Path:
     if name is None:
         raise GGUFError(f"{profile.source}: model.gguf_file is not set")
     if spec.id.startswith(PACKAGE_PREFIX):
-        path = package_root(spec.id[len(PACKAGE_PREFIX):]) / name
+        path = package_root(spec.id[len(PACKAGE_PREFIX) :]) / name
         if not path.is_file():
             raise GGUFError(f"model.gguf_file: {name!r} is not a file of the installed package {spec.id!r} ({path})")
         return path
@@ -124,12 +124,16 @@ def inspect(path: Path, *, with_sha256: bool = True) -> GGUFSource:
     try:
         reader = GGUFReader(str(path))
     except Exception as exc:  # noqa: BLE001 - numpy memmap and struct errors on a cut file
-        raise GGUFError(f"{path}: unreadable GGUF header or tensor index ({type(exc).__name__}: {exc}); "
-                        "the file is truncated or corrupt: copy or download it again") from None
+        raise GGUFError(
+            f"{path}: unreadable GGUF header or tensor index ({type(exc).__name__}: {exc}); "
+            "the file is truncated or corrupt: copy or download it again"
+        ) from None
     ends = [int(t.data_offset) + int(t.n_bytes) for t in reader.tensors]
     if not ends or max(ends) > size:
-        raise GGUFError(f"{path}: truncated: its tensors end at byte {max(ends, default=0):,} but the file has {size:,} bytes; "
-                        "copy or download it again")
+        raise GGUFError(
+            f"{path}: truncated: its tensors end at byte {max(ends, default=0):,} but the file has {size:,} bytes; "
+            "copy or download it again"
+        )
     field = reader.fields.get("general.architecture")
     if field is None:
         raise GGUFError(f"{path}: the GGUF header has no general.architecture")
@@ -187,7 +191,9 @@ def convert(source: GGUFSource, out_dir: Path, *, progress: bool = True) -> dict
     # plain float model now, so it is rebuilt from its config without that record.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    setattr(config, CONFIG_KEY, {"file": source.path.name, "sha256": source.sha256, "architecture": source.architecture})
+    setattr(
+        config, CONFIG_KEY, {"file": source.path.name, "sha256": source.sha256, "architecture": source.architecture}
+    )
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     del loaded

@@ -55,7 +55,9 @@ def measure_in_this_process(args: dict[str, Any]) -> dict[str, Any]:
     # training step's tensors need and which the plan does not price. Without it the code pages
     # counted as a fixed ~38 MiB on the tiny profile, whatever the batch.
     if args["warmup_base"]:
-        warm = adapters.add_adapter(load_base(profile, BaseRef(args["warmup_base"])), "domain", lora_config(profile.dapt.lora))
+        warm = adapters.add_adapter(
+            load_base(profile, BaseRef(args["warmup_base"])), "domain", lora_config(profile.dapt.lora)
+        )
         warm.train()
         _step(warm, torch.randint(2, args["vocab"], (2, 16)))
         torch.optim.AdamW([p for p in warm.parameters() if p.requires_grad], lr=1e-4).step()
@@ -92,9 +94,15 @@ def measure_in_this_process(args: dict[str, Any]) -> dict[str, Any]:
         losses.append(float(loss))
         peaks.append(_status("VmHWM"))
     return {
-        "baseline_rss": baseline, "after_load_rss": after_load, "hwm": _status("VmHWM"), "hwm_per_step": peaks,
-        "hwm_reset": reset, "trainable_params": sum(p.numel() for p in trainable), "losses": losses,
-        "threads": torch.get_num_threads(), "library_pages_during_steps": _status("RssFile") - baseline_file,
+        "baseline_rss": baseline,
+        "after_load_rss": after_load,
+        "hwm": _status("VmHWM"),
+        "hwm_per_step": peaks,
+        "hwm_reset": reset,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+        "library_pages_during_steps": _status("RssFile") - baseline_file,
     }
 
 
@@ -151,21 +159,40 @@ def measure_training_peak(
             one_layer.num_hidden_layers = 1
             AutoModelForCausalLM.from_config(one_layer).save_pretrained(Path(tmp) / "warmup")
         args = {
-            "profile": profile.model_dump_json(), "base": str(Path(tmp) / "base"), "stage": stage,
-            "batch": batch, "seq": seq, "steps": steps, "checkpointing": ckpt, "vocab": config.vocab_size,
+            "profile": profile.model_dump_json(),
+            "base": str(Path(tmp) / "base"),
+            "stage": stage,
+            "batch": batch,
+            "seq": seq,
+            "steps": steps,
+            "checkpointing": ckpt,
+            "vocab": config.vocab_size,
             "warmup_base": str(Path(tmp) / "warmup") if warmup else None,
         }
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
         if malloc_mmap_threshold is not None:
             env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
-        proc = subprocess.run([sys.executable, "-m", "modft_utils.measure", json.dumps(args)], cwd=str(REPO_ROOT),
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "modft_utils.measure", json.dumps(args)],
+            cwd=str(REPO_ROOT),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"training-step measurement failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(stage=stage, batch=batch, seq=seq, checkpointing=ckpt, steps=steps,
-                  malloc_mmap_threshold=malloc_mmap_threshold, measured_bytes=result["hwm"] - result["baseline_rss"])
+    result.update(
+        stage=stage,
+        batch=batch,
+        seq=seq,
+        checkpointing=ckpt,
+        steps=steps,
+        malloc_mmap_threshold=malloc_mmap_threshold,
+        measured_bytes=result["hwm"] - result["baseline_rss"],
+    )
     return result
 
 

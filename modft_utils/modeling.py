@@ -17,6 +17,7 @@ from .tiny import TINY_MARKER, build_tiny_base, tiny_cache_key
 from .upstream_fixes import keep_cpu_4bit_exact
 from .vocab import VocabExtension, extend_model, extend_tokenizer, load_decision, trainable_token_indices
 
+
 @dataclass
 class BaseRef:
     """What ``from_pretrained`` is called with: a hub id (plus revision) or a local folder."""
@@ -26,7 +27,7 @@ class BaseRef:
     build_info: dict[str, Any] = field(default_factory=dict)
     vocab_extension: VocabExtension | None = None  # domain tokens this run added (see modft_utils.vocab)
 
-    def extended(self, ext: VocabExtension | None) -> "BaseRef":
+    def extended(self, ext: VocabExtension | None) -> BaseRef:
         """The same base with ``ext`` applied by every later tokenizer and model load."""
         return replace(self, vocab_extension=ext if ext is not None and ext.words else None)
 
@@ -167,8 +168,12 @@ def load_base(profile: Profile, base: BaseRef, *, load_in_4bit: bool | None = No
     if quant is not None and spec.experts_4bit:
         from .quant import quantize_experts
 
-        quantize_experts(model, quant_type=spec.quant_type, compute_dtype=_dtype(spec.compute_dtype),
-                         compress_statistics=spec.double_quant)
+        quantize_experts(
+            model,
+            quant_type=spec.quant_type,
+            compute_dtype=_dtype(spec.compute_dtype),
+            compress_statistics=spec.double_quant,
+        )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

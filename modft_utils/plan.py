@@ -198,9 +198,10 @@ class Plan:
         cap = f"{self.gpus} x {_gib(self.gpu_bytes)} GiB"
         if self.fits:
             return f"FITS: needs {_gib(self.total_bytes)} GiB, available {cap}"
-        return (
-            f"DOES NOT FIT: needs {_gib(self.total_bytes)} GiB, available {cap}"
-            + (f" (short by {_gib(self.total_bytes - self.gpu_bytes * self.gpus)} GiB)" if self.total_bytes > self.gpu_bytes * self.gpus else " (no layout of whole decoder layers fits)")
+        return f"DOES NOT FIT: needs {_gib(self.total_bytes)} GiB, available {cap}" + (
+            f" (short by {_gib(self.total_bytes - self.gpu_bytes * self.gpus)} GiB)"
+            if self.total_bytes > self.gpu_bytes * self.gpus
+            else " (no layout of whole decoder layers fits)"
         )
 
     def table(self) -> str:
@@ -224,16 +225,37 @@ class Plan:
                 line(r.part, r.params, r.dtype, r.bytes, r.note)
         line("= weights", self.params, "", self.weight_bytes)
         lines.append("")
-        line("LoRA adapters", self.lora_params, "float32", self.lora_bytes,
-             f"{self.trainable_params:,} trainable" + ("" if self.trainable_params == self.lora_params else ", the rest frozen"))
+        line(
+            "LoRA adapters",
+            self.lora_params,
+            "float32",
+            self.lora_bytes,
+            f"{self.trainable_params:,} trainable"
+            + ("" if self.trainable_params == self.lora_params else ", the rest frozen"),
+        )
         line("gradients", self.trainable_params, "float32", self.grad_bytes, "trainable LoRA params only")
-        line("AdamW states", self.trainable_params, "2 x fp32", self.optimizer_bytes,
-             "exp_avg + exp_avg_sq; no master copy (adapters are already fp32)")
+        line(
+            "AdamW states",
+            self.trainable_params,
+            "2 x fp32",
+            self.optimizer_bytes,
+            "exp_avg + exp_avg_sq; no master copy (adapters are already fp32)",
+        )
         other = self.activation_bytes if self.gradient_checkpointing else self.activation_bytes_checkpointed
-        line("activations", None, self.compute_dtype, self.activations_used,
-             f"checkpointing {ckpt}; {'without' if self.gradient_checkpointing else 'with'} it: {_size(other)}")
-        line("CUDA + allocator", None, "", self.overhead_bytes,
-             f"{self.gpus} x {OVERHEAD_FIXED_BYTES // GiB} GiB context + {OVERHEAD_FRACTION:.0%} fragmentation")
+        line(
+            "activations",
+            None,
+            self.compute_dtype,
+            self.activations_used,
+            f"checkpointing {ckpt}; {'without' if self.gradient_checkpointing else 'with'} it: {_size(other)}",
+        )
+        line(
+            "CUDA + allocator",
+            None,
+            "",
+            self.overhead_bytes,
+            f"{self.gpus} x {OVERHEAD_FIXED_BYTES // GiB} GiB context + {OVERHEAD_FRACTION:.0%} fragmentation",
+        )
         lines.append("-" * 100)
         line("TOTAL", None, "", self.total_bytes)
         lines.append("")
@@ -279,8 +301,10 @@ class _Arch:
 
 def _arch(config, tensors: list[Tensor]) -> _Arch:
     experts = (
-        getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
-        or getattr(config, "n_routed_experts", None) or 0
+        getattr(config, "num_local_experts", None)
+        or getattr(config, "num_experts", None)
+        or getattr(config, "n_routed_experts", None)
+        or 0
     )
     ffn = getattr(config, "moe_intermediate_size", None) if experts else None
     return _Arch(
@@ -355,7 +379,9 @@ class _Activations:
     final: int
 
 
-def _activations(arch: _Arch, *, batch: int, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str) -> _Activations:
+def _activations(
+    arch: _Arch, *, batch: int, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str
+) -> _Activations:
     """Activation memory for ``batch`` sequences of ``seq`` tokens, with and without checkpointing.
 
     Without checkpointing every layer's saved tensors are alive when backward starts, and the loss's
@@ -364,7 +390,9 @@ def _activations(arch: _Arch, *, batch: int, seq: int, s: int, lora_rank_sum: in
     and their gradients (about as large again) are alive together.
     """
     n = batch * seq
-    per_layer = n * _layer_activation_bytes(arch, seq=seq, s=s, lora_rank_sum=lora_rank_sum, attn=attn, experts_impl=experts_impl)
+    per_layer = n * _layer_activation_bytes(
+        arch, seq=seq, s=s, lora_rank_sum=lora_rank_sum, attn=attn, experts_impl=experts_impl
+    )
     boundary = n * s * arch.hidden
     final = n * (4 * arch.hidden + 4)  # final RMSNorm
     loss = n * _loss_peak_bytes_per_token(arch, s)
@@ -442,8 +470,19 @@ class _Phase:
 def _with_batch(phase: _Phase, arch: _Arch, batch: int) -> _Phase:
     acts = _activations(arch, batch=batch, seq=phase.seq, **phase.act_args)
     accum = -(-phase.batch * phase.grad_accum // batch)  # keep the tokens per optimizer step
-    return _Phase(phase.name, batch, phase.seq, accum, phase.checkpointing, phase.lora_params, phase.trainable,
-                  phase.trainable_tensors, phase.lora_rank_sum_per_layer, acts, phase.act_args)
+    return _Phase(
+        phase.name,
+        batch,
+        phase.seq,
+        accum,
+        phase.checkpointing,
+        phase.lora_params,
+        phase.trainable,
+        phase.trainable_tensors,
+        phase.lora_rank_sum_per_layer,
+        acts,
+        phase.act_args,
+    )
 
 
 def _usable(gpu_bytes: int) -> float:
@@ -482,7 +521,9 @@ def _layout(tensors: list[Tensor], byte_of: dict[str, int], n_layers: int) -> _L
     return _Layout(head, layers, tail)
 
 
-def _gpus_needed(layout: _Layout, phase: _Phase, gpu_bytes: int, checkpointing: bool, limit: int = MAX_GPUS) -> int | None:
+def _gpus_needed(
+    layout: _Layout, phase: _Phase, gpu_bytes: int, checkpointing: bool, limit: int = MAX_GPUS
+) -> int | None:
     """Fewest GPUs a sequential split of whole decoder layers fits on, or None beyond ``limit``.
 
     Each decoder layer brings its weights, its share of the adapter state and the activations it
@@ -567,37 +608,64 @@ def _price(profile: Profile, config, *, experts_4bit: bool, stage: str) -> _Pric
             label = _dtype_label(kinds.pop(), spec.load_in_4bit, experts_4bit, spec.quant_type, spec.compute_dtype)
         note = {
             "experts": "fused 3-D expert weights",
-            "attention": "q/k/v/o projections (nn.Linear: bitsandbytes quantizes them)" if spec.load_in_4bit else "q/k/v/o projections",
+            "attention": "q/k/v/o projections (nn.Linear: bitsandbytes quantizes them)"
+            if spec.load_in_4bit
+            else "q/k/v/o projections",
             "dense_mlp": "other nn.Linear layers",
             "embeddings": "kept in the compute dtype",
             "lm_head": "bitsandbytes skips the output layer",
             "other": "norms, q_norm/k_norm, routers; buffers",
         }[part]
         if part == "experts" and spec.load_in_4bit:
-            note = ("fused 3-D experts in NF4 per expert (modft_utils.quant; model.experts_4bit)"
-                    if experts_4bit else "stock BitsAndBytesConfig: fused 3-D experts are NOT quantized (bitsandbytes #1849)")
+            note = (
+                "fused 3-D experts in NF4 per expert (modft_utils.quant; model.experts_4bit)"
+                if experts_4bit
+                else "stock BitsAndBytesConfig: fused 3-D experts are NOT quantized (bitsandbytes #1849)"
+            )
         rows.append(PlanRow(part, params, label, sum(byte_of[t.name] for t in members), note))
     experts = [t for t in tensors if t.part == "experts"]
     if experts and spec.load_in_4bit:
         # Show the other expert dtype too: the difference is the point of this table.
         alt = sum(tensor_bytes(t, not experts_4bit) for t in experts)
         alt_label = _dtype_label("experts", True, not experts_4bit, spec.quant_type, spec.compute_dtype)
-        alt_note = ("what stock BitsAndBytesConfig(load_in_4bit) gives: experts stay 16/32-bit"
-                    if experts_4bit else "if the fused experts were quantized too")
-        rows.append(PlanRow("experts (" + ("stock" if experts_4bit else alt_label) + ")",
-                            sum(t.numel for t in experts), alt_label, alt, alt_note, in_total=False))
+        alt_note = (
+            "what stock BitsAndBytesConfig(load_in_4bit) gives: experts stay 16/32-bit"
+            if experts_4bit
+            else "if the fused experts were quantized too"
+        )
+        rows.append(
+            PlanRow(
+                "experts (" + ("stock" if experts_4bit else alt_label) + ")",
+                sum(t.numel for t in experts),
+                alt_label,
+                alt,
+                alt_note,
+                in_total=False,
+            )
+        )
     quant_cfg = getattr(config, "quantization_config", None) or {}
     if isinstance(quant_cfg, dict) and quant_cfg.get("quant_method") == "fp8":
         bh, bw = quant_cfg.get("weight_block_size") or (128, 128)
         params = [t for t in tensors if t.kind in ("linear", "experts")]
-        scale = sum(4 * math.prod(-(-d // blk) for d, blk in zip(t.shape[-2:], (bh, bw))) * math.prod(t.shape[:-2]) for t in params)
+        scale = sum(
+            4 * math.prod(-(-d // blk) for d, blk in zip(t.shape[-2:], (bh, bw))) * math.prod(t.shape[:-2])
+            for t in params
+        )
         fp8 = sum(t.numel for t in params) + scale
         rest = sum(t.numel * 2 for t in tensors if t.kind in ("float", "lm_head"))
-        rows.append(PlanRow("checkpoint download", sum(t.numel for t in tensors if t.kind != "buffer"), "fp8+bf16",
-                            fp8 + rest, f"published weights: fp8 e4m3, {bh}x{bw} blocks; disk and download, not GPU", in_total=False))
+        rows.append(
+            PlanRow(
+                "checkpoint download",
+                sum(t.numel for t in tensors if t.kind != "buffer"),
+                "fp8+bf16",
+                fp8 + rest,
+                f"published weights: fp8 e4m3, {bh}x{bw} blocks; disk and download, not GPU",
+                in_total=False,
+            )
+        )
 
     phases = []
-    for name in (("dapt", "sft") if stage == "both" else (stage,)):
+    for name in ("dapt", "sft") if stage == "both" else (stage,):
         section = profile.dapt if name == "dapt" else profile.sft
         lora = section.lora
         seq = profile.data.block_size if name == "dapt" else profile.data.max_sft_tokens
@@ -613,28 +681,76 @@ def _price(profile: Profile, config, *, experts_4bit: bool, stage: str) -> _Pric
         impl = "nf4" if spec.load_in_4bit and experts_4bit else (spec.experts_implementation or "grouped_mm")
         act_args = dict(s=s, lora_rank_sum=per_layer_rank, attn=spec.attn_implementation, experts_impl=impl)
         acts = _activations(arch, batch=section.train.batch_size, seq=seq, **act_args)
-        phases.append(_Phase(name, section.train.batch_size, seq, section.train.grad_accum,
-                             section.train.gradient_checkpointing, resident, trainable, 2 * len(targets),
-                             per_layer_rank, acts, act_args))
+        phases.append(
+            _Phase(
+                name,
+                section.train.batch_size,
+                seq,
+                section.train.grad_accum,
+                section.train.gradient_checkpointing,
+                resident,
+                trainable,
+                2 * len(targets),
+                per_layer_rank,
+                acts,
+                act_args,
+            )
+        )
     return _Priced(arch, tensors, rows, byte_of, _layout(tensors, byte_of, arch.layers), phases)
 
 
 # Published configs of smaller MoE bases with fused experts in transformers 5.x, largest first, for
 # the "smaller base" suggestion. Values are from each model's config.json on the hub.
 SMALLER_BASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("mistralai/Mixtral-8x7B-v0.1", "mixtral", dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
-        tie_word_embeddings=False)),
-    ("Qwen/Qwen3-30B-A3B", "qwen3_moe", dict(
-        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=48,
-        num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
-        num_experts_per_tok=8, vocab_size=151936, tie_word_embeddings=False, decoder_sparse_step=1,
-        mlp_only_layers=[])),
-    ("allenai/OLMoE-1B-7B-0924", "olmoe", dict(
-        hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
-        num_key_value_heads=16, num_experts=64, num_experts_per_tok=8, vocab_size=50304,
-        tie_word_embeddings=False)),
+    (
+        "mistralai/Mixtral-8x7B-v0.1",
+        "mixtral",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+            vocab_size=32000,
+            tie_word_embeddings=False,
+        ),
+    ),
+    (
+        "Qwen/Qwen3-30B-A3B",
+        "qwen3_moe",
+        dict(
+            hidden_size=2048,
+            intermediate_size=6144,
+            moe_intermediate_size=768,
+            num_hidden_layers=48,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            head_dim=128,
+            num_experts=128,
+            num_experts_per_tok=8,
+            vocab_size=151936,
+            tie_word_embeddings=False,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        ),
+    ),
+    (
+        "allenai/OLMoE-1B-7B-0924",
+        "olmoe",
+        dict(
+            hidden_size=2048,
+            intermediate_size=1024,
+            num_hidden_layers=16,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            num_experts=64,
+            num_experts_per_tok=8,
+            vocab_size=50304,
+            tie_word_embeddings=False,
+        ),
+    ),
 )
 
 
@@ -649,7 +765,9 @@ def _binding(priced: _Priced) -> _Phase:
     return max(priced.phases, key=lambda p: _content(priced.layout.total, p))
 
 
-def _suggestions(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int, experts_4bit: bool, stage: str) -> list[str]:
+def _suggestions(
+    priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int, experts_4bit: bool, stage: str
+) -> list[str]:
     """Changes that make it fit, cheapest first; every one re-checked with the same arithmetic.
 
     The cheap ones (checkpointing, smaller micro-batches) end the list as soon as one works; the
@@ -667,16 +785,20 @@ def _suggestions(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int, e
     # 2. Fewer tokens per micro-batch, same tokens per optimizer step (grad_accum up), checkpointing on.
     reduced: list[_Phase] | None = []
     for p in phases:
-        fitting = (c for b in range(p.batch, 0, -1)
-                   if _fits(layout, c := _with_batch(p, arch, b), gpu_bytes, gpus, True))
+        fitting = (
+            c for b in range(p.batch, 0, -1) if _fits(layout, c := _with_batch(p, arch, b), gpu_bytes, gpus, True)
+        )
         best = next(fitting, None)
         if best is None:
             reduced = None
             break
         reduced.append(best)
     if reduced and any(c.batch < p.batch for c, p in zip(reduced, phases)):
-        changes = [f"{c.name}.train.batch_size: {c.batch}, {c.name}.train.grad_accum: {c.grad_accum}"
-                   for c, p in zip(reduced, phases) if c.batch < p.batch]
+        changes = [
+            f"{c.name}.train.batch_size: {c.batch}, {c.name}.train.grad_accum: {c.grad_accum}"
+            for c, p in zip(reduced, phases)
+            if c.batch < p.batch
+        ]
         out.append("fewer tokens per step with gradient checkpointing on: " + "; ".join(changes) + f" ({keys}: true)")
         return out
 
@@ -691,7 +813,9 @@ def _suggestions(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int, e
     if gpu_bytes < REFERENCE_GPU_BYTES:
         n_big = gpus_for(REFERENCE_GPU_BYTES)
         if n_big is not None:
-            out.append(f"{n_big} x {REFERENCE_GPU_LABEL} GPUs with model.device_map: auto and gradient checkpointing on")
+            out.append(
+                f"{n_big} x {REFERENCE_GPU_LABEL} GPUs with model.device_map: auto and gradient checkpointing on"
+            )
     # 4. CPU offload of whole decoder layers, checkpointing on.
     offload = _offload(priced, profile, gpu_bytes, gpus)
     if offload:
@@ -704,8 +828,10 @@ def _suggestions(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int, e
             continue  # the profile's LoRA targets do not exist there
         if all(_fits(cand.layout, p, gpu_bytes, gpus, True) for p in cand.phases):
             params = sum(t.numel for t in cand.tensors if t.kind != "buffer")
-            out.append(f"a smaller MoE base with fused experts: {model_id} ({params / 1e9:.1f}B params, "
-                       f"{_gib(cand.layout.total)} GiB of weights priced the same way) with gradient checkpointing on")
+            out.append(
+                f"a smaller MoE base with fused experts: {model_id} ({params / 1e9:.1f}B params, "
+                f"{_gib(cand.layout.total)} GiB of weights priced the same way) with gradient checkpointing on"
+            )
             break
     return out
 
@@ -729,9 +855,11 @@ def _offload(priced: _Priced, profile: Profile, gpu_bytes: int, gpus: int) -> st
         moved = sum(layout.layers[-k:])
         content = on_gpu - moved + max(layer_params[-k:]) * s
         if content + _overhead(content, gpus) <= gpus * gpu_bytes:
-            return (f"offload {k} of {len(layout.layers)} decoder layers to CPU (device_map: auto with max_memory, "
-                    f"llm_int8_enable_fp32_cpu_offload): {_gb(moved)} of weights leave the GPU and sit unquantized "
-                    f"in host RAM ({_gb(sum(layer_params[-k:]) * s)}); every step streams them over PCIe (very slow)")
+            return (
+                f"offload {k} of {len(layout.layers)} decoder layers to CPU (device_map: auto with max_memory, "
+                f"llm_int8_enable_fp32_cpu_offload): {_gb(moved)} of weights leave the GPU and sit unquantized "
+                f"in host RAM ({_gb(sum(layer_params[-k:]) * s)}); every step streams them over PCIe (very slow)"
+            )
     return None
 
 
@@ -777,10 +905,14 @@ def plan(
         f"({profile.model.attn_implementation}, {profile.model.experts_implementation or 'grouped_mm'})",
     ]
     if experts_4bit and profile.model.load_in_4bit and priced.arch.experts:
-        notes.append("experts priced in 4-bit, as modeling.load_base stores them (model.experts_4bit); "
-                     "`--stock-experts` prices stock BitsAndBytesConfig loading, which leaves them 16-bit")
+        notes.append(
+            "experts priced in 4-bit, as modeling.load_base stores them (model.experts_4bit); "
+            "`--stock-experts` prices stock BitsAndBytesConfig loading, which leaves them 16-bit"
+        )
     if profile.model.id == "tiny":
-        notes.append("tiny base: vocabulary taken from model.tiny.vocab_size (the trained tokenizer may be a few tokens smaller)")
+        notes.append(
+            "tiny base: vocabulary taken from model.tiny.vocab_size (the trained tokenizer may be a few tokens smaller)"
+        )
     if not priced.arch.experts:
         notes.append("dense MLP activations are not calibrated (the estimate is calibrated on MiniMax-M2's MoE layers)")
     model_id = profile.model.id if config_path is None else f"{profile.model.id} (config {config_path})"

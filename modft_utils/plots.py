@@ -38,8 +38,12 @@ def grid_bars(rows: list[dict[str, Any]], path: str | Path):
     """One panel per metric, one bar per adapter stack."""
     import matplotlib.pyplot as plt
 
-    metrics = [("domain_ppl", "domain perplexity (lower is better)"), ("exact_match", "exact match"),
-               ("f1", "F1"), ("answer_nll", "answer NLL (lower is better)")]
+    metrics = [
+        ("domain_ppl", "domain perplexity (lower is better)"),
+        ("exact_match", "exact match"),
+        ("f1", "F1"),
+        ("answer_nll", "answer NLL (lower is better)"),
+    ]
     if "rouge_l" in rows[0]:
         metrics.insert(3, ("rouge_l", "ROUGE-L"))
     if "closed_book_f1" in rows[0]:

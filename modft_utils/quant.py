@@ -156,21 +156,26 @@ class NF4Experts(nn.Module):
         from bitsandbytes.functional import quantize_4bit
 
         if gate_up_proj.dim() != 3 or down_proj.dim() != 3:
-            raise ValueError(f"expected 3-D fused expert weights, got {tuple(gate_up_proj.shape)} and "
-                             f"{tuple(down_proj.shape)}")
+            raise ValueError(
+                f"expected 3-D fused expert weights, got {tuple(gate_up_proj.shape)} and {tuple(down_proj.shape)}"
+            )
         num_experts, two_ffn, hidden = gate_up_proj.shape
         if down_proj.shape != (num_experts, hidden, two_ffn // 2) or two_ffn % 2:
-            raise ValueError(f"gate_up_proj {tuple(gate_up_proj.shape)} and down_proj {tuple(down_proj.shape)} "
-                             "are not (E, 2*ffn, hidden) and (E, hidden, ffn)")
+            raise ValueError(
+                f"gate_up_proj {tuple(gate_up_proj.shape)} and down_proj {tuple(down_proj.shape)} "
+                "are not (E, 2*ffn, hidden) and (E, hidden, ffn)"
+            )
         for name, w in (("gate_up_proj", gate_up_proj), ("down_proj", down_proj)):
             if (w.shape[1] * w.shape[2]) % blocksize:
                 # Per-expert blocks must not straddle experts, so that one expert can be
                 # dequantized from its own slice of the buffers.
-                raise ValueError(f"{name}[e] has {w.shape[1] * w.shape[2]} weights, not a multiple of "
-                                 f"blocksize={blocksize}")
+                raise ValueError(
+                    f"{name}[e] has {w.shape[1] * w.shape[2]} weights, not a multiple of blocksize={blocksize}"
+                )
             if w.device.type == "meta":
-                raise ValueError(f"{name} is on the meta device (offloaded?): load the experts into memory "
-                                 "before quantizing them")
+                raise ValueError(
+                    f"{name} is on the meta device (offloaded?): load the experts into memory before quantizing them"
+                )
         if quant_type not in ("nf4", "fp4"):
             raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
 
@@ -195,8 +200,12 @@ class NF4Experts(nn.Module):
             packed = torch.empty(num_experts, numel // 2, dtype=torch.uint8, device=weights.device)
             absmax, absmax_q, absmax2, offset = [], [], [], []
             for e in range(num_experts):
-                q, state = quantize_4bit(weights[e].detach().contiguous(), blocksize=blocksize,
-                                         compress_statistics=compress_statistics, quant_type=quant_type)
+                q, state = quantize_4bit(
+                    weights[e].detach().contiguous(),
+                    blocksize=blocksize,
+                    compress_statistics=compress_statistics,
+                    quant_type=quant_type,
+                )
                 packed[e] = q.reshape(-1)
                 if compress_statistics:
                     absmax_q.append(state.absmax)
@@ -247,26 +256,37 @@ class NF4Experts(nn.Module):
         # bitsandbytes' own ops, called directly: the functional wrappers cost more Python time
         # than the kernels on expert-sized tensors. Same arithmetic as dequantize_4bit's.
         absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-            getattr(self, f"{proj}_absmax_q")[expert], _from_bits(getattr(self, f"{proj}_absmax2")[expert]),
-            _from_bits(self.absmax_code), _NESTED_BLOCKSIZE, torch.float32)
+            getattr(self, f"{proj}_absmax_q")[expert],
+            _from_bits(getattr(self, f"{proj}_absmax2")[expert]),
+            _from_bits(self.absmax_code),
+            _NESTED_BLOCKSIZE,
+            torch.float32,
+        )
         absmax += _from_bits(getattr(self, f"{proj}_offset")[expert])
         return absmax
 
     def dequantize_weight(self, proj: str, expert: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Expert ``expert``'s ``proj`` weight ("gate_up" or "down") in the (out, in) layout of ``F.linear``."""
         weight = torch.ops.bitsandbytes.dequantize_4bit.default(
-            getattr(self, f"{proj}_q")[expert], self._absmax(proj, expert), self.blocksize, self.quant_type,
-            self._kernel_shapes[proj], dtype or self.compute_dtype)
+            getattr(self, f"{proj}_q")[expert],
+            self._absmax(proj, expert),
+            self.blocksize,
+            self.quant_type,
+            self._kernel_shapes[proj],
+            dtype or self.compute_dtype,
+        )
         return weight.view(self.shapes[proj])
 
     @torch.no_grad()
     def dequantized_weights(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """All experts as float ``(gate_up_proj, down_proj)`` in the original fused layout (tests, inspection)."""
-        return tuple(torch.stack([self.dequantize_weight(p, e, dtype) for e in range(self.num_experts)])
-                     for p in _PROJECTIONS)
+        return tuple(
+            torch.stack([self.dequantize_weight(p, e, dtype) for e in range(self.num_experts)]) for p in _PROJECTIONS
+        )
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         """Weighted sum of the routed experts' outputs, as ``MiniMaxM2Experts``' eager forward.
 
         Token slots are sorted by expert once (one sort and one host sync for the counts), so
@@ -307,21 +327,34 @@ class NF4Experts(nn.Module):
         return final.index_add_(0, token_idx, out.to(final.dtype))
 
     def extra_repr(self) -> str:
-        return (f"num_experts={self.num_experts}, hidden={self.hidden_dim}, ffn={self.intermediate_dim}, "
-                f"quant_type={self.quant_type}, blocksize={self.blocksize}, "
-                f"compress_statistics={self.compress_statistics}, compute_dtype={self.compute_dtype}")
+        return (
+            f"num_experts={self.num_experts}, hidden={self.hidden_dim}, ffn={self.intermediate_dim}, "
+            f"quant_type={self.quant_type}, blocksize={self.blocksize}, "
+            f"compress_statistics={self.compress_statistics}, compute_dtype={self.compute_dtype}"
+        )
 
 
 def _is_fused_experts(module: nn.Module) -> bool:
     """A module holding all experts as 3-D ``gate_up_proj`` / ``down_proj`` tensors plus an ``act_fn``."""
     gate_up = getattr(module, "gate_up_proj", None)
     down = getattr(module, "down_proj", None)
-    return (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)
-            and gate_up.dim() == 3 and down.dim() == 3 and hasattr(module, "act_fn"))
+    return (
+        isinstance(gate_up, torch.Tensor)
+        and isinstance(down, torch.Tensor)
+        and gate_up.dim() == 3
+        and down.dim() == 3
+        and hasattr(module, "act_fn")
+    )
 
 
-def quantize_experts(model: nn.Module, *, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32,
-                     blocksize: int = 64, compress_statistics: bool = True) -> int:
+def quantize_experts(
+    model: nn.Module,
+    *,
+    quant_type: str = "nf4",
+    compute_dtype: torch.dtype = torch.float32,
+    blocksize: int = 64,
+    compress_statistics: bool = True,
+) -> int:
     """Replace every fused experts module of ``model`` with an :class:`NF4Experts`; return how many.
 
     Works on a model loaded with bitsandbytes 4-bit (attention already ``Linear4bit``) and on a
@@ -333,16 +366,26 @@ def quantize_experts(model: nn.Module, *, quant_type: str = "nf4", compute_dtype
     Quantize before adding adapters: LoRA on expert parameters needs float experts.
     """
     if hasattr(model, "peft_config"):
-        raise ValueError("quantize_experts expects the base model, not a PEFT model: quantize the experts first, "
-                         "then add adapters (LoRA on expert parameters needs float experts)")
-    targets = [(name, module) for name, module in model.named_modules()
-               if _is_fused_experts(module) and not isinstance(module, NF4Experts)]
+        raise ValueError(
+            "quantize_experts expects the base model, not a PEFT model: quantize the experts first, "
+            "then add adapters (LoRA on expert parameters needs float experts)"
+        )
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if _is_fused_experts(module) and not isinstance(module, NF4Experts)
+    ]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         with torch.no_grad():
-            new = NF4Experts.from_experts(module, quant_type=quant_type, compute_dtype=compute_dtype,
-                                          blocksize=blocksize, compress_statistics=compress_statistics)
+            new = NF4Experts.from_experts(
+                module,
+                quant_type=quant_type,
+                compute_dtype=compute_dtype,
+                blocksize=blocksize,
+                compress_statistics=compress_statistics,
+            )
         setattr(parent, child, new)
         # Drop the float weights now, not when the caller's last reference to the old module goes.
         module.gate_up_proj = None
@@ -474,8 +517,11 @@ def check_lora_targets(model: nn.Module, lora_config: Any) -> dict[str, list[str
     matched_params: list[str] = []
     for target in target_parameters:
         param_name = target.rpartition(".")[2]
-        quantized = [n for n, m in named if isinstance(m, NF4Experts) and param_name in _FUSED_EXPERT_PARAMS
-                     and matches(f"{n}.{param_name}", target)]
+        quantized = [
+            n
+            for n, m in named
+            if isinstance(m, NF4Experts) and param_name in _FUSED_EXPERT_PARAMS and matches(f"{n}.{param_name}", target)
+        ]
         if quantized:
             raise ValueError(
                 f"target_parameters entry {target!r} points at expert weights stored in 4-bit (NF4Experts, "
@@ -483,9 +529,11 @@ def check_lora_targets(model: nn.Module, lora_config: Any) -> dict[str, list[str
                 "no parameters to adapt. Either target the attention projections "
                 "(target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj']) and drop target_parameters, or "
                 "load the base with 4-bit experts off (no quantize_experts; the experts then stay in "
-                "16/32-bit, about 4x the memory of 4-bit).")
-        found = [f"{n}.{p}" for n, m in named for p, _ in m.named_parameters(recurse=False)
-                 if matches(f"{n}.{p}", target)]
+                "16/32-bit, about 4x the memory of 4-bit)."
+            )
+        found = [
+            f"{n}.{p}" for n, m in named for p, _ in m.named_parameters(recurse=False) if matches(f"{n}.{p}", target)
+        ]
         if not found:
             raise ValueError(f"target_parameters entry {target!r} matches no parameter of the model")
         matched_params += found
@@ -503,11 +551,13 @@ def check_lora_targets(model: nn.Module, lora_config: Any) -> dict[str, list[str
             raise ValueError(
                 f"target_modules={shown_modules!r} matches the fused experts module {experts[0]}, which LoRA "
                 "cannot wrap: use target_parameters=['mlp.experts.gate_up_proj', 'mlp.experts.down_proj'] on "
-                "float experts, or target the attention projections.")
+                "float experts, or target the attention projections."
+            )
         if not matched_modules:
             linear_names = sorted({n.rpartition(".")[2] for n, m in named if isinstance(m, nn.Linear)})
-            raise ValueError(f"target_modules={shown_modules!r} matches no module of the model (its linear "
-                             f"layers: {linear_names})")
+            raise ValueError(
+                f"target_modules={shown_modules!r} matches no module of the model (its linear layers: {linear_names})"
+            )
     # A PEFT wrapper and its base_layer share a stripped name: report each once.
     return {"modules": list(dict.fromkeys(matched_modules)), "parameters": list(dict.fromkeys(matched_params))}
 

@@ -28,8 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".raw": "wikitext", ".txt": "text", ".md": "text",
-                  ".parquet": "parquet", ".csv": "csv"}
+SUFFIX_FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".raw": "wikitext",
+    ".txt": "text",
+    ".md": "text",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
 DOCUMENT_FORMATS = frozenset({"text", "parquet", "csv"})  # a row is a whole document
 BUILDERS = {"jsonl": "json", "wikitext": "text", "text": "text", "parquet": "parquet", "csv": "csv"}
 
@@ -64,8 +71,11 @@ def _suffix(path: Path) -> str:
 
 
 def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()
-                              or (path / "dataset_dict.json").is_file())
+    return path.is_dir() and (
+        (path / "dataset_info.json").is_file()
+        or (path / "state.json").is_file()
+        or (path / "dataset_dict.json").is_file()
+    )
 
 
 def resolve(value: str, base: Path, key: str, fmt: str = "auto") -> CorpusSource:
@@ -81,11 +91,16 @@ def resolve(value: str, base: Path, key: str, fmt: str = "auto") -> CorpusSource
             raise SourceError(f"{key}: {path} is a folder written by datasets.save_to_disk, not {fmt!r} files")
         return CorpusSource(key, (path,), "saved")
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and (_suffix(p) in SUFFIX_FORMATS if fmt == "auto" else True))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and (_suffix(p) in SUFFIX_FORMATS if fmt == "auto" else True)
+        )
         if not files:
-            raise SourceError(f"{key}: the folder {path} holds no corpus file (known: "
-                              f"{', '.join(sorted(SUFFIX_FORMATS))}, optionally .gz)")
+            raise SourceError(
+                f"{key}: the folder {path} holds no corpus file (known: "
+                f"{', '.join(sorted(SUFFIX_FORMATS))}, optionally .gz)"
+            )
     elif path.is_file():
         files = [path]
     else:
@@ -98,13 +113,17 @@ def resolve(value: str, base: Path, key: str, fmt: str = "auto") -> CorpusSource
     for f in files:
         found = SUFFIX_FORMATS.get(_suffix(f))
         if found is None:
-            raise SourceError(f"{key}: {f}: no reader for {_suffix(f) or 'files without an extension'!r} "
-                              f"(known: {', '.join(sorted(SUFFIX_FORMATS))}, optionally .gz); set data.<corpus>.format "
-                              "to read it as one of jsonl, wikitext, text, parquet, csv")
+            raise SourceError(
+                f"{key}: {f}: no reader for {_suffix(f) or 'files without an extension'!r} "
+                f"(known: {', '.join(sorted(SUFFIX_FORMATS))}, optionally .gz); set data.<corpus>.format "
+                "to read it as one of jsonl, wikitext, text, parquet, csv"
+            )
         formats.setdefault(found, f)
     if len(formats) > 1:
         shown = ", ".join(f"{name} ({f.name})" for name, f in formats.items())
-        raise SourceError(f"{key}: the files mix formats: {shown}; point the key at one kind, or set data.<corpus>.format")
+        raise SourceError(
+            f"{key}: the files mix formats: {shown}; point the key at one kind, or set data.<corpus>.format"
+        )
     return CorpusSource(key, tuple(files), next(iter(formats)))
 
 
@@ -124,8 +143,10 @@ def decoded_lines(path: Path, key: str):
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise SourceError(f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file"
-                                  f"{' (uncompressed)' if path.suffix == '.gz' else ''}") from None
+                raise SourceError(
+                    f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file"
+                    f"{' (uncompressed)' if path.suffix == '.gz' else ''}"
+                ) from None
             offset += len(raw)
 
 
@@ -148,22 +169,34 @@ def read(source: CorpusSource, text_column: str = "text"):
         if source.format == "saved":
             table = load_from_disk(str(source.files[0]))
             if isinstance(table, datasets.DatasetDict):
-                raise SourceError(f"{source.key}: {source.files[0]} holds several splits ({', '.join(table)}); "
-                                  "point the key at one split's folder")
+                raise SourceError(
+                    f"{source.key}: {source.files[0]} holds several splits ({', '.join(table)}); "
+                    "point the key at one split's folder"
+                )
         else:
             kwargs: dict[str, Any] = {"sample_by": "document"} if source.format == "text" else {}
-            table = load_dataset(BUILDERS[source.format], data_files=[str(f) for f in source.files], split="train", **kwargs)
+            table = load_dataset(
+                BUILDERS[source.format], data_files=[str(f) for f in source.files], split="train", **kwargs
+            )
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow, csv and json errors alike: name the source
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SourceError(f"{source.key}: {source.describe()}: not readable as {source.format} ({type(exc).__name__}: {first})") from None
+        raise SourceError(
+            f"{source.key}: {source.describe()}: not readable as {source.format} ({type(exc).__name__}: {first})"
+        ) from None
     column = "text" if source.format in ("wikitext", "text") else text_column
     if column not in table.column_names:
-        raise SourceError(f"{source.key}: {source.describe()}: no column {column!r} (columns: {table.column_names}); "
-                          "set data.<corpus>.text_column")
+        raise SourceError(
+            f"{source.key}: {source.describe()}: no column {column!r} (columns: {table.column_names}); "
+            "set data.<corpus>.text_column"
+        )
     if column != "text":
-        table = table.rename_column(column, "text") if "text" not in table.column_names else table.remove_columns("text").rename_column(column, "text")
+        table = (
+            table.rename_column(column, "text")
+            if "text" not in table.column_names
+            else table.remove_columns("text").rename_column(column, "text")
+        )
     table = table.select_columns(["text"])
     if len(table) == 0:
         raise SourceError(f"{source.key}: {source.describe()}: no rows")

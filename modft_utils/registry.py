@@ -54,7 +54,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,30 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from .store_records import (  # noqa: F401 - re-exported: registry is where callers find them
+    _ALIAS_RE,
+    _NAME_RE,
+    _VERSION_RE,
+    ADAPTER_FILES,
+    ALIASES_FILE,
+    AUDIT_FILE,
+    BASE_RECORD,
+    CONFIG_FILE,
+    MANIFEST,
+    NAME_MAX,
+    RESERVED_SELECTORS,
+    WEIGHTS_FILE,
+    AdapterRef,
+    AdapterVersion,
+    AuditDamage,
+    BaseIdentity,
+    IncompatibleAdapterError,
+    IntegrityError,
+    InvalidAdapterError,
+    Manifest,
+    Problem,
+    RegistryError,
     _adapter_summary,
     _alias_history,
-    _ALIAS_RE,
     _check_alias,
     _check_files,
     _check_version,
@@ -73,39 +94,18 @@ from .store_records import (  # noqa: F401 - re-exported: registry is where call
     _last_moves,
     _libraries,
     _ManifestIssue,
-    _NAME_RE,
     _parse_event,
     _sha256_fs,
-    _VERSION_RE,
-    ADAPTER_FILES,
-    AdapterRef,
-    AdapterVersion,
-    ALIASES_FILE,
-    AUDIT_FILE,
-    AuditDamage,
     base_identity,
     base_identity_from_config_file,
-    BASE_RECORD,
-    BaseIdentity,
     check_adapter_dir,
     check_files_against_manifest,
     check_name,
-    CONFIG_FILE,
     config_sha256,
-    IncompatibleAdapterError,
-    IntegrityError,
-    InvalidAdapterError,
     loads_json,
-    Manifest,
-    MANIFEST,
-    NAME_MAX,
     pickle_files,
-    Problem,
     read_base_record,
-    RegistryError,
-    RESERVED_SELECTORS,
     verify_version,
-    WEIGHTS_FILE,
 )
 
 DEFAULT_ROOT = "outputs/registry"
@@ -129,7 +129,7 @@ def _copy_file(src: Path, fs, dst: str) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _whoami() -> str:
@@ -184,9 +184,7 @@ class Registry:
         self.lock_timeout = lock_timeout
         self.stale_lock_s = stale_lock_s
         if self.fs.isfile(self.root):
-            raise RegistryError(
-                f"registry {self.uri} is a file, not a folder: pass the folder that holds the adapters"
-            )
+            raise RegistryError(f"registry {self.uri} is a file, not a folder: pass the folder that holds the adapters")
 
     def __repr__(self) -> str:
         return f"Registry({self.uri!r})"
@@ -206,20 +204,13 @@ class Registry:
         for entry in entries:
             base = posixpath.basename(entry["name"].rstrip("/"))
             # A folder holding only a lock or a dead publish's leftovers is not an adapter yet.
-            if (
-                entry["type"] == "directory"
-                and _NAME_RE.match(base)
-                and len(base) <= NAME_MAX
-                and self.versions(base)
-            ):
+            if entry["type"] == "directory" and _NAME_RE.match(base) and len(base) <= NAME_MAX and self.versions(base):
                 found.append(base)
         return sorted(found)
 
     def _require(self, name: str) -> None:
         if not self.versions(name):
-            raise RegistryError(
-                f"no adapter {name!r} in registry {self.uri} (adapters: {self.names() or 'none'})"
-            )
+            raise RegistryError(f"no adapter {name!r} in registry {self.uri} (adapters: {self.names() or 'none'})")
 
     def _version_dirs(self, name: str) -> dict[int, bool]:
         """Numbered version folders of ``name`` -> whether each has its manifest (is visible)."""
@@ -282,9 +273,7 @@ class Registry:
             manifest = self._manifest(name, version)
         except FileNotFoundError:
             self._require(name)
-            raise RegistryError(
-                f"{name}@{version} does not exist (versions: {self.versions(name)})"
-            ) from None
+            raise RegistryError(f"{name}@{version} does not exist (versions: {self.versions(name)})") from None
         except _ManifestIssue as err:
             raise IntegrityError(f"{name}@{version}: {MANIFEST}: {err}") from None
         return AdapterVersion(
@@ -337,11 +326,11 @@ class Registry:
                 events.append((lineno, _parse_event(line)))
             except ValueError as err:
                 torn = lineno == len(lines) and not raw.endswith(b"\n")
-                issue = f"torn: {len(line)} bytes with no end of line, cut short while being written" if torn else str(err)
+                issue = (
+                    f"torn: {len(line)} bytes with no end of line, cut short while being written" if torn else str(err)
+                )
                 damage.append(AuditDamage(lineno, issue, torn, hashlib.sha256(line).hexdigest()))
-        recorded = {
-            (e.get("line"), e.get("sha256")): lineno for lineno, e in events if e["event"] == "recover"
-        }
+        recorded = {(e.get("line"), e.get("sha256")): lineno for lineno, e in events if e["event"] == "recover"}
         return events, [replace(d, recorded_by=recorded.get((d.line, d.sha256))) for d in damage]
 
     def audit(self, name: str) -> list[dict[str, Any]]:
@@ -431,9 +420,7 @@ class Registry:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self.lock_timeout
         while True:
-            record = json.dumps(
-                {"token": token, "owner": _whoami(), "pid": os.getpid(), "at": time.time()}
-            ).encode()
+            record = json.dumps({"token": token, "owner": _whoami(), "pid": os.getpid(), "at": time.time()}).encode()
             try:
                 with self.fs.open(path, "xb") as fh:
                     fh.write(record)
@@ -476,9 +463,7 @@ class Registry:
             yield
         except OSError as err:
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
-            raise RegistryError(
-                f"cannot {action} {name} in registry {self.uri}: {err.strerror or err}{where}"
-            ) from err
+            raise RegistryError(f"cannot {action} {name} in registry {self.uri}: {err.strerror or err}{where}") from err
 
     def _append_audit(self, name: str, events: list[dict[str, Any]]) -> None:
         """Append ``events``, each on a line of its own, even after a line that a crash cut short."""
@@ -559,8 +544,14 @@ class Registry:
         for d in damage:
             if d.torn and d.recorded_by is None:
                 records.append(
-                    {"event": "recover", "issue": "torn audit line skipped: a write was cut short",
-                     "line": d.line, "sha256": d.sha256, "at": now, "actor": actor}
+                    {
+                        "event": "recover",
+                        "issue": "torn audit line skipped: a write was cut short",
+                        "line": d.line,
+                        "sha256": d.sha256,
+                        "at": now,
+                        "actor": actor,
+                    }
                 )
         for leftover in self._dead_leftovers(name):
             if leftover.is_dir():
@@ -586,8 +577,14 @@ class Registry:
             records.append(record)
         for alias, lineno, _ in self._moves_not_applied(name, events):
             records.append(
-                {"event": "recover", "issue": "move not applied: aliases.json does not show it (its writer died first, or the file was edited)",
-                 "move_line": lineno, "alias": alias, "at": now, "actor": actor}
+                {
+                    "event": "recover",
+                    "issue": "move not applied: aliases.json does not show it (its writer died first, or the file was edited)",
+                    "move_line": lineno,
+                    "alias": alias,
+                    "at": now,
+                    "actor": actor,
+                }
             )
         if records:
             self._append_audit(name, records)
@@ -675,9 +672,7 @@ class Registry:
         """
         check_name(name)
         if not isinstance(base, BaseIdentity):
-            raise RegistryError(
-                f"base must be a BaseIdentity (from base_identity(model)), got {type(base).__name__}"
-            )
+            raise RegistryError(f"base must be a BaseIdentity (from base_identity(model)), got {type(base).__name__}")
         src = Path(adapter_dir)
         adapter_config = check_adapter_dir(src)
         parent_ref = self.resolve(parent).ref if parent is not None else None
@@ -841,7 +836,9 @@ class Registry:
             )
         return target
 
-    def _move_alias(self, name: str, alias: str, target: int, kind: str, reason: str, actor: str | None) -> dict[str, Any]:
+    def _move_alias(
+        self, name: str, alias: str, target: int, kind: str, reason: str, actor: str | None
+    ) -> dict[str, Any]:
         """Record the move in the audit log, then point the alias (caller holds the lock)."""
         aliases = self.aliases(name)
         event = {
@@ -897,8 +894,12 @@ class Registry:
                 problems += self._check_publish_record(adapter, manifest, publish_records.get(number, []))
             for stray in self._stray_versions(adapter):
                 problems.append(
-                    Problem(adapter, None, f"versions/{stray}",
-                            "not a version folder (those are named 1, 2, 3, ...); move it out of the store")
+                    Problem(
+                        adapter,
+                        None,
+                        f"versions/{stray}",
+                        "not a version folder (those are named 1, 2, 3, ...); move it out of the store",
+                    )
                 )
             try:
                 aliases = self.aliases(adapter)
@@ -919,7 +920,9 @@ class Registry:
             for alias, lineno, now_at in self._moves_not_applied(adapter, events):
                 problems.append(
                     Problem(
-                        adapter, None, ALIASES_FILE,
+                        adapter,
+                        None,
+                        ALIASES_FILE,
                         f"alias {alias!r} is at {now_at if now_at is not None else 'nothing'} but its last move "
                         f"({AUDIT_FILE} line {lineno}) does not show there: its writer died in between; the next "
                         f"write, or `modft registry recover {adapter}`, records that it did not take effect",
@@ -936,13 +939,13 @@ class Registry:
         return problems
 
     @staticmethod
-    def _check_publish_record(
-        name: str, manifest: Manifest, records: list[tuple[int, str | None]]
-    ) -> list[Problem]:
+    def _check_publish_record(name: str, manifest: Manifest, records: list[tuple[int, str | None]]) -> list[Problem]:
         if not records:
             return [
                 Problem(
-                    name, manifest.version, AUDIT_FILE,
+                    name,
+                    manifest.version,
+                    AUDIT_FILE,
                     "no publish record: the publish was interrupted after its version appeared; "
                     f"the next write, or `modft registry recover {name}`, records it",
                 )
@@ -953,7 +956,9 @@ class Registry:
             lineno, sha = sealed[-1]
             return [
                 Problem(
-                    name, manifest.version, MANIFEST,
+                    name,
+                    manifest.version,
+                    MANIFEST,
                     f"not the manifest recorded when it was published ({AUDIT_FILE} line {lineno}: "
                     f"sha256 {sha[:16]}..., now {actual[:16]}...)",
                 )
@@ -1070,7 +1075,7 @@ class Registry:
 
 def _short_time(iso: Any) -> str:
     try:
-        return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     except (TypeError, ValueError):  # a hand-edited log may hold anything here
         return str(iso)
 
@@ -1082,9 +1087,7 @@ def _format_values(values: Mapping[str, Any], limit: int | None = None) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]
-    ]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

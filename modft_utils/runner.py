@@ -104,8 +104,13 @@ def run_notebooks(
         start = time.perf_counter()
         try:
             pm.execute_notebook(
-                str(src / f"{nb}.ipynb"), str(out), parameters=params, cwd=str(src),
-                log_output=log_output, progress_bar=progress, stdout_file=None,
+                str(src / f"{nb}.ipynb"),
+                str(out),
+                parameters=params,
+                cwd=str(src),
+                log_output=log_output,
+                progress_bar=progress,
+                stdout_file=None,
             )
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(nb, out, f"{exc.ename}: {exc.evalue}") from None

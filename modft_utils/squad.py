@@ -32,15 +32,27 @@ import random
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
-    "SquadFormatError", "QAExample", "SquadReport", "read_squad_file", "rows_to_examples", "locate_answer",
-    "subset", "split_by_title", "window_context", "normalize_answer", "exact_match_score", "f1_score",
-    "squad_metrics", "reference_answers", "VERSIONS",
+    "SquadFormatError",
+    "QAExample",
+    "SquadReport",
+    "read_squad_file",
+    "rows_to_examples",
+    "locate_answer",
+    "subset",
+    "split_by_title",
+    "window_context",
+    "normalize_answer",
+    "exact_match_score",
+    "f1_score",
+    "squad_metrics",
+    "reference_answers",
+    "VERSIONS",
 ]
 
 
@@ -127,8 +139,13 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
         if not isinstance(row[k], str):
             raise SquadFormatError(f"{where}: {k!r} must be a string, not {type(row[k]).__name__}")
     texts, starts = _canonical_answers(row["answers"], where)
-    out = {"id": qid, "title": row["title"], "context": row["context"], "question": row["question"],
-           "answers": {"text": texts, "answer_start": starts}}
+    out = {
+        "id": qid,
+        "title": row["title"],
+        "context": row["context"],
+        "question": row["question"],
+        "answers": {"text": texts, "answer_start": starts},
+    }
     if "is_impossible" in row:
         if not isinstance(row["is_impossible"], bool):
             raise SquadFormatError(f"{where}: 'is_impossible' must be true or false")
@@ -157,8 +174,13 @@ def _flatten_original(doc: Mapping[str, Any], path: Path) -> list[dict[str, Any]
                 missing = [k for k in ("id", "question", "answers") if k not in qa]
                 if missing:
                     raise SquadFormatError(f"{qwhere}: missing field(s) {', '.join(repr(k) for k in missing)}")
-                row: dict[str, Any] = {"id": qa["id"], "title": article["title"], "context": para["context"],
-                                       "question": qa["question"], "answers": qa["answers"]}
+                row: dict[str, Any] = {
+                    "id": qa["id"],
+                    "title": article["title"],
+                    "context": para["context"],
+                    "question": qa["question"],
+                    "answers": qa["answers"],
+                }
                 if "is_impossible" in qa:
                     row["is_impossible"] = qa["is_impossible"]
                 rows.append(_check_row(row, qwhere))
@@ -306,7 +328,9 @@ def subset(examples: Sequence[QAExample], n: int, seed: int) -> list[QAExample]:
     return [examples[i] for i in keep]
 
 
-def split_by_title(examples: Sequence[QAExample], eval_fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
+def split_by_title(
+    examples: Sequence[QAExample], eval_fraction: float, seed: int
+) -> tuple[list[QAExample], list[QAExample]]:
     """Split into (train, eval) so that no title and no context appears on both sides.
 
     Questions about one article share its wording, so splitting by question would leak; titles that
@@ -353,7 +377,7 @@ def window_context(context: str, answer_start: int, answer: str, max_chars: int)
     The window is centred on the answer, then shrunk to whole words at both ends without ever
     removing a character of the answer. Returns ``(new_context, new_answer_start, was_cut)``.
     """
-    if answer_start < 0 or context[answer_start:answer_start + len(answer)] != answer:
+    if answer_start < 0 or context[answer_start : answer_start + len(answer)] != answer:
         raise ValueError(f"answer {answer!r} is not at {answer_start} in the context")
     if len(context) <= max_chars:
         return context, answer_start, False

@@ -113,7 +113,9 @@ def load_adapter(
     if trained_on is None and base is not None:
         trained_on = read_base_record(path)
     if base is not None and trained_on is not None and not trained_on.matches(base):
-        raise AdapterLoadError(f"{label} was trained on a different base:\n  adapter's base: {trained_on}\n  this model:     {base}")
+        raise AdapterLoadError(
+            f"{label} was trained on a different base:\n  adapter's base: {trained_on}\n  this model:     {base}"
+        )
     expected_parent = version.manifest.parent if version is not None else None
     if expected_parent is not None and expected_parent != active_parent:
         message = f"{label} was trained on top of {expected_parent}, but the active parent is {active_parent or 'none'}"
@@ -239,8 +241,11 @@ class AdapterStack:
             active_parent = parent
         else:
             active_parent = next(
-                (self.versions[n].ref for n in active_adapters(self.model)
-                 if n in self.versions and self.versions[n].name == parent.name),
+                (
+                    self.versions[n].ref
+                    for n in active_adapters(self.model)
+                    if n in self.versions and self.versions[n].name == parent.name
+                ),
                 None,
             )
         return self._load(v, as_name, active_parent, force_parent)
@@ -351,9 +356,7 @@ class AdapterStack:
         if need be).
         """
         current = active_adapters(self.model)
-        key = next(
-            (k for k, (_, n) in self._disabled.items() if name in (k, n, self._ref_of(n))), None
-        )
+        key = next((k for k, (_, n) in self._disabled.items() if name in (k, n, self._ref_of(n))), None)
         if key is not None:
             position, target = self._disabled[key]
         else:

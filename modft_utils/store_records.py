@@ -6,6 +6,7 @@ imports PEFT or touches a model beyond reading its config.
 """
 
 from __future__ import annotations
+
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
 from fsspec.implementations.local import LocalFileSystem
 
 FORMAT = 2
@@ -281,13 +283,9 @@ class AdapterVersion:
         if self.path is not None:
             return self.path
         base = Path(
-            cache_dir
-            or os.environ.get("MODFT_REGISTRY_CACHE")
-            or Path.home() / ".cache" / "modft" / "registry"
+            cache_dir or os.environ.get("MODFT_REGISTRY_CACHE") or Path.home() / ".cache" / "modft" / "registry"
         )
-        target = (
-            base / hashlib.sha256(self.registry_uri.encode()).hexdigest()[:16] / self.name / str(self.version)
-        )
+        target = base / hashlib.sha256(self.registry_uri.encode()).hexdigest()[:16] / self.name / str(self.version)
         local = LocalFileSystem()
         if target.is_dir() and not _check_files(local, str(target), self.manifest, self.name, self.version):
             return target
@@ -354,9 +352,7 @@ def _strip_volatile(value: Any) -> Any:
     # Sub-configs (text_config, vision_config, ...) carry the same load-time keys.
     if isinstance(value, dict):
         return {
-            k: _strip_volatile(v)
-            for k, v in value.items()
-            if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
+            k: _strip_volatile(v) for k, v in value.items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
         }
     if isinstance(value, list):
         return [_strip_volatile(v) for v in value]
@@ -509,9 +505,7 @@ def _raise_problems(problems: list[Problem]) -> None:
 
 def verify_version(version: AdapterVersion) -> None:
     """Re-hash every file of ``version`` where it is stored; raise IntegrityError naming the file."""
-    _raise_problems(
-        _check_files(version._fs, version._fs_path, version.manifest, version.name, version.version)
-    )
+    _raise_problems(_check_files(version._fs, version._fs_path, version.manifest, version.name, version.version))
 
 
 def check_files_against_manifest(version: AdapterVersion, folder: str | os.PathLike) -> None:

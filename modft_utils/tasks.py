@@ -25,18 +25,28 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 TASK_FORMATS = ("squad", "prompt_response", "messages")
 # The gate compares what each format is judged by: SQuAD by the official F1, free text by ROUGE-L.
 DEFAULT_GATE_METRIC = {"squad": "f1", "prompt_response": "rouge_l", "messages": "rouge_l"}
 # What scoring reports per format (answer NLL is reported for every format).
-SCORES = {"squad": ("exact_match", "f1"), "prompt_response": ("exact_match", "f1", "rouge_l"),
-          "messages": ("exact_match", "f1", "rouge_l")}
-ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant",
-              "system": "system"}
+SCORES = {
+    "squad": ("exact_match", "f1"),
+    "prompt_response": ("exact_match", "f1", "rouge_l"),
+    "messages": ("exact_match", "f1", "rouge_l"),
+}
+ROLE_NAMES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 PLAIN_PROMPT = "{prompt}\nResponse:"  # sft.prompt_style plain: the response follows after a space
 
 
@@ -58,7 +68,7 @@ class Conversation:
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
-    def with_reference(self, text: str) -> "Conversation":
+    def with_reference(self, text: str) -> Conversation:
         return Conversation(self.id, self.messages[:-1] + (("assistant", text),))
 
 
@@ -72,12 +82,18 @@ class TaskReport:
     duplicate_content: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"rows_in": self.rows_in, "examples": self.examples, "duplicate_ids": self.duplicate_ids,
-                "duplicate_content": self.duplicate_content}
+        return {
+            "rows_in": self.rows_in,
+            "examples": self.examples,
+            "duplicate_ids": self.duplicate_ids,
+            "duplicate_content": self.duplicate_content,
+        }
 
     def why(self) -> str:
-        return (f"{self.rows_in} row(s) read, {self.duplicate_ids} duplicate id(s), "
-                f"{self.duplicate_content} duplicate conversation(s)")
+        return (
+            f"{self.rows_in} row(s) read, {self.duplicate_ids} duplicate id(s), "
+            f"{self.duplicate_content} duplicate conversation(s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -119,8 +135,10 @@ def read_records(path: Path, key: str) -> Iterator[tuple[str, Any]]:
             yield f"row {n}", row
         return
     if suffix not in (".jsonl", ".json"):
-        raise TaskFormatError(f"{key}: {path}: no reader for {suffix or 'files without an extension'!r}; "
-                              "instruction and chat sets are read from .jsonl, .json, .csv or .parquet")
+        raise TaskFormatError(
+            f"{key}: {path}: no reader for {suffix or 'files without an extension'!r}; "
+            "instruction and chat sets are read from .jsonl, .json, .csv or .parquet"
+        )
     try:
         lines = list(decoded_lines(path, key))
     except SourceError as exc:
@@ -168,9 +186,14 @@ def prompt_response_conversation(row: Any, fields: FieldMap, where: str) -> Conv
     if not prompt.strip():
         raise TaskFormatError(f"{where}: field {fields.prompt!r} (data.sft.fields.prompt) is empty")
     if not response.strip():
-        raise TaskFormatError(f"{where}: field {fields.response!r} (data.sft.fields.response) is empty: nothing to learn")
+        raise TaskFormatError(
+            f"{where}: field {fields.response!r} (data.sft.fields.response) is empty: nothing to learn"
+        )
     user = prompt.strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
-    turns = ((("system", system.strip()),) if system and system.strip() else ()) + (("user", user), ("assistant", response.strip()))
+    turns = ((("system", system.strip()),) if system and system.strip() else ()) + (
+        ("user", user),
+        ("assistant", response.strip()),
+    )
     return Conversation(_row_id(row, fields.id, turns), turns)
 
 
@@ -180,8 +203,10 @@ def messages_conversation(row: Any, messages_field: str, where: str, id_field: s
         raise TaskFormatError(f"{where}: expected an object with a {messages_field!r} field, got {type(row).__name__}")
     turns_in = row.get(messages_field)
     if not isinstance(turns_in, list) or not turns_in:
-        raise TaskFormatError(f"{where}: field {messages_field!r} (data.sft.messages_field) must be a non-empty list "
-                              f"of turns; the row has {sorted(row)}")
+        raise TaskFormatError(
+            f"{where}: field {messages_field!r} (data.sft.messages_field) must be a non-empty list "
+            f"of turns; the row has {sorted(row)}"
+        )
     turns: list[tuple[str, str]] = []
     for i, turn in enumerate(turns_in):
         at = f"{where}, turn {i}"
@@ -199,14 +224,21 @@ def messages_conversation(row: Any, messages_field: str, where: str, id_field: s
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
             first = 1 if turns[0][0] == "system" else 0
-            raise TaskFormatError(f"{where}, turn {i + first}: roles must alternate user, assistant, ... after an "
-                                  f"optional system turn; found {role!r} where {expected!r} belongs")
+            raise TaskFormatError(
+                f"{where}, turn {i + first}: roles must alternate user, assistant, ... after an "
+                f"optional system turn; found {role!r} where {expected!r} belongs"
+            )
         if role == "assistant" and not content:
-            raise TaskFormatError(f"{where}, turn {i + (len(turns) - len(body))}: empty assistant turn: nothing to learn")
+            raise TaskFormatError(
+                f"{where}, turn {i + (len(turns) - len(body))}: empty assistant turn: nothing to learn"
+            )
     if not body or body[-1][0] != "assistant":
-        raise TaskFormatError(f"{where}: the conversation has no assistant turn to learn from"
-                              if len(body) < 2 else f"{where}: the conversation ends with a user turn; it must end "
-                              "with the assistant turn that is learned and scored")
+        raise TaskFormatError(
+            f"{where}: the conversation has no assistant turn to learn from"
+            if len(body) < 2
+            else f"{where}: the conversation ends with a user turn; it must end "
+            "with the assistant turn that is learned and scored"
+        )
     return Conversation(_row_id(row, id_field, tuple(turns)), tuple(turns))
 
 
@@ -217,8 +249,9 @@ def _row_id(row: dict, id_field: str | None, turns) -> str:
     return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
-def conversations(rows: Iterable[tuple[str, Any]], fmt: str, *, fields: FieldMap, messages_field: str,
-                  source: str) -> tuple[list[Conversation], TaskReport]:
+def conversations(
+    rows: Iterable[tuple[str, Any]], fmt: str, *, fields: FieldMap, messages_field: str, source: str
+) -> tuple[list[Conversation], TaskReport]:
     """Every row as a :class:`Conversation`, de-duplicated by id and by content, with the counts."""
     report = TaskReport()
     out: list[Conversation] = []
@@ -227,8 +260,11 @@ def conversations(rows: Iterable[tuple[str, Any]], fmt: str, *, fields: FieldMap
     for where, row in rows:
         report.rows_in += 1
         at = f"{source}, {where}"
-        conv = (prompt_response_conversation(row, fields, at) if fmt == "prompt_response"
-                else messages_conversation(row, messages_field, at, fields.id))
+        conv = (
+            prompt_response_conversation(row, fields, at)
+            if fmt == "prompt_response"
+            else messages_conversation(row, messages_field, at, fields.id)
+        )
         if conv.id in ids:
             report.duplicate_ids += 1
             continue
@@ -242,14 +278,18 @@ def conversations(rows: Iterable[tuple[str, Any]], fmt: str, *, fields: FieldMap
     return out, report
 
 
-def read_conversations(path: Path, key: str, fmt: str, *, fields: FieldMap, messages_field: str
-                       ) -> tuple[list[Conversation], TaskReport]:
+def read_conversations(
+    path: Path, key: str, fmt: str, *, fields: FieldMap, messages_field: str
+) -> tuple[list[Conversation], TaskReport]:
     """A local instruction or chat file as conversations; errors name ``key``, the file and the row."""
-    return conversations(read_records(path, key), fmt, fields=fields, messages_field=messages_field, source=f"{key}: {path}")
+    return conversations(
+        read_records(path, key), fmt, fields=fields, messages_field=messages_field, source=f"{key}: {path}"
+    )
 
 
-def hub_conversations(table, fmt: str, *, fields: FieldMap, messages_field: str, source: str
-                      ) -> tuple[list[Conversation], TaskReport]:
+def hub_conversations(
+    table, fmt: str, *, fields: FieldMap, messages_field: str, source: str
+) -> tuple[list[Conversation], TaskReport]:
     """A hub split (``datasets`` table) as conversations, read row by row as a file is."""
     rows = ((f"row {i + 1}", row) for i, row in enumerate(table))
     return conversations(rows, fmt, fields=fields, messages_field=messages_field, source=source)
@@ -259,8 +299,9 @@ def hub_conversations(table, fmt: str, *, fields: FieldMap, messages_field: str,
 
 
 def _render(fmt, tokenizer, turns: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(turns, chat_template=fmt.chat_template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(
+        turns, chat_template=fmt.chat_template, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def _with_system(fmt, conv: Conversation) -> list[dict[str, str]]:
@@ -281,8 +322,10 @@ def segments(conv: Conversation, tokenizer, fmt, *, labels: str = "all") -> list
     eos = tokenizer.eos_token
     if fmt.style == "plain":
         if len(conv.messages) != 2 or conv.messages[0][0] != "user":
-            raise TaskFormatError(f"example {conv.id}: sft.prompt_style plain renders one instruction and its response; "
-                                  "conversations need sft.prompt_style: chat")
+            raise TaskFormatError(
+                f"example {conv.id}: sft.prompt_style plain renders one instruction and its response; "
+                "conversations need sft.prompt_style: chat"
+            )
         return [(PLAIN_PROMPT.format(prompt=conv.messages[0][1]), False), (" " + conv.reference + eos, True)]
     turns = _with_system(fmt, conv)
     full = _render(fmt, tokenizer, turns, generation_prompt=False)
@@ -297,12 +340,15 @@ def segments(conv: Conversation, tokenizer, fmt, *, labels: str = "all") -> list
         if not (full.startswith(upto) and upto.startswith(prefix)):
             raise TaskFormatError(
                 f"example {conv.id}: the chat template re-renders earlier turns differently as the conversation "
-                "grows, so assistant tokens cannot be told apart; give sft.chat_template without that rewriting")
+                "grows, so assistant tokens cannot be told apart; give sft.chat_template without that rewriting"
+            )
         end = upto.find(turn["content"] + eos, len(prefix))
         if end < 0:
-            raise TaskFormatError(f"example {conv.id}: the chat template does not end the assistant turn with EOS {eos!r}")
+            raise TaskFormatError(
+                f"example {conv.id}: the chat template does not end the assistant turn with EOS {eos!r}"
+            )
         end += len(turn["content"]) + len(eos)
-        pieces += [(full[done:len(prefix)], False), (full[len(prefix):end], True)]
+        pieces += [(full[done : len(prefix)], False), (full[len(prefix) : end], True)]
         done = end
     if done < len(full):
         pieces.append((full[done:], False))
@@ -317,8 +363,9 @@ def prompt_text(conv: Conversation, tokenizer, fmt) -> str:
     return _render(fmt, tokenizer, turns, generation_prompt=True)
 
 
-def tokenize_conversation(conv: Conversation, tokenizer, fmt, max_tokens: int, *, labels: str = "all"
-                          ) -> dict[str, list[int]] | None:
+def tokenize_conversation(
+    conv: Conversation, tokenizer, fmt, max_tokens: int, *, labels: str = "all"
+) -> dict[str, list[int]] | None:
     """input_ids / labels / attention_mask with loss on assistant tokens only; None if over ``max_tokens``.
 
     A conversation too long for ``data.max_sft_tokens`` is first shortened by dropping its earliest
@@ -336,7 +383,7 @@ def tokenize_conversation(conv: Conversation, tokenizer, fmt, max_tokens: int, *
         head = 1 if conv.messages[0][0] == "system" else 0
         if len(conv.messages) - head <= 2:
             return None
-        conv = Conversation(conv.id, conv.messages[:head] + conv.messages[head + 2:])
+        conv = Conversation(conv.id, conv.messages[:head] + conv.messages[head + 2 :])
 
 
 def scrub_conversation(conv: Conversation) -> tuple[Conversation, int]:

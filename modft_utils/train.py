@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from . import adapters
-from .upstream_fixes import last_complete_checkpoint, restore_adapter
 from .config import TrainSpec
+from .upstream_fixes import last_complete_checkpoint, restore_adapter
 
 
 @dataclass
@@ -64,8 +64,12 @@ def _adapter_trainer():
             # A checkpoint holds the adapter being trained, nothing else: the frozen ones are saved
             # already, and PEFT would add whole embedding matrices after a vocabulary extension.
             if self.args.should_save:
-                self.model.save_pretrained(output_dir or self.args.output_dir, selected_adapters=[self.adapter_name],
-                                           safe_serialization=True, save_embedding_layers=False)
+                self.model.save_pretrained(
+                    output_dir or self.args.output_dir,
+                    selected_adapters=[self.adapter_name],
+                    safe_serialization=True,
+                    save_embedding_layers=False,
+                )
 
     return AdapterTrainer
 
@@ -153,9 +157,7 @@ def train_adapter(
     history = list(trainer.state.log_history)
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     tokens = _tokens_seen(train_dataset, spec, trainer.state.global_step) * trainer.args.world_size
-    unchanged = {
-        name: adapters.fingerprint(adapters.adapter_state(model, name)) == fp for name, fp in frozen.items()
-    }
+    unchanged = {name: adapters.fingerprint(adapters.adapter_state(model, name)) == fp for name, fp in frozen.items()}
     if not all(unchanged.values()):
         raise adapters.AdapterError(f"frozen adapter(s) changed while training {adapter_name!r}: {unchanged}")
     adapter_dir = output_dir / "adapter"

@@ -59,8 +59,12 @@ def apply_peft_fixes() -> None:
     def holds(wrapper, adapter_name) -> bool:
         return adapter_name in wrapper.token_adapter.trainable_tokens_delta or bool(wrapper.token_adapter.tied_adapter)
 
-    TrainableTokensWrapper.adapter_state_dict = lambda self, name, state: save(self, name, state) if holds(self, name) else {}
-    TrainableTokensWrapper.adapter_state_dict_load_map = lambda self, name: load_map(self, name) if holds(self, name) else {}
+    TrainableTokensWrapper.adapter_state_dict = lambda self, name, state: (
+        save(self, name, state) if holds(self, name) else {}
+    )
+    TrainableTokensWrapper.adapter_state_dict_load_map = lambda self, name: (
+        load_map(self, name) if holds(self, name) else {}
+    )
     TrainableTokensWrapper._modft_fixed = True
     merge = TrainableTokensLayer.merge
 
@@ -133,8 +137,11 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     """
     if not output_dir.is_dir():
         return None
-    done = [p for p in output_dir.iterdir()
-            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    done = [
+        p
+        for p in output_dir.iterdir()
+        if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
+    ]
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
 
 
@@ -157,9 +164,11 @@ def restore_adapter(model, name: str, checkpoint: str | Path) -> None:
         raise UpstreamFixError(f"checkpoint {checkpoint} holds no weights for adapter {name!r}")
     missing, unexpected = adapter_key_mismatch(model, weights, name)
     if missing or unexpected:
-        raise UpstreamFixError(f"checkpoint {checkpoint}: adapter {name!r} does not fit this model: {len(missing)} "
-                               f"weight(s) missing from the file {missing[:2]}, {len(unexpected)} unexpected in it "
-                               f"{unexpected[:2]}")
+        raise UpstreamFixError(
+            f"checkpoint {checkpoint}: adapter {name!r} does not fit this model: {len(missing)} "
+            f"weight(s) missing from the file {missing[:2]}, {len(unexpected)} unexpected in it "
+            f"{unexpected[:2]}"
+        )
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     set_peft_model_state_dict(model, load_file(str(weights)), adapter_name=name)
     for n, p in model.named_parameters():  # set_peft_model_state_dict leaves flags alone; make sure

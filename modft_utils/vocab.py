@@ -61,7 +61,7 @@ class VocabExtension:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VocabExtension":
+    def load(cls, path: str | os.PathLike) -> VocabExtension:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
@@ -73,7 +73,9 @@ class VocabExtension:
         return ext
 
 
-def choose_words(tokenizer, word_counts: dict[str, int], *, max_words: int, min_count: int, min_pieces: int) -> VocabExtension:
+def choose_words(
+    tokenizer, word_counts: dict[str, int], *, max_words: int, min_count: int, min_pieces: int
+) -> VocabExtension:
     """The words whose own token saves the most tokens over the corpus.
 
     A word cut into ``p`` pieces and seen ``c`` times saves ``(p - 1) * c`` tokens; ties go to
@@ -81,11 +83,7 @@ def choose_words(tokenizer, word_counts: dict[str, int], *, max_words: int, min_
     """
     candidates = [w for w, c in word_counts.items() if c >= min_count]
     ids = tokenizer([" " + w for w in candidates], add_special_tokens=False)["input_ids"] if candidates else []
-    scored = [
-        ((len(p) - 1) * word_counts[w], w, tuple(p))
-        for w, p in zip(candidates, ids)
-        if len(p) >= min_pieces
-    ]
+    scored = [((len(p) - 1) * word_counts[w], w, tuple(p)) for w, p in zip(candidates, ids) if len(p) >= min_pieces]
     scored.sort(key=lambda t: (-t[0], t[1]))
     chosen = scored[:max_words]
     return VocabExtension(len(tokenizer), tuple(w for _, w, _ in chosen), tuple(p for _, _, p in chosen))

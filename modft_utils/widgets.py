@@ -13,6 +13,7 @@ import html
 import itertools
 from collections.abc import Sequence
 
+
 def _text(value) -> str:
     return html.escape(str(value), quote=False)  # element text: quotes need no escaping
 
@@ -43,8 +44,15 @@ def render_answers(result: dict) -> str:
 
 
 def stack_explorer(
-    model, tokenizer, prompts: Sequence[str], *, roles: Sequence[str] = ("domain", "task"), store=None, base=None,
-    max_new_tokens: int = 12, window: int | None = None,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    roles: Sequence[str] = ("domain", "task"),
+    store=None,
+    base=None,
+    max_new_tokens: int = 12,
+    window: int | None = None,
 ):
     """A checkbox and a version dropdown per adapter, a prompt box and a Generate button.
 
@@ -85,7 +93,9 @@ def stack_explorer(
     def show_status() -> None:
         current = versions.model if versions is not None else model
         names = adapters.active_adapters(current)
-        labels = [str(versions.versions[n].ref) if versions is not None and n in versions.versions else n for n in names]
+        labels = [
+            str(versions.versions[n].ref) if versions is not None and n in versions.versions else n for n in names
+        ]
         status.value = f"<b>active stack:</b> <span class='modft-active'>{_text(evaluate.stack_label(labels))}</span>"
 
     def on_change(change) -> None:
@@ -110,8 +120,9 @@ def stack_explorer(
         subsets = [list(c) for k in range(len(chosen) + 1) for c in itertools.combinations(chosen, k)]
         stacks = {evaluate.stack_label(s): s for s in subsets}
         try:
-            result = evaluate.compare_answers(compose, tokenizer, prompt.value, stacks,
-                                              max_new_tokens=max_new_tokens, window=window)
+            result = evaluate.compare_answers(
+                compose, tokenizer, prompt.value, stacks, max_new_tokens=max_new_tokens, window=window
+            )
             answers.value = render_answers(result)
         except ValueError as exc:
             answers.value = f"<div class='modft-warning' style='{_WARN}'>{_text(str(exc))}</div>"
@@ -128,8 +139,16 @@ def stack_explorer(
     show_status()
     rows = [W.HBox([boxes[r], picks[r]]) for r in roles]
     panel = W.VBox([*rows, status, warning, prompt, button, answers])
-    panel.parts = {"boxes": boxes, "picks": picks, "prompt": prompt, "generate": button,
-                   "status": status, "warning": warning, "answers": answers, "stack": versions}
+    panel.parts = {
+        "boxes": boxes,
+        "picks": picks,
+        "prompt": prompt,
+        "generate": button,
+        "status": status,
+        "warning": warning,
+        "answers": answers,
+        "stack": versions,
+    }
     return panel
 
 
@@ -172,7 +191,9 @@ def rollback_panel(store, name: str, alias: str = "production", *, actor: str | 
 
     def on_confirm(_b) -> None:
         try:
-            event = store.rollback(name, alias, reason=reason.value.strip() or "rolled back from the notebook panel", actor=actor)
+            event = store.rollback(
+                name, alias, reason=reason.value.strip() or "rolled back from the notebook panel", actor=actor
+            )
             message.value = f"rolled back: {_text(name)}@{_text(alias)} v{event['from']} &rarr; v{event['to']}"
         except RegistryError as exc:
             message.value = f"<span style='{_WARN}'>{_text(str(exc))}</span>"
@@ -188,6 +209,13 @@ def rollback_panel(store, name: str, alias: str = "production", *, actor: str | 
     cancel.on_click(on_cancel)
     refresh()
     panel = W.VBox([info, W.HBox([start, reason]), asking, message])
-    panel.parts = {"info": info, "reason": reason, "rollback": start, "confirm": confirm, "cancel": cancel,
-                   "asking": asking, "message": message}
+    panel.parts = {
+        "info": info,
+        "reason": reason,
+        "rollback": start,
+        "confirm": confirm,
+        "cancel": cancel,
+        "asking": asking,
+        "message": message,
+    }
     return panel

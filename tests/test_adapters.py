@@ -6,9 +6,9 @@ from datasets import Dataset
 from transformers import default_data_collator
 
 from modft_utils import adapters, evaluate, modeling, train
-from modft_utils.stack import load_adapter
 from modft_utils.config import LoraSpec, TrainSpec
 from modft_utils.modeling import BaseRef
+from modft_utils.stack import load_adapter
 
 
 def _blocks(n=16, length=24, seed=0):
@@ -25,8 +25,12 @@ def base(micro_profile):
 
 
 def _train(model, name, tmp_path, steps=3, seed=0):
-    spec = TrainSpec(max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=seed)
-    return train.train_adapter(model, name, _blocks(), _blocks(4, seed=1), spec, tmp_path / name, default_data_collator, progress=False)
+    spec = TrainSpec(
+        max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=seed
+    )
+    return train.train_adapter(
+        model, name, _blocks(), _blocks(4, seed=1), spec, tmp_path / name, default_data_collator, progress=False
+    )
 
 
 def test_base_is_4bit_and_frozen(base):
@@ -110,8 +114,11 @@ def test_switch_flips_flags_without_copying_weights(base):
 def test_saved_adapter_layout_and_load_refusals(micro_profile, base, tmp_path):
     model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
     out = adapters.save_adapter(model, "domain", tmp_path / "domain")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"] or \
-        {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ] or {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
     ref = BaseRef(micro_profile.model.id)
 
     pickled = tmp_path / "pickled"
@@ -122,7 +129,11 @@ def test_saved_adapter_layout_and_load_refusals(micro_profile, base, tmp_path):
         load_adapter(modeling.load_base(micro_profile, ref), pickled, "domain")
 
     # A rank-2 adapter's file under a rank-4 config: shapes disagree, PEFT must not load it quietly.
-    other = adapters.add_adapter(modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8, target_modules=["q_proj"])))
+    other = adapters.add_adapter(
+        modeling.load_base(micro_profile, ref),
+        "domain",
+        modeling.lora_config(LoraSpec(r=4, alpha=8, target_modules=["q_proj"])),
+    )
     partial = adapters.save_adapter(other, "domain", tmp_path / "partial")
     cfg = (out / "adapter_config.json").read_text()
     (partial / "adapter_config.json").write_text(cfg)  # claims all four projections, file has only q_proj
@@ -134,7 +145,9 @@ def test_training_is_deterministic(micro_profile, tmp_path):
     ref = BaseRef(micro_profile.model.id)
     losses = []
     for i in range(2):
-        model = adapters.add_adapter(modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+        model = adapters.add_adapter(
+            modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8))
+        )
         result = _train(model, "domain", tmp_path / str(i), steps=8)
         losses.append([loss for _, loss in train.loss_curves(result.log_history)["train"]])
     assert len(losses[0]) == 8

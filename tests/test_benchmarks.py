@@ -17,8 +17,14 @@ FIELDS = {"name": str, "unit": str, "goal": str, "meets_goal": bool}
 @pytest.mark.slow
 def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert isinstance(results, list) and results
@@ -33,8 +39,21 @@ def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
             assert math.isfinite(r["ratio"]) and r["ratio"] >= 0, r
         assert not r.get("note", "").startswith("failed:"), r
     names = " ".join(r["name"] for r in results)
-    for figure in ("training overhead", "DAPT speed", "SFT speed", "packing", "padding", "stack switch",
-                   "4-bit memory", "planner accuracy", "data prep", "PII scrubber", "scoring", "end to end", "GPU"):
+    for figure in (
+        "training overhead",
+        "DAPT speed",
+        "SFT speed",
+        "packing",
+        "padding",
+        "stack switch",
+        "4-bit memory",
+        "planner accuracy",
+        "data prep",
+        "PII scrubber",
+        "scoring",
+        "end to end",
+        "GPU",
+    ):
         assert figure in names, figure
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| figure | value | reference | ratio | goal | met |" in table

@@ -11,13 +11,19 @@ def test_shipped_profiles_validate(root):
     assert tiny.model.id == "tiny" and tiny.model.tiny.num_local_experts >= 2
     real = load_profile(root / "params" / "minimax_m2.yaml")
     assert real.model.id == "MiniMaxAI/MiniMax-M2"
-    assert (real.data.dapt.hub_name, real.data.dapt.hub_config, real.data.sft.hub_name) == ("wikitext", "wikitext-2-raw-v1", "squad")
+    assert (real.data.dapt.hub_name, real.data.dapt.hub_config, real.data.sft.hub_name) == (
+        "wikitext",
+        "wikitext-2-raw-v1",
+        "squad",
+    )
     assert real.data.sft_subset_size == 1000 and real.model.load_in_4bit and real.model.quant_type == "nf4"
 
 
 def test_unknown_key_wrong_type_and_range_are_named(root):
     with pytest.raises(ProfileError) as err:
-        load_profile(root / "params" / "tiny.yaml", {"dapt.train.max_stepz": 3, "sft.lora.r": 0, "data.block_size": "big"})
+        load_profile(
+            root / "params" / "tiny.yaml", {"dapt.train.max_stepz": 3, "sft.lora.r": 0, "data.block_size": "big"}
+        )
     text = str(err.value)
     assert "tiny.yaml" in text
     assert "dapt.train.max_stepz: unknown key" in text
@@ -64,7 +70,11 @@ def test_every_key_is_documented():
     rows = describe()
     keys = {r[0] for r in rows}
     assert {"dapt.lora.r", "data.block_size", "model.tiny.hidden_size", "sft.train.max_steps"} <= keys
-    assert all(help_text for key, _, _, help_text in rows if not key.startswith(("dapt.", "sft.")) or "lora" in key or "train" in key)
+    assert all(
+        help_text
+        for key, _, _, help_text in rows
+        if not key.startswith(("dapt.", "sft.")) or "lora" in key or "train" in key
+    )
 
 
 @pytest.mark.parametrize(("uri", "named"), [("foo://store", "'foo'"), ("memory://ok::foo://x", "'foo'")])
@@ -85,7 +95,9 @@ def test_modft_validate_names_a_model_id_that_cannot_be_read(root, tmp_path, cap
     assert f"model.id {typo!r}: cannot read the config" in capsys.readouterr().err
     missing_folder = tmp_path / "models" / "base"
     missing_folder.mkdir(parents=True)
-    assert main(["validate", "--profile", str(root / "params" / "tiny.yaml"), "--set", f"model.id={missing_folder}"]) == 2
+    assert (
+        main(["validate", "--profile", str(root / "params" / "tiny.yaml"), "--set", f"model.id={missing_folder}"]) == 2
+    )
     assert "has no config.json" in capsys.readouterr().err
 
 

@@ -22,10 +22,30 @@ def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path):
     runner.run_notebooks(profile, run_dir=run, notebooks=["01"], progress=False)
     torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent)) or "torchrun"
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "-m", "modft_utils.cli", "run", "--profile", str(profile),
-         "--notebooks", "02", "--run-dir", str(run), "--quiet",
-         "--set", "dapt.train.max_steps=4", "--set", "dapt.train.eval_steps=4", "--set", "dapt.eval_blocks=8"],
-        capture_output=True, text=True, timeout=600,
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "modft_utils.cli",
+            "run",
+            "--profile",
+            str(profile),
+            "--notebooks",
+            "02",
+            "--run-dir",
+            str(run),
+            "--quiet",
+            "--set",
+            "dapt.train.max_steps=4",
+            "--set",
+            "dapt.train.eval_steps=4",
+            "--set",
+            "dapt.eval_blocks=8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -35,16 +55,32 @@ def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path):
     for rank in (0, 1):
         assert (run / "notebooks" / f"rank{rank}" / "02_dapt.ipynb").is_file()
     adapter = run / "adapters" / "domain" / "adapter"
-    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"] or \
-        {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"] or {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    } <= {p.name for p in adapter.iterdir()}
 
 
 def test_notebooks_that_write_shared_files_refuse_a_parallel_launch(root, tmp_path):
     env = {**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "2"}
     proc = subprocess.run(
-        [sys.executable, "-m", "modft_utils.cli", "run", "--profile", str(root / "params" / "tiny.yaml"),
-         "--notebooks", "01", "02", "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "modft_utils.cli",
+            "run",
+            "--profile",
+            str(root / "params" / "tiny.yaml"),
+            "--notebooks",
+            "01",
+            "02",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 2
     assert "runs the training notebooks 02 and 03 only" in proc.stderr and "01_data_prep" in proc.stderr

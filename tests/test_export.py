@@ -57,8 +57,10 @@ def test_combined_adapter_equals_live_stack(micro_profile, adapter_dirs, tmp_pat
 def test_merged_model_equals_live_stack_in_fp32(micro_profile, adapter_dirs, tmp_path):
     live = _live(micro_profile, adapter_dirs, four_bit=False)
     out = export.export_merged(
-        export.full_precision_loader(micro_profile, BaseRef(micro_profile.model.id)), adapter_dirs,
-        tmp_path / "merged", dtype=torch.float32,
+        export.full_precision_loader(micro_profile, BaseRef(micro_profile.model.id)),
+        adapter_dirs,
+        tmp_path / "merged",
+        dtype=torch.float32,
     )
     assert not list(out.glob("*.bin")) and list(out.glob("*.safetensors"))
     record = json.loads((out / export.EXPORT_RECORD).read_text())

@@ -104,7 +104,9 @@ def test_a_converted_base_is_reused_and_keyed_by_the_file(root, tmp_path, test_o
 def test_chat_prompts_on_a_base_without_a_template_stop_before_training(root, tmp_path):
     tok = tiny.train_tokenizer(["plain prose without any chat template at all"] * 20, vocab_size=300)
     prof = _profile(root, tmp_path, {})
-    with pytest.raises(data.DataError, match="sft.prompt_style is 'chat' but the base's tokenizer .* has no chat template"):
+    with pytest.raises(
+        data.DataError, match="sft.prompt_style is 'chat' but the base's tokenizer .* has no chat template"
+    ):
         data.prompt_format(prof, tok)
     plain = config.load_profile(prof.source, {"sft.prompt_style": "plain"})
     assert data.prompt_format(plain, tok).prompt(tok, "c", "q") == "Context: c\nQuestion: q\nAnswer:"
@@ -113,8 +115,8 @@ def test_chat_prompts_on_a_base_without_a_template_stop_before_training(root, tm
 def test_scoring_shortcuts_give_the_plain_answers(micro_profile, micro_base_dir):
     """Sorted batches, stopping at a newline and a shared prefill give what plain batched generate gives."""
     import torch
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     # A word-level tokenizer over the micro base's 96-token vocabulary, with "\n" a token of its own.
     words = ["<pad>", "<eos>", "\n"] + [f"w{i}" for i in range(93)]
@@ -124,8 +126,10 @@ def test_scoring_shortcuts_give_the_plain_answers(micro_profile, micro_base_dir)
     model = modeling.load_base(micro_profile, modeling.BaseRef(str(micro_base_dir)))
     g = torch.Generator().manual_seed(0)
     prefix = " ".join(f"w{i}" for i in range(3, 12))  # what a chat template's system turn would be
-    prompts = [prefix + " " + " ".join(f"w{int(i)}" for i in torch.randint(3, 96, (int(n),), generator=g))
-               for n in torch.randint(1, 12, (12,), generator=g)]
+    prompts = [
+        prefix + " " + " ".join(f"w{int(i)}" for i in torch.randint(3, 96, (int(n),), generator=g))
+        for n in torch.randint(1, 12, (12,), generator=g)
+    ]
     ours = evaluate.generate(model, tok, prompts, max_new_tokens=6, batch_size=5)
     no_prefix = evaluate.generate(model, tok, prompts, max_new_tokens=6, batch_size=5, share_prefix=False)
     plain = evaluate.generate_plain(model, tok, prompts, max_new_tokens=6, batch_size=5)
@@ -145,13 +149,22 @@ def test_a_hub_repository_file_is_fetched_through_huggingface_hub(root, tmp_path
         return str(real)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    prof = _profile(root, tmp_path, {"id": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "gguf_file": "model.Q4_1.gguf",
-                                     "revision": "abc123"})
+    prof = _profile(
+        root,
+        tmp_path,
+        {"id": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "gguf_file": "model.Q4_1.gguf", "revision": "abc123"},
+    )
     assert gguf.locate(prof) == real
-    assert asked == {"repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "filename": "model.Q4_1.gguf", "revision": "abc123"}
+    assert asked == {
+        "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+        "filename": "model.Q4_1.gguf",
+        "revision": "abc123",
+    }
 
     def offline(*args, **kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cache.")
+        raise OSError(
+            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cache."
+        )
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(gguf.GGUFError, match="not a local folder and not fetched from the hub .*couldn't connect"):

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from modft_utils.config import load_profile
 from modft_utils.basecfg import (
     PlanError,
     _meta_tensors,
@@ -21,6 +20,7 @@ from modft_utils.basecfg import (
     read_model_config,
 )
 from modft_utils.cli import add_plan_command
+from modft_utils.config import load_profile
 from modft_utils.measure import measure_training_peak
 from modft_utils.plan import (
     GiB,
@@ -50,17 +50,30 @@ def tiny_4bit(tmp_path_factory, tiny):
 
     t = tiny.model.tiny
     cfg = MiniMaxM2Config(
-        hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
-        num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads, head_dim=t.head_dim,
-        num_local_experts=t.num_local_experts, num_experts_per_tok=t.num_experts_per_tok, vocab_size=t.vocab_size,
-        max_position_embeddings=t.max_position_embeddings, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        head_dim=t.head_dim,
+        num_local_experts=t.num_local_experts,
+        num_experts_per_tok=t.num_experts_per_tok,
+        vocab_size=t.vocab_size,
+        max_position_embeddings=t.max_position_embeddings,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
         tie_word_embeddings=False,
     )
     path = tmp_path_factory.mktemp("tiny_base")
     torch.manual_seed(0)
     MiniMaxM2ForCausalLM(cfg).save_pretrained(path)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     return AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.float32)
 
 
@@ -114,11 +127,27 @@ def test_bundled_minimax_config_is_the_published_one(minimax):
 
     cfg = read_model_config(minimax)
     ref = MiniMaxM2Config()
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok", "tie_word_embeddings",
-                "max_position_embeddings", "rope_parameters"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "num_local_experts",
+        "num_experts_per_tok",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+        "rope_parameters",
+    ):
         assert getattr(cfg, key) == getattr(ref, key), key
-    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok) == (62, 3072, 256, 8)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok) == (
+        62,
+        3072,
+        256,
+        8,
+    )
     assert cfg.model_type == "minimax_m2"
     assert cfg.quantization_config["quant_method"] == "fp8"
     assert list(cfg.quantization_config["weight_block_size"]) == [128, 128]
@@ -145,7 +174,11 @@ def test_tiny_config_follows_modeling_tiny_config(tiny):
     cfg = read_model_config(tiny)
     t = tiny.model.tiny
     assert cfg.model_type == "minimax_m2" and cfg.vocab_size == t.vocab_size
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_local_experts) == (t.hidden_size, t.num_hidden_layers, t.num_local_experts)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_local_experts) == (
+        t.hidden_size,
+        t.num_hidden_layers,
+        t.num_local_experts,
+    )
 
 
 def test_unreadable_config_is_named(tmp_path, tiny):
@@ -197,12 +230,17 @@ def test_expert_nf4_bytes_match_bitsandbytes(tiny_4bit):
             continue
         for dq in (True, False):
             q, state = F.quantize_4bit(p.data, quant_type="nf4", compress_statistics=dq)
-            tensors = [q, state.absmax, state.code] + ([state.offset, state.state2.absmax, state.state2.code] if dq else [])
+            tensors = [q, state.absmax, state.code] + (
+                [state.offset, state.state2.absmax, state.state2.code] if dq else []
+            )
             assert nf4_bytes(p.numel(), double_quant=dq) == sum(t.numel() * t.element_size() for t in tensors)
     for numel in (1, 63, 64, 65, 3000, 64 * 256 + 1):  # partial blocks round up
         w = torch.randn(numel)
         q, state = F.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
-        real = sum(t.numel() * t.element_size() for t in (q, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code))
+        real = sum(
+            t.numel() * t.element_size()
+            for t in (q, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code)
+        )
         assert nf4_bytes(numel, double_quant=True) == real
 
 
@@ -264,9 +302,14 @@ def test_activation_itemisation_matches_saved_tensors(tiny, tiny_4bit, attn, exp
         cfg = read_model_config(tiny)
         arch = _arch(cfg, _minimax_m2_tensors(cfg))
         r_sum = tiny.dapt.lora.r * len(tiny.dapt.lora.target_modules)
-        per_token = (arch.layers * _layer_activation_bytes(arch, seq=seq, s=4, lora_rank_sum=r_sum, attn=attn, experts_impl=experts)
-                     + 4 * arch.hidden + 4  # final norm
-                     + 4 * arch.vocab + 16)  # the loss keeps its log-softmax and labels
+        per_token = (
+            arch.layers
+            * _layer_activation_bytes(arch, seq=seq, s=4, lora_rank_sum=r_sum, attn=attn, experts_impl=experts)
+            + 4 * arch.hidden
+            + 4  # final norm
+            + 4 * arch.vocab
+            + 16
+        )  # the loss keeps its log-softmax and labels
         assert measured == pytest.approx(batch * seq * per_token, rel=0.03)
     finally:
         model.base_model.model.set_attn_implementation("sdpa")
@@ -339,11 +382,14 @@ def test_suggestions_make_it_fit(tiny, root):
     batch = int(tighter.suggestions[0].split("sft.train.batch_size: ")[1].split(",")[0])
     accum = int(tighter.suggestions[0].split("sft.train.grad_accum: ")[1].split(";")[0].split(" ")[0])
     assert batch < tiny.sft.train.batch_size and batch * accum >= tiny.sft.train.batch_size
-    fixed = load_profile(root / "params" / "tiny.yaml", {
-        "sft.train.gradient_checkpointing": True, "sft.train.batch_size": batch, "sft.train.grad_accum": accum})
+    fixed = load_profile(
+        root / "params" / "tiny.yaml",
+        {"sft.train.gradient_checkpointing": True, "sft.train.batch_size": batch, "sft.train.grad_accum": accum},
+    )
     assert plan(fixed, stage="sft", gpu_memory=gpu).fits
-    one_more = load_profile(root / "params" / "tiny.yaml", {
-        "sft.train.gradient_checkpointing": True, "sft.train.batch_size": batch + 1})
+    one_more = load_profile(
+        root / "params" / "tiny.yaml", {"sft.train.gradient_checkpointing": True, "sft.train.batch_size": batch + 1}
+    )
     assert not plan(one_more, stage="sft", gpu_memory=gpu).fits  # the largest batch that fits
 
 
@@ -364,12 +410,24 @@ def _parser():
 
 
 def test_plan_command(root, capsys):
-    args = _parser().parse_args(["plan", "--profile", str(root / "params" / "minimax_m2.yaml"), "--gpu-memory", "24GiB"])
+    args = _parser().parse_args(
+        ["plan", "--profile", str(root / "params" / "minimax_m2.yaml"), "--gpu-memory", "24GiB"]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and "experts" in out and "80 GB" in out
-    args = _parser().parse_args(["plan", "--profile", str(root / "params" / "minimax_m2.yaml"), "--check", "--json",
-                                 "--stock-experts", "--stage", "sft"])
+    args = _parser().parse_args(
+        [
+            "plan",
+            "--profile",
+            str(root / "params" / "minimax_m2.yaml"),
+            "--check",
+            "--json",
+            "--stock-experts",
+            "--stage",
+            "sft",
+        ]
+    )
     assert args.func(args) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["fits"] is False and data["experts_4bit"] is False and data["phase"] == "sft"
@@ -413,6 +471,8 @@ def test_training_peak_matches_the_plan(measured):
     fixed = small["measured_bytes"] - plan_small.training_bytes
     assert 0 < fixed < 24 * 2**20
     ratio = big["measured_bytes"] / plan_big.training_bytes
-    print(f"\ntiny SFT step: measured {big['measured_bytes'] / 2**20:.1f} MiB, planned {plan_big.training_bytes / 2**20:.1f} MiB "
-          f"(ratio {ratio:.3f}); growth {measured_growth / 2**20:.1f} vs {planned_growth / 2**20:.1f} MiB; fixed {fixed / 2**20:.1f} MiB")
+    print(
+        f"\ntiny SFT step: measured {big['measured_bytes'] / 2**20:.1f} MiB, planned {plan_big.training_bytes / 2**20:.1f} MiB "
+        f"(ratio {ratio:.3f}); growth {measured_growth / 2**20:.1f} vs {planned_growth / 2**20:.1f} MiB; fixed {fixed / 2**20:.1f} MiB"
+    )
     assert 1.0 <= ratio < 1.15  # the planner is within the 15% the benchmark asks

@@ -22,14 +22,17 @@ def test_minimax_profile_refused_on_cpu_naming_the_fix(root):
 
 
 def test_unknown_model_id_is_named(root):
-    profile = load_profile(root / "params" / "minimax_m2.yaml",
-                           {"model.requires_cuda": False, "model.id": "nobody/no-such-model-xyz"})
+    profile = load_profile(
+        root / "params" / "minimax_m2.yaml", {"model.requires_cuda": False, "model.id": "nobody/no-such-model-xyz"}
+    )
     with pytest.raises(ProfileError, match="nobody/no-such-model-xyz"):
         modeling.preflight(profile)
 
 
 def test_local_folder_without_config_is_named(root, tmp_path):
-    profile = load_profile(root / "params" / "minimax_m2.yaml", {"model.requires_cuda": False, "model.id": str(tmp_path)})
+    profile = load_profile(
+        root / "params" / "minimax_m2.yaml", {"model.requires_cuda": False, "model.id": str(tmp_path)}
+    )
     with pytest.raises(ProfileError, match="config.json"):
         modeling.ensure_base(profile)
 
@@ -49,9 +52,20 @@ def test_gpu_24gb_base_architecture_takes_the_same_4bit_experts_path():
     from modft_utils.quant import has_4bit_experts, quantize_experts
 
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(hidden_size=128, intermediate_size=256, moe_intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8,
-                         num_experts_per_tok=2, vocab_size=256, decoder_sparse_step=1, mlp_only_layers=[])
+    cfg = Qwen3MoeConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        moe_intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        vocab_size=256,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    )
     model = Qwen3MoeForCausalLM(cfg).eval()
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():

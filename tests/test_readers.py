@@ -97,7 +97,10 @@ def test_bad_sources_are_named_before_anything_loads(root, tmp_path):
 
     val = str(root / WIKI / "validation.jsonl")
     Dataset.from_dict({"body": ["x" * 300]}).to_csv(str(tmp_path / "no_text.csv"), index=False)
-    with pytest.raises(data.DataError, match=r"data.dapt.train_file: csv reader .*no_text.csv: no column 'text' \(columns: \['body'\]\)"):
+    with pytest.raises(
+        data.DataError,
+        match=r"data.dapt.train_file: csv reader .*no_text.csv: no column 'text' \(columns: \['body'\]\)",
+    ):
         data.validate_inputs(_profile(root, tmp_path, str(tmp_path / "no_text.csv"), val))
     (tmp_path / "report.docx").write_bytes(b"PK\x03\x04")
     with pytest.raises(data.DataError, match=r"report.docx: no reader for '.docx'"):

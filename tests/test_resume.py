@@ -65,8 +65,16 @@ pathlib.Path(result_path).write_text(json.dumps({"resumed_from": res.resumed_fro
 def _child(script: Path, profile, out: Path, mode: str, tag: str) -> subprocess.Popen:
     # One thread each: two children run side by side on a small machine.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    argv = [sys.executable, str(script), profile.source, str(out), mode, str(out.parent / f"{tag}.json"),
-            str(STEPS), str(SAVE_EVERY)]
+    argv = [
+        sys.executable,
+        str(script),
+        profile.source,
+        str(out),
+        mode,
+        str(out.parent / f"{tag}.json"),
+        str(STEPS),
+        str(SAVE_EVERY),
+    ]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -106,8 +114,10 @@ def test_killed_run_resumes_to_the_uninterrupted_adapter(micro_profile, tmp_path
         deadline = time.monotonic() + 240
         while not (killed / "gate").exists():
             if proc.poll() is not None:
-                pytest.fail(f"the run to interrupt exited ({proc.returncode}) before it could be killed:\n"
-                            f"{proc.stdout.read()[-3000:]}")
+                pytest.fail(
+                    f"the run to interrupt exited ({proc.returncode}) before it could be killed:\n"
+                    f"{proc.stdout.read()[-3000:]}"
+                )
             assert time.monotonic() < deadline, "the run to interrupt never reached step 9"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -153,8 +163,9 @@ def test_resume_restores_only_the_adapter_being_trained(micro_profile, tmp_path)
     spec = _spec(save_steps=4)
     straight = _stack(micro_profile)
     domain = adapters.fingerprint(adapters.adapter_state(straight, "domain"))
-    want = train.train_adapter(straight, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "a",
-                               default_data_collator, progress=False)
+    want = train.train_adapter(
+        straight, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "a", default_data_collator, progress=False
+    )
     assert want.resumed_from is None
     # A run folder as an interruption after step 4 leaves it: only the first checkpoint.
     ckpt = tmp_path / "a" / "checkpoints" / "checkpoint-4"
@@ -163,8 +174,9 @@ def test_resume_restores_only_the_adapter_being_trained(micro_profile, tmp_path)
     at_checkpoint = load_file(str(ckpt / "task" / "adapter_model.safetensors"))
     shutil.copytree(ckpt, tmp_path / "b" / "checkpoints" / "checkpoint-4")
     model = _stack(micro_profile)
-    got = train.train_adapter(model, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "b",
-                              default_data_collator, progress=False)
+    got = train.train_adapter(
+        model, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "b", default_data_collator, progress=False
+    )
     assert got.resumed_from == str(tmp_path / "b" / "checkpoints" / "checkpoint-4")
     assert got.steps == want.steps == 8 and got.frozen_unchanged == {"domain": True}
     assert adapters.fingerprint(adapters.adapter_state(model, "domain")) == domain
@@ -180,8 +192,9 @@ def test_no_checkpoints_when_save_steps_is_zero(micro_profile, tmp_path):
     model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))
     model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
     spec = _spec(max_steps=2, eval_steps=2, save_steps=0)
-    result = train.train_adapter(model, "domain", _blocks(8), _blocks(4, seed=1), spec, tmp_path, default_data_collator,
-                                 progress=False)
+    result = train.train_adapter(
+        model, "domain", _blocks(8), _blocks(4, seed=1), spec, tmp_path, default_data_collator, progress=False
+    )
     assert result.resumed_from is None and result.steps == 2
     assert not list(tmp_path.glob("checkpoints/checkpoint-*"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

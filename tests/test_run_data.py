@@ -40,7 +40,9 @@ def test_a_deleted_dapt_set_says_which_notebook_makes_it(run, name):
     import shutil
 
     shutil.rmtree(run / "data" / name)
-    with pytest.raises(DataError, match=rf"data/{name} is missing: run notebook 01_data_prep for this run folder first"):
+    with pytest.raises(
+        DataError, match=rf"data/{name} is missing: run notebook 01_data_prep for this run folder first"
+    ):
         data.load_dapt_blocks(run)
 
 
@@ -48,7 +50,9 @@ def test_a_deleted_dapt_set_says_which_notebook_makes_it(run, name):
 def test_a_truncated_arrow_file_is_named(run, name, load):
     arrow = _arrow(run / "data" / name)
     arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
-    with pytest.raises(DataError, match=rf"data/{name} is damaged .*run notebook 01_data_prep for this run folder again"):
+    with pytest.raises(
+        DataError, match=rf"data/{name} is damaged .*run notebook 01_data_prep for this run folder again"
+    ):
         load(run)
 
 

@@ -39,8 +39,11 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != GENERATOR
-                  and "__pycache__" not in p.parts)
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.name != GENERATOR and "__pycache__" not in p.parts
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +131,9 @@ def test_wikitext_tokenisation_features(wiki):
 
 
 def test_wikitextify_matches_wikitext_conventions():
-    assert wikitextify("The guild's 12,400 sea-faring members (about 3.5 per cent) sang \"Home\".") == (
-        'The guild \'s 12 @,@ 400 sea @-@ faring members ( about 3 @.@ 5 per cent ) sang " Home " .')
+    assert wikitextify('The guild\'s 12,400 sea-faring members (about 3.5 per cent) sang "Home".') == (
+        'The guild \'s 12 @,@ 400 sea @-@ faring members ( about 3 @.@ 5 per cent ) sang " Home " .'
+    )
     assert wikitextify("version 2.1.4, in 1743") == "version 2 @.@ 1 @.@ 4 , in 1743"
 
 
@@ -157,7 +161,7 @@ def test_facts_are_stated_consistently(wiki, squad, manifest):
     texts, title = [], ""
     for split in SPLITS:
         for row in wiki[split]:
-            if (m := TITLE_ROW.match(row)):
+            if m := TITLE_ROW.match(row):
                 title = m.group(1)
             if title not in near:
                 texts.append(row)
@@ -165,7 +169,9 @@ def test_facts_are_stated_consistently(wiki, squad, manifest):
     years: dict[str, set[str]] = {}
     founders: dict[str, set[str]] = {}
     for text in texts:
-        for town, year, founder in re.findall(r"(?!It )([A-Z][a-z]+) was founded in (\d{4}) by ([A-Z][a-z]+ [A-Z][a-z]+)", text):
+        for town, year, founder in re.findall(
+            r"(?!It )([A-Z][a-z]+) was founded in (\d{4}) by ([A-Z][a-z]+ [A-Z][a-z]+)", text
+        ):
             years.setdefault(town, set()).add(year)
             founders.setdefault(town, set()).add(founder)
         for town, year in re.findall(r"founded ([A-Z][a-z]+) in (\d{4})", text):
@@ -213,7 +219,7 @@ def test_duplicates_and_near_duplicates(wiki, manifest):
     articles: dict[str, list[str]] = {}
     title = ""
     for row in wiki["train"]:
-        if (m := TITLE_ROW.match(row)):
+        if m := TITLE_ROW.match(row):
             title = m.group(1)
             articles.setdefault(title, []).append("")
         elif title:
@@ -223,7 +229,9 @@ def test_duplicates_and_near_duplicates(wiki, manifest):
         assert first == second
     for title in dups["near_articles"]:
         # Near, as a dedup stage measures it: word 5-gram Jaccard well above the profile's 0.8 default.
-        first, second = ({tuple(t.split()[i:i + 5]) for i in range(len(t.split()) - 4)} for t in articles[wikitextify(title)])
+        first, second = (
+            {tuple(t.split()[i : i + 5]) for i in range(len(t.split()) - 4)} for t in articles[wikitextify(title)]
+        )
         assert first != second and len(first & second) / len(first | second) > 0.85, title
 
 
@@ -265,7 +273,7 @@ def test_squad_rows_have_the_hub_layout_and_valid_spans(squad):
             else:
                 assert 1 <= len(texts) <= 3
             for t, s in zip(texts, starts):
-                assert r["context"][s:s + len(t)] == t, r
+                assert r["context"][s : s + len(t)] == t, r
                 assert 1 <= len(t.split()) <= 4, t
             assert "@-@" not in r["context"] and 2 <= r["context"].count(". ") + 1
 

@@ -20,11 +20,22 @@ def _original_layout(rows: list[dict]) -> dict:
     articles: dict[str, dict[str, list]] = {}
     for r in rows:
         paras = articles.setdefault(r["title"], {})
-        paras.setdefault(r["context"], []).append({
-            "id": r["id"], "question": r["question"],
-            "answers": [{"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])]})
-    return {"version": "1.1", "data": [
-        {"title": t, "paragraphs": [{"context": c, "qas": qas} for c, qas in paras.items()]} for t, paras in articles.items()]}
+        paras.setdefault(r["context"], []).append(
+            {
+                "id": r["id"],
+                "question": r["question"],
+                "answers": [
+                    {"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])
+                ],
+            }
+        )
+    return {
+        "version": "1.1",
+        "data": [
+            {"title": t, "paragraphs": [{"context": c, "qas": qas} for c, qas in paras.items()]}
+            for t, paras in articles.items()
+        ],
+    }
 
 
 def _profile(root, tmp_path, train: str, validation: str, **extra):
@@ -71,8 +82,11 @@ def test_a_set_that_collapses_fails_in_validate_with_the_counts(root, tmp_path):
     (tmp_path / "dups.jsonl").write_text("".join(json.dumps(r) + "\n" for r in same_id))
     (tmp_path / "empty.jsonl").write_text("")
     good = str(root / SAMPLE / "validation.jsonl")
-    with pytest.raises(data.DataError, match=r"data.sft.train_file: .*dups.jsonl leaves 1 usable example\(s\) "
-                                             r"\(30 row\(s\) read, 29 duplicate id\(s\).*data.min_sft_examples"):
+    with pytest.raises(
+        data.DataError,
+        match=r"data.sft.train_file: .*dups.jsonl leaves 1 usable example\(s\) "
+        r"\(30 row\(s\) read, 29 duplicate id\(s\).*data.min_sft_examples",
+    ):
         data.validate_inputs(_profile(root, tmp_path, str(tmp_path / "dups.jsonl"), good))
     with pytest.raises(data.DataError, match=r"empty.jsonl leaves 0 usable example\(s\) \(0 row\(s\) read"):
         data.validate_inputs(_profile(root, tmp_path, str(tmp_path / "empty.jsonl"), good))
@@ -83,7 +97,9 @@ def test_a_set_that_collapses_fails_in_validate_with_the_counts(root, tmp_path):
 def test_a_folder_where_a_file_belongs_is_named(root, tmp_path):
     (tmp_path / "squad_dir").mkdir()
     with pytest.raises(data.DataError, match=r"data.sft.train_file: .*squad_dir is a folder"):
-        data.validate_inputs(_profile(root, tmp_path, str(tmp_path / "squad_dir"), str(root / SAMPLE / "validation.jsonl")))
+        data.validate_inputs(
+            _profile(root, tmp_path, str(tmp_path / "squad_dir"), str(root / SAMPLE / "validation.jsonl"))
+        )
 
 
 def test_invalid_utf8_is_placed_in_the_file_not_in_a_read_chunk(root, tmp_path):

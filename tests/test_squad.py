@@ -28,8 +28,13 @@ CONTEXT = "The Guild of Saltwrights was founded in 1243 by Mira Calde at Vesspor
 
 def _row(qid: str = "q1", text: str = "1243", start: int | None = None, **extra) -> dict:
     start = CONTEXT.index(text) if start is None else start
-    row = {"id": qid, "title": "Guild_of_Saltwrights", "context": CONTEXT, "question": "When?",
-           "answers": {"text": [text], "answer_start": [start]}}
+    row = {
+        "id": qid,
+        "title": "Guild_of_Saltwrights",
+        "context": CONTEXT,
+        "question": "When?",
+        "answers": {"text": [text], "answer_start": [start]},
+    }
     row.update(extra)
     return row
 
@@ -115,8 +120,17 @@ def test_missing_fields_are_named(tmp_path):
     path.write_text(json.dumps(_row("ok")) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(SquadFormatError, match=r"rows\.jsonl: line 2: missing field"):
         read_squad_file(path)
-    original = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": CONTEXT, "qas": [
-        {"id": "x", "answers": [{"text": "1243", "answer_start": 40}]}]}]}]}
+    original = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {"context": CONTEXT, "qas": [{"id": "x", "answers": [{"text": "1243", "answer_start": 40}]}]}
+                ],
+            }
+        ],
+    }
     path = tmp_path / "orig.json"
     path.write_text(json.dumps(original))
     with pytest.raises(SquadFormatError, match=r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: missing field\(s\) 'question'"):
@@ -195,8 +209,12 @@ def test_split_by_title_is_disjoint(sample_examples):
 
 
 def test_split_by_title_groups_titles_that_share_a_context():
-    ex = [QAExample(f"q{i}", title, ctx, "q?", ("a",), (0,)) for i, (title, ctx) in enumerate(
-        [("A", "a one"), ("B", "a one"), ("C", "a three"), ("D", "a four"), ("E", "a five")])]
+    ex = [
+        QAExample(f"q{i}", title, ctx, "q?", ("a",), (0,))
+        for i, (title, ctx) in enumerate(
+            [("A", "a one"), ("B", "a one"), ("C", "a three"), ("D", "a four"), ("E", "a five")]
+        )
+    ]
     for seed in range(10):
         train, held = split_by_title(ex, 0.4, seed=seed)
         assert not {e.context for e in train} & {e.context for e in held}
@@ -211,7 +229,7 @@ def test_window_context_keeps_the_answer():
     answer = "word150 word151"
     start = context.index(answer)
     new, new_start, cut = window_context(context, start, answer, max_chars=120)
-    assert cut and len(new) <= 120 and new[new_start:new_start + len(answer)] == answer
+    assert cut and len(new) <= 120 and new[new_start : new_start + len(answer)] == answer
     assert new.split()[0].startswith("word") and context.find(new) >= 0  # whole words only
     assert window_context("short", 0, "short", 100) == ("short", 0, False)
     with pytest.raises(ValueError):
@@ -224,7 +242,7 @@ def test_window_context_on_every_sample_answer(sample_examples):
     for ex in sample_examples[:300]:
         for text, start in zip(ex.answers, ex.answer_starts):
             new, new_start, _ = window_context(ex.context, start, text, max_chars=80)
-            assert new[new_start:new_start + len(text)] == text and len(new) <= max(80, len(text))
+            assert new[new_start : new_start + len(text)] == text and len(new) <= max(80, len(text))
 
 
 # --- official metric ------------------------------------------------------------------------------
@@ -297,8 +315,10 @@ def _official_v20(prediction: str, ground_truths: list[str]) -> tuple[float, flo
         return (2 * precision * recall) / (precision + recall)
 
     golds = [a for a in ground_truths if normalize_answer(a)] or [""]
-    return (max(float(normalize_answer(g) == normalize_answer(prediction)) for g in golds),
-            max(f1(g, prediction) for g in golds))
+    return (
+        max(float(normalize_answer(g) == normalize_answer(prediction)) for g in golds),
+        max(f1(g, prediction) for g in golds),
+    )
 
 
 RULE_CASES = [
@@ -328,7 +348,12 @@ def test_empty_after_normalizing_scores_f1_0_in_v11_and_1_in_v20():
     # Prediction "the the the" and reference "the" both normalize to "": the v1.1 script counts no
     # common token (F1 0) while its exact match compares the normalized strings (EM 1); the v2.0
     # script scores an empty pair as agreement (F1 1). v1.1 is the default: the workbook's SQuAD.
-    assert squad_metrics({"q": "the the the"}, {"q": ["the"]}) == {"exact_match": 100.0, "f1": 0.0, "count": 1, "missing": 0}
+    assert squad_metrics({"q": "the the the"}, {"q": ["the"]}) == {
+        "exact_match": 100.0,
+        "f1": 0.0,
+        "count": 1,
+        "missing": 0,
+    }
     assert squad_metrics({"q": "the the the"}, {"q": ["the"]}, version="v2.0")["f1"] == 100.0
     assert f1_score("the the the", "the") == 0.0 and f1_score("the the the", "the", version="v2.0") == 1.0
     # v2.0 drops references that normalize to nothing before taking the best one.

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from modft_utils import adapters, evaluate, modeling, registry
-from modft_utils.stack import AdapterStack, ParentMismatchError, load_adapter
 from modft_utils.config import LoraSpec
 from modft_utils.modeling import BaseRef
+from modft_utils.stack import AdapterStack, ParentMismatchError, load_adapter
 
 X = torch.randint(2, 96, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -21,9 +21,13 @@ def store(micro_profile, tmp_path_factory, random_adapter):
     model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=False)
     identity = registry.base_identity(model, model_id=micro_profile.model.id)
     store = registry.Registry(out / "registry")
-    plan = [("domain", LoraSpec(r=4, alpha=8), None), ("domain", LoraSpec(r=4, alpha=8), None),
-            ("task", LoraSpec(r=2, alpha=4), "domain@1"), ("task", LoraSpec(r=2, alpha=4), "domain@1"),
-            ("task", LoraSpec(r=2, alpha=4), "domain@2")]
+    plan = [
+        ("domain", LoraSpec(r=4, alpha=8), None),
+        ("domain", LoraSpec(r=4, alpha=8), None),
+        ("task", LoraSpec(r=2, alpha=4), "domain@1"),
+        ("task", LoraSpec(r=2, alpha=4), "domain@1"),
+        ("task", LoraSpec(r=2, alpha=4), "domain@2"),
+    ]
     for seed, (name, spec, parent) in enumerate(plan, start=1):
         model = random_adapter(model, f"a{seed}", spec, seed)
         folder = adapters.save_adapter(model, f"a{seed}", out / "adapters" / f"a{seed}")

@@ -20,8 +20,12 @@ def _micro_peft(micro_base_dir, *, tokens: bool):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(micro_base_dir)
-    domain = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
-                        trainable_token_indices={"embed_tokens": [3, 4]} if tokens else None)
+    domain = LoraConfig(
+        r=2,
+        lora_alpha=4,
+        target_modules=["q_proj"],
+        trainable_token_indices={"embed_tokens": [3, 4]} if tokens else None,
+    )
     model = get_peft_model(base, domain, adapter_name="domain")
     model.add_adapter("task", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
     return model
@@ -32,7 +36,9 @@ def test_canary_peft_trainable_tokens_wrapper_fails_for_adapters_it_does_not_hol
 
     model = _micro_peft(micro_base_dir, tokens=True)
     wrapper = next(m for m in model.modules() if isinstance(m, TrainableTokensWrapper))
-    original = getattr(TrainableTokensWrapper, "_modft_original_adapter_state_dict", TrainableTokensWrapper.adapter_state_dict)
+    original = getattr(
+        TrainableTokensWrapper, "_modft_original_adapter_state_dict", TrainableTokensWrapper.adapter_state_dict
+    )
     state = {k: v for k, v in wrapper.state_dict().items()}
     with pytest.raises(KeyError):  # the "task" adapter has no token rows in this wrapper
         original(wrapper, "task", state)
@@ -46,13 +52,19 @@ def test_canary_peft_only_warns_about_missing_adapter_keys(micro_base_dir, tmp_p
 
     model = _micro_peft(micro_base_dir, tokens=False)
     model.save_pretrained(tmp_path, selected_adapters=["domain"])
-    weights = tmp_path / "domain" / "adapter_model.safetensors" if (tmp_path / "domain").is_dir() else tmp_path / "adapter_model.safetensors"
+    weights = (
+        tmp_path / "domain" / "adapter_model.safetensors"
+        if (tmp_path / "domain").is_dir()
+        else tmp_path / "adapter_model.safetensors"
+    )
     kept = {k: v for k, v in load_file(str(weights)).items() if "lora_B" not in k}
     save_file(kept, str(weights))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(micro_base_dir), str(weights.parent))
-    assert any("missing adapter keys" in str(w.message) for w in caught), FIXED_UPSTREAM.format(lib="peft", fix="adapter_key_mismatch")
+    assert any("missing adapter keys" in str(w.message) for w in caught), FIXED_UPSTREAM.format(
+        lib="peft", fix="adapter_key_mismatch"
+    )
     missing, unexpected = upstream_fixes.adapter_key_mismatch(loaded, weights, "default")
     assert missing and not unexpected  # what the fix turns into an error
 
@@ -76,7 +88,9 @@ def test_canary_bitsandbytes_repacks_4bit_weights_for_cpu_bf16():
     from bitsandbytes.nn import Linear4bit
 
     layer = Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-    assert hasattr(layer, "support_avx512bf16_for_cpu"), FIXED_UPSTREAM.format(lib="bitsandbytes", fix="keep_cpu_4bit_exact")
+    assert hasattr(layer, "support_avx512bf16_for_cpu"), FIXED_UPSTREAM.format(
+        lib="bitsandbytes", fix="keep_cpu_4bit_exact"
+    )
     upstream_fixes.keep_cpu_4bit_exact(torch.nn.Sequential(layer))
     assert layer.support_avx512bf16_for_cpu is False
 
@@ -88,8 +102,9 @@ def test_canary_transformers_picks_a_half_written_checkpoint(tmp_path):
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-5").mkdir()  # cut short: no trainer_state.json
     assert upstream_fixes.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
-    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5"), \
-        FIXED_UPSTREAM.format(lib="transformers", fix="last_complete_checkpoint")
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5"), FIXED_UPSTREAM.format(
+        lib="transformers", fix="last_complete_checkpoint"
+    )
 
 
 def test_canary_transformers_resume_keeps_only_the_first_active_adapter(micro_base_dir, tmp_path, caplog):
@@ -101,6 +116,9 @@ def test_canary_transformers_resume_keeps_only_the_first_active_adapter(micro_ba
     trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True))
     with caplog.at_level(logging.WARNING):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
-    trainable = {n.split(".lora_")[1].split(".")[1] for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n}
-    assert model.active_adapters == ["domain"] and trainable == {"domain"}, \
-        FIXED_UPSTREAM.format(lib="transformers", fix="restore_adapter")
+    trainable = {
+        n.split(".lora_")[1].split(".")[1] for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n
+    }
+    assert model.active_adapters == ["domain"] and trainable == {"domain"}, FIXED_UPSTREAM.format(
+        lib="transformers", fix="restore_adapter"
+    )

@@ -70,7 +70,9 @@ def test_new_rows_are_the_mean_of_the_old_pieces_and_change_the_base_identity(ti
     plain = modeling.load_base(prof, base)
     model = modeling.load_base(prof, base.extended(extension))
     rows_needed = extension.base_tokenizer_size + len(extension.words)
-    assert model.get_input_embeddings().weight.shape[0] == max(rows_needed, plain.get_input_embeddings().weight.shape[0])
+    assert model.get_input_embeddings().weight.shape[0] == max(
+        rows_needed, plain.get_input_embeddings().weight.shape[0]
+    )
     for get in ("get_input_embeddings", "get_output_embeddings"):
         old, new = getattr(plain, get)().weight, getattr(model, get)().weight
         for token_id, pieces in zip(extension.token_ids, extension.pieces):
@@ -108,7 +110,9 @@ def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, exte
     adapters.activate(model, ["domain", "task"])
     stack = evaluate.logits(model, ids)
     adapters.activate(model, [])
-    assert evaluate.max_abs_diff(evaluate.logits(model, ids), evaluate.logits(modeling.load_base(prof, xbase), ids)) == 0.0
+    assert (
+        evaluate.max_abs_diff(evaluate.logits(model, ids), evaluate.logits(modeling.load_base(prof, xbase), ids)) == 0.0
+    )
 
     fresh = load_adapter(modeling.load_base(prof, xbase), tmp_path / "domain", "domain")
     fresh = load_adapter(fresh, tmp_path / "task", "task")
@@ -121,9 +125,13 @@ def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, exte
     one = load_adapter(modeling.load_base(prof, xbase), combined, "stack")
     adapters.activate(one, ["stack"])
     assert evaluate.max_abs_diff(evaluate.logits(one, ids), stack) < 1e-4
-    merged = export.export_merged(export.full_precision_loader(prof, xbase),
-                                  {"domain": tmp_path / "domain", "task": tmp_path / "task"}, tmp_path / "merged",
-                                  dtype=None, tokenizer=tok)
+    merged = export.export_merged(
+        export.full_precision_loader(prof, xbase),
+        {"domain": tmp_path / "domain", "task": tmp_path / "task"},
+        tmp_path / "merged",
+        dtype=None,
+        tokenizer=tok,
+    )
     merged_model = modeling.load_merged(merged, prof)
     assert merged_model.get_input_embeddings().weight.shape[0] == model.get_input_embeddings().weight.shape[0]
 
@@ -141,8 +149,13 @@ def test_decision_below_threshold_adds_nothing_and_removes_a_stale_extension(tin
 
 def test_decision_above_threshold_is_found_by_later_loads(tiny, tmp_path):
     prof, base = tiny
-    eager = prof.model_copy(update={"data": prof.data.model_copy(update={
-        "tokenizer_extend_threshold": 1.0, "tokenizer_min_word_count": 3, "tokenizer_max_new_tokens": 2})})
+    eager = prof.model_copy(
+        update={
+            "data": prof.data.model_copy(
+                update={"tokenizer_extend_threshold": 1.0, "tokenizer_min_word_count": 3, "tokenizer_max_new_tokens": 2}
+            )
+        }
+    )
     decision = data.decide_tokenizer(eager, base, DOCS, tmp_path)
     assert len(decision.extension.words) == 2
     assert decision.coverage_extended["tokens_per_word"] < decision.coverage["tokens_per_word"]

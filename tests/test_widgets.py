@@ -21,8 +21,12 @@ def published(tiny, tmp_path_factory, random_adapter):
     identity = registry.base_identity(model, model_id="tiny")
     store = registry.Registry(out / "registry")
     folders = {}
-    plan = [("domain", prof.dapt.lora, None), ("domain", prof.dapt.lora, None),
-            ("task", prof.sft.lora, "domain@1"), ("task", prof.sft.lora, "domain@2")]
+    plan = [
+        ("domain", prof.dapt.lora, None),
+        ("domain", prof.dapt.lora, None),
+        ("task", prof.sft.lora, "domain@1"),
+        ("task", prof.sft.lora, "domain@2"),
+    ]
     for seed, (name, spec, parent) in enumerate(plan, start=1):
         model = random_adapter(model, f"a{seed}", spec, seed)
         folders[seed] = adapters.save_adapter(model, f"a{seed}", out / f"a{seed}")
@@ -40,8 +44,14 @@ def explorer(tiny, published):
     model = stack.load_adapter(modeling.load_base(prof, base), folders[1], "domain")
     model = stack.load_adapter(model, folders[3], "task")
     adapters.activate(model, ["domain"])
-    panel = widgets.stack_explorer(model, tok, ["Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:"],
-                                   store=store, base=identity, max_new_tokens=6)
+    panel = widgets.stack_explorer(
+        model,
+        tok,
+        ["Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:"],
+        store=store,
+        base=identity,
+        max_new_tokens=6,
+    )
     return panel, model
 
 
@@ -88,13 +98,18 @@ def test_generate_shows_every_sub_stack_with_the_differences_marked(explorer):
     assert adapters.active_adapters(model) == ["domain", "task"]  # the selection runs again afterwards
     panel.parts["prompt"].value = "word " * 2000
     panel.parts["generate"].click()
-    assert "prompt truncated:" in panel.parts["answers"].value and "model window of 1024" in panel.parts["answers"].value
+    assert (
+        "prompt truncated:" in panel.parts["answers"].value and "model window of 1024" in panel.parts["answers"].value
+    )
 
 
 def test_fit_prompt_keeps_the_end_and_says_what_it_cut(tiny):
     _, _, tok = tiny
     prompt = "Context: " + "the harbour of Maszaer " * 200 + "\nQuestion: Where?\nAnswer:"
-    assert evaluate.fit_prompt(tok, "Question: Where?\nAnswer:", window=64, max_new_tokens=8) == ("Question: Where?\nAnswer:", None)
+    assert evaluate.fit_prompt(tok, "Question: Where?\nAnswer:", window=64, max_new_tokens=8) == (
+        "Question: Where?\nAnswer:",
+        None,
+    )
     cut, note = evaluate.fit_prompt(tok, prompt, window=64, max_new_tokens=8)
     n = len(tok(prompt, add_special_tokens=False)["input_ids"])
     kept = len(tok(cut, add_special_tokens=False)["input_ids"])
@@ -107,7 +122,12 @@ def test_fit_prompt_keeps_the_end_and_says_what_it_cut(tiny):
 
 def test_diff_tokens_marks_only_what_changed():
     assert evaluate.diff_tokens(["The", " harbour", " of", " Maszaer"], ["The", " port", " of", " Maszaer", "."]) == [
-        ("The", False), (" port", True), (" of", False), (" Maszaer", False), (".", True)]
+        ("The", False),
+        (" port", True),
+        (" of", False),
+        (" Maszaer", False),
+        (".", True),
+    ]
     assert evaluate.diff_tokens([], ["a"]) == [("a", True)]
 
 
@@ -115,8 +135,14 @@ def test_compare_answers_reports_a_refused_stack_in_its_column(tiny, explorer):
     _, _, tok = tiny
     panel, _ = explorer
     stack = panel.parts["stack"]
-    result = evaluate.compare_answers(stack.compose, tok, "Question: Where?\nAnswer:",
-                                      {"base": [], "mismatch": ["domain@1", "task@2"]}, max_new_tokens=4, window=256)
+    result = evaluate.compare_answers(
+        stack.compose,
+        tok,
+        "Question: Where?\nAnswer:",
+        {"base": [], "mismatch": ["domain@1", "task@2"]},
+        max_new_tokens=4,
+        window=256,
+    )
     assert result["answers"][0]["error"] is None and result["note"] is None
     assert "task@2 was trained on domain@2" in result["answers"][1]["error"]
     assert "not run: task@2" in widgets.render_answers(result)
@@ -137,7 +163,13 @@ def test_rollback_panel_asks_before_it_moves_the_alias(published):
     parts["confirm"].click()
     assert store.aliases("task")["production"] == 1
     last = store.audit("task")[-1]
-    assert (last["event"], last["from"], last["to"], last["reason"], last["actor"]) == ("rollback", 2, 1, "answers regressed", "tester")
+    assert (last["event"], last["from"], last["to"], last["reason"], last["actor"]) == (
+        "rollback",
+        2,
+        1,
+        "answers regressed",
+        "tester",
+    )
     assert "modft-current'>v1<" in parts["info"].value and "v2 &rarr; v1" in parts["message"].value
     parts["rollback"].click()  # nothing earlier to go back to: said in the panel, nothing raised
     assert "no earlier version" in parts["message"].value and parts["asking"].layout.display == "none"

@@ -38,10 +38,10 @@ import random
 import re
 import string
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["write_sample_data", "main", "invented_words", "luhn_valid", "wikitextify"]
 
@@ -166,69 +166,272 @@ def _squad_id(*parts: object) -> str:
 # --------------------------------------------------------------------------------------------------
 
 _G_PEOPLE = (
-    ("Anna", True), ("Tom", False), ("Sarah", True), ("David", False), ("Maria", True), ("James", False),
-    ("Lucy", True), ("Peter", False), ("Emma", True), ("Sam", False), ("Grace", True), ("Daniel", False),
-    ("Nora", True), ("Ben", False), ("Olivia", True), ("Jack", False), ("Ruth", True), ("Leo", False),
-    ("Hannah", True), ("Mark", False), ("Alice", True), ("Oliver", False), ("Kate", True), ("Henry", False),
-    ("Julia", True), ("Paul", False), ("Rosa", True), ("Adam", False), ("Clara", True), ("Simon", False),
-    ("Ella", True), ("Max", False), ("Laura", True), ("Nick", False), ("Sophie", True), ("Carl", False),
-    ("Helen", True), ("Ian", False), ("Amy", True), ("Joe", False),
+    ("Anna", True),
+    ("Tom", False),
+    ("Sarah", True),
+    ("David", False),
+    ("Maria", True),
+    ("James", False),
+    ("Lucy", True),
+    ("Peter", False),
+    ("Emma", True),
+    ("Sam", False),
+    ("Grace", True),
+    ("Daniel", False),
+    ("Nora", True),
+    ("Ben", False),
+    ("Olivia", True),
+    ("Jack", False),
+    ("Ruth", True),
+    ("Leo", False),
+    ("Hannah", True),
+    ("Mark", False),
+    ("Alice", True),
+    ("Oliver", False),
+    ("Kate", True),
+    ("Henry", False),
+    ("Julia", True),
+    ("Paul", False),
+    ("Rosa", True),
+    ("Adam", False),
+    ("Clara", True),
+    ("Simon", False),
+    ("Ella", True),
+    ("Max", False),
+    ("Laura", True),
+    ("Nick", False),
+    ("Sophie", True),
+    ("Carl", False),
+    ("Helen", True),
+    ("Ian", False),
+    ("Amy", True),
+    ("Joe", False),
 )
 # Each place with something one does there, so stories stay sensible ("went to the pool. She swam").
 _G_PLACES = {
-    "the market": "bought a bag of apples", "the library": "borrowed two books", "the bakery": "bought a loaf of bread",
-    "the post office": "posted a letter", "the park": "fed the ducks", "the station": "asked about the timetable",
-    "the museum": "looked at the paintings", "the swimming pool": "swam twenty lengths", "the cinema": "watched a film",
-    "the beach": "collected shells", "the supermarket": "bought milk and eggs", "the bank": "paid a bill",
-    "the hardware shop": "bought a new lamp", "the town hall": "renewed a permit", "the garden centre": "bought some seeds",
-    "the sports hall": "played badminton", "the dentist": "had a check-up", "the bookshop": "bought a cookbook",
-    "the flower shop": "bought some tulips", "the hospital": "visited a friend",
+    "the market": "bought a bag of apples",
+    "the library": "borrowed two books",
+    "the bakery": "bought a loaf of bread",
+    "the post office": "posted a letter",
+    "the park": "fed the ducks",
+    "the station": "asked about the timetable",
+    "the museum": "looked at the paintings",
+    "the swimming pool": "swam twenty lengths",
+    "the cinema": "watched a film",
+    "the beach": "collected shells",
+    "the supermarket": "bought milk and eggs",
+    "the bank": "paid a bill",
+    "the hardware shop": "bought a new lamp",
+    "the town hall": "renewed a permit",
+    "the garden centre": "bought some seeds",
+    "the sports hall": "played badminton",
+    "the dentist": "had a check-up",
+    "the bookshop": "bought a cookbook",
+    "the flower shop": "bought some tulips",
+    "the hospital": "visited a friend",
 }
 _G_SLOTS: dict[str, tuple[str, ...]] = {
     "place": tuple(_G_PLACES),
     "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "month": ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-              "October", "November", "December"),
+    "month": (
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ),
     "season": ("spring", "summer", "autumn", "winter"),
-    "item": ("a winter coat", "a pair of boots", "a new kettle", "a birthday present", "some paint",
-             "a bicycle lamp", "a school bag", "a warm blanket", "a set of plates", "a garden hose",
-             "a pair of gloves", "a wooden chair", "a desk lamp", "a rain jacket", "a frying pan"),
-    "price": ("twelve pounds", "five euros", "nine dollars", "twenty pounds", "three euros",
-              "fifteen dollars", "forty pounds", "eight euros", "thirty dollars", "six pounds"),
-    "dish": ("vegetable soup", "a chicken stew", "pasta with tomato sauce", "a potato pie", "fried rice",
-             "a lentil curry", "a mushroom risotto", "fish with lemon", "a bean salad", "pancakes",
-             "a roast chicken", "an apple crumble", "a cheese omelette", "a pumpkin soup"),
-    "ingredient": ("carrots", "potatoes", "onions", "tomatoes", "mushrooms", "lentils", "rice", "beans",
-                   "peppers", "spinach", "apples", "lemons", "garlic", "cheese", "eggs", "flour"),
-    "breakfast": ("porridge with honey", "toast and jam", "yoghurt and fruit", "two boiled eggs",
-                  "a bowl of cereal", "bread with cheese"),
-    "sky": ("grey and heavy", "clear and blue", "full of low clouds", "pale and misty",
-            "dark with rain clouds", "bright but cold"),
-    "forecast": ("sunshine and light winds", "showers and strong winds", "a cold night with frost",
-                 "warm weather and clear skies", "heavy rain on Sunday", "fog in the early morning"),
-    "season_weather": ("mild and wet", "hot and dry", "cool and windy", "cold and bright",
-                       "changeable, with sun and showers"),
-    "season_reason": ("the days are long", "the trees change colour", "the gardens are full of flowers",
-                      "it is quiet and cosy at home", "the beach is warm", "the air smells fresh"),
-    "destination": ("the coast", "the mountains", "the capital", "the old town", "the lakes", "the north",
-                    "the south", "the islands", "the border", "the forest"),
+    "item": (
+        "a winter coat",
+        "a pair of boots",
+        "a new kettle",
+        "a birthday present",
+        "some paint",
+        "a bicycle lamp",
+        "a school bag",
+        "a warm blanket",
+        "a set of plates",
+        "a garden hose",
+        "a pair of gloves",
+        "a wooden chair",
+        "a desk lamp",
+        "a rain jacket",
+        "a frying pan",
+    ),
+    "price": (
+        "twelve pounds",
+        "five euros",
+        "nine dollars",
+        "twenty pounds",
+        "three euros",
+        "fifteen dollars",
+        "forty pounds",
+        "eight euros",
+        "thirty dollars",
+        "six pounds",
+    ),
+    "dish": (
+        "vegetable soup",
+        "a chicken stew",
+        "pasta with tomato sauce",
+        "a potato pie",
+        "fried rice",
+        "a lentil curry",
+        "a mushroom risotto",
+        "fish with lemon",
+        "a bean salad",
+        "pancakes",
+        "a roast chicken",
+        "an apple crumble",
+        "a cheese omelette",
+        "a pumpkin soup",
+    ),
+    "ingredient": (
+        "carrots",
+        "potatoes",
+        "onions",
+        "tomatoes",
+        "mushrooms",
+        "lentils",
+        "rice",
+        "beans",
+        "peppers",
+        "spinach",
+        "apples",
+        "lemons",
+        "garlic",
+        "cheese",
+        "eggs",
+        "flour",
+    ),
+    "breakfast": (
+        "porridge with honey",
+        "toast and jam",
+        "yoghurt and fruit",
+        "two boiled eggs",
+        "a bowl of cereal",
+        "bread with cheese",
+    ),
+    "sky": (
+        "grey and heavy",
+        "clear and blue",
+        "full of low clouds",
+        "pale and misty",
+        "dark with rain clouds",
+        "bright but cold",
+    ),
+    "forecast": (
+        "sunshine and light winds",
+        "showers and strong winds",
+        "a cold night with frost",
+        "warm weather and clear skies",
+        "heavy rain on Sunday",
+        "fog in the early morning",
+    ),
+    "season_weather": (
+        "mild and wet",
+        "hot and dry",
+        "cool and windy",
+        "cold and bright",
+        "changeable, with sun and showers",
+    ),
+    "season_reason": (
+        "the days are long",
+        "the trees change colour",
+        "the gardens are full of flowers",
+        "it is quiet and cosy at home",
+        "the beach is warm",
+        "the air smells fresh",
+    ),
+    "destination": (
+        "the coast",
+        "the mountains",
+        "the capital",
+        "the old town",
+        "the lakes",
+        "the north",
+        "the south",
+        "the islands",
+        "the border",
+        "the forest",
+    ),
     "transport": ("train", "bus", "coach", "ferry", "plane", "car"),
     "hours": ("two", "three", "four", "five", "six", "seven", "eight"),
-    "clock": ("seven o'clock", "half past eight", "nine o'clock", "a quarter past ten", "noon",
-              "half past two", "six in the evening"),
+    "clock": (
+        "seven o'clock",
+        "half past eight",
+        "nine o'clock",
+        "a quarter past ten",
+        "noon",
+        "half past two",
+        "six in the evening",
+    ),
     "walk_place": ("river bank", "old city wall", "beach", "main square", "harbour", "park"),
-    "subject": ("mathematics", "history", "geography", "biology", "music", "art", "French", "chemistry",
-                "physics", "English", "Spanish"),
-    "subject_reason": ("the teacher tells good stories", "it feels like solving puzzles",
-                       "the experiments are exciting", "the class goes outside", "it is easy to practise"),
+    "subject": (
+        "mathematics",
+        "history",
+        "geography",
+        "biology",
+        "music",
+        "art",
+        "French",
+        "chemistry",
+        "physics",
+        "English",
+        "Spanish",
+    ),
+    "subject_reason": (
+        "the teacher tells good stories",
+        "it feels like solving puzzles",
+        "the experiments are exciting",
+        "the class goes outside",
+        "it is easy to practise",
+    ),
     "school_trip": ("science museum", "zoo", "castle", "farm", "theatre", "botanical garden"),
     "teacher": ("Mrs Brown", "Mr Green", "Ms White", "Mr Black", "Mrs Gray", "Ms Young", "Mr Hill"),
-    "job": ("a nurse", "a teacher", "a cook", "a driver", "a clerk", "a builder", "a librarian",
-            "a mechanic", "a gardener", "a baker", "a designer", "a cashier", "a programmer"),
-    "workplace": ("hospital", "bank", "shop", "library", "small office", "factory", "restaurant",
-                  "garage", "school", "bakery", "hotel"),
-    "bakery": ("a loaf of brown bread", "two croissants", "a cherry tart", "six bread rolls",
-               "a chocolate cake", "a bag of biscuits"),
+    "job": (
+        "a nurse",
+        "a teacher",
+        "a cook",
+        "a driver",
+        "a clerk",
+        "a builder",
+        "a librarian",
+        "a mechanic",
+        "a gardener",
+        "a baker",
+        "a designer",
+        "a cashier",
+        "a programmer",
+    ),
+    "workplace": (
+        "hospital",
+        "bank",
+        "shop",
+        "library",
+        "small office",
+        "factory",
+        "restaurant",
+        "garage",
+        "school",
+        "bakery",
+        "hotel",
+    ),
+    "bakery": (
+        "a loaf of brown bread",
+        "two croissants",
+        "a cherry tart",
+        "six bread rolls",
+        "a chocolate cake",
+        "a bag of biscuits",
+    ),
     "minutes": ("five", "ten", "fifteen", "twenty", "thirty", "forty"),
     "oven": ("one hundred and eighty", "two hundred", "one hundred and sixty", "two hundred and twenty"),
     "temp": ("three", "seven", "twelve", "eighteen", "twenty-one", "twenty-six", "minus two"),
@@ -395,8 +598,15 @@ def _generic_person(rng: random.Random) -> dict[str, str]:
     name, female = rng.choice(_G_PEOPLE)
     friend = rng.choice([p for p, _ in _G_PEOPLE if p != name])
     he, his, him = ("she", "her", "her") if female else ("he", "his", "him")
-    return {"name": name, "friend": friend, "he": he, "his": his, "him": him, "He": he.capitalize(),
-            "His": his.capitalize()}
+    return {
+        "name": name,
+        "friend": friend,
+        "he": he,
+        "his": his,
+        "him": him,
+        "He": he.capitalize(),
+        "His": his.capitalize(),
+    }
 
 
 def _generic_slots(rng: random.Random) -> dict[str, str]:
@@ -456,8 +666,33 @@ def _generic_vocabulary() -> frozenset[str]:
 # --------------------------------------------------------------------------------------------------
 
 # A small, regular phonology keeps invented names pronounceable and gives them a shared "island" sound.
-_CONS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "sh",
-         "l", "r", "n", "m", "t", "k", "s", "v")
+_CONS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "th",
+    "sh",
+    "l",
+    "r",
+    "n",
+    "m",
+    "t",
+    "k",
+    "s",
+    "v",
+)
 _CLUSTERS = ("br", "dr", "gr", "kr", "tr", "st", "sk", "fr", "vr", "th")
 _VOWELS = ("a", "e", "i", "o", "u") * 3 + ("a", "e", "o", "ae", "ei")
 _MID_CODAS = ("n", "r", "l", "s", "m")
@@ -490,17 +725,23 @@ class _Namer:
 
     def _accept(self, word: str, min_len: int) -> bool:
         key = word.lower()
-        return (min_len <= len(word) <= 11 and key not in self.used and key not in _generic_vocabulary()
-                and key not in _template_vocabulary() and key not in _DENY
-                and not re.search(r"(.)\1\1|[aeiou]{3}|[^aeiou]{4}|([^aeiou])\2[^aeiou]", key))
+        return (
+            min_len <= len(word) <= 11
+            and key not in self.used
+            and key not in _generic_vocabulary()
+            and key not in _template_vocabulary()
+            and key not in _DENY
+            and not re.search(r"(.)\1\1|[aeiou]{3}|[^aeiou]{4}|([^aeiou])\2[^aeiou]", key)
+        )
 
     def _keep(self, word: str) -> str:
         self.used.add(word.lower())
         self.invented.append(word)
         return word
 
-    def name(self, syllables: tuple[int, int] = (2, 3), suffix: Sequence[str] = ("",), lower: bool = False,
-             min_len: int = 5) -> str:
+    def name(
+        self, syllables: tuple[int, int] = (2, 3), suffix: Sequence[str] = ("",), lower: bool = False, min_len: int = 5
+    ) -> str:
         """A root of ``syllables`` syllables; a suffix is joined only where it reads naturally."""
         while True:
             sfx = self.rng.choice(suffix)
@@ -518,7 +759,8 @@ class _Namer:
 
 
 # Real words the phonology can produce that would read as words, not names (or read badly).
-_DENY = frozenset("""
+_DENY = frozenset(
+    """
 mask task bask husk dusk musk tusk desk disk risk bisk kern tern fern term form norm farm harm warm worm film
 hill mill bill fill kill pill till will tell sell bell well fell hell dell toll roll doll poll bull full pull
 dull mall hall ball call fall tall wall gall sand land band hand wind mind kind bind find rind bird lord word
@@ -535,7 +777,8 @@ wish lush mush rush bush push hush gush posh gosh tosh nosh moss moth doth thou 
 dada baba nana tata vino vita lima roma para sera tela mora tuna sofa
 iran thorn eros endor karen sere luna vera polen pura sala tera kone dino dona bora kora fina mana tana
 nara sava lana grope rusk
-""".split())
+""".split()
+)
 
 
 @dataclass
@@ -738,21 +981,80 @@ _GOODS = (
     ("fishing nets", "nets knotted from tarred twine"),
 )
 # Crafts in the same order as _GOODS; the last entry's good is an invented tea added at build time.
-_CRAFTS = ("Coopers", "Shipwrights", "Silk-Weavers", "Glassblowers", "Kelp-Gatherers", "Lamp-Pressers",
-           "Sailmakers", "Slaters", "Beekeepers", "Eel-Smokers", "Nail-Smiths", "Pearl-Cutters",
-           "Ropemakers", "Saltwrights", "Cider-Pressers", "Dyers", "Tile-Glazers", "Timber-Fellers",
-           "Tar-Boilers", "Fig-Growers", "Chartmakers", "Bellfounders", "Net-Menders", "Tea-Blenders")
-_SHORES = ("northern", "southern", "eastern", "western", "north-eastern", "south-western", "north-western",
-           "south-eastern")
-_HARBOURS = ("deep natural harbour", "sheltered bay", "tidal estuary", "narrow sea inlet", "shingle cove",
-             "broad sandy bay", "rocky headland")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December")
+_CRAFTS = (
+    "Coopers",
+    "Shipwrights",
+    "Silk-Weavers",
+    "Glassblowers",
+    "Kelp-Gatherers",
+    "Lamp-Pressers",
+    "Sailmakers",
+    "Slaters",
+    "Beekeepers",
+    "Eel-Smokers",
+    "Nail-Smiths",
+    "Pearl-Cutters",
+    "Ropemakers",
+    "Saltwrights",
+    "Cider-Pressers",
+    "Dyers",
+    "Tile-Glazers",
+    "Timber-Fellers",
+    "Tar-Boilers",
+    "Fig-Growers",
+    "Chartmakers",
+    "Bellfounders",
+    "Net-Menders",
+    "Tea-Blenders",
+)
+_SHORES = (
+    "northern",
+    "southern",
+    "eastern",
+    "western",
+    "north-eastern",
+    "south-western",
+    "north-western",
+    "south-eastern",
+)
+_HARBOURS = (
+    "deep natural harbour",
+    "sheltered bay",
+    "tidal estuary",
+    "narrow sea inlet",
+    "shingle cove",
+    "broad sandy bay",
+    "rocky headland",
+)
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
-_ISLAND_DESCS = ("the largest island", "the second-largest island", "the most northerly island",
-                 "the most southerly island", "the most westerly island", "the most easterly island",
-                 "the highest island", "the smallest inhabited island", "the most populous island",
-                 "the wettest island", "the oldest settled island", "the flattest island")
+_ISLAND_DESCS = (
+    "the largest island",
+    "the second-largest island",
+    "the most northerly island",
+    "the most southerly island",
+    "the most westerly island",
+    "the most easterly island",
+    "the highest island",
+    "the smallest inhabited island",
+    "the most populous island",
+    "the wettest island",
+    "the oldest settled island",
+    "the flattest island",
+)
 _NICKNAMES = (
     ("the Lantern Town", "the lanterns hung along its quay on winter evenings"),
     ("the Grey Harbour", "the grey slate of its roofs and sea walls"),
@@ -767,28 +1069,114 @@ _NICKNAMES = (
     ("the Old Anchorage", "the anchorage used by the first settlers"),
     ("the Rope Walk", "the long rope walks along its shore"),
 )
-_LANDMARKS = ("Old Customs House", "Harbour Tower", "Guildhall", "Market Hall", "Lighthouse", "Bell Chapel",
-              "Stone Bridge", "Sea Gate", "Weigh House", "Founders' Hall", "Salt Warehouse", "Watch House")
-_FOUNDER_ROLES = ("merchant", "sea captain", "shipwright", "salt trader", "fisherman", "exiled noble",
-                  "surveyor", "farmer")
-_PARENT_JOBS = ("fisherman", "net-mender", "cooper", "sailmaker", "farmer", "schoolteacher", "harbour pilot",
-                "rope-maker", "merchant", "weaver")
-_SHIP_ADJ = ("Sorrel", "Grey", "Swift", "Silver", "Bright", "Northern", "Faithful", "Patient", "Crimson",
-             "Quiet", "Wandering", "Steadfast", "Golden", "Little", "Evening", "Morning", "Western", "Humble")
-_SHIP_NOUN = ("Maid", "Heron", "Lantern", "Gull", "Promise", "Star", "Rose", "Otter", "Dawn", "Hope", "Swan",
-              "Tern", "Harvest", "Wren", "Pilgrim", "Dolphin", "Anchor", "Sparrow")
-_SHIP_KINDS = ("schooner", "brigantine", "carrack", "pinnace", "ketch", "barque", "galleon", "cog", "sloop",
-               "lugger")
+_LANDMARKS = (
+    "Old Customs House",
+    "Harbour Tower",
+    "Guildhall",
+    "Market Hall",
+    "Lighthouse",
+    "Bell Chapel",
+    "Stone Bridge",
+    "Sea Gate",
+    "Weigh House",
+    "Founders' Hall",
+    "Salt Warehouse",
+    "Watch House",
+)
+_FOUNDER_ROLES = (
+    "merchant",
+    "sea captain",
+    "shipwright",
+    "salt trader",
+    "fisherman",
+    "exiled noble",
+    "surveyor",
+    "farmer",
+)
+_PARENT_JOBS = (
+    "fisherman",
+    "net-mender",
+    "cooper",
+    "sailmaker",
+    "farmer",
+    "schoolteacher",
+    "harbour pilot",
+    "rope-maker",
+    "merchant",
+    "weaver",
+)
+_SHIP_ADJ = (
+    "Sorrel",
+    "Grey",
+    "Swift",
+    "Silver",
+    "Bright",
+    "Northern",
+    "Faithful",
+    "Patient",
+    "Crimson",
+    "Quiet",
+    "Wandering",
+    "Steadfast",
+    "Golden",
+    "Little",
+    "Evening",
+    "Morning",
+    "Western",
+    "Humble",
+)
+_SHIP_NOUN = (
+    "Maid",
+    "Heron",
+    "Lantern",
+    "Gull",
+    "Promise",
+    "Star",
+    "Rose",
+    "Otter",
+    "Dawn",
+    "Hope",
+    "Swan",
+    "Tern",
+    "Harvest",
+    "Wren",
+    "Pilgrim",
+    "Dolphin",
+    "Anchor",
+    "Sparrow",
+)
+_SHIP_KINDS = ("schooner", "brigantine", "carrack", "pinnace", "ketch", "barque", "galleon", "cog", "sloop", "lugger")
 _MASTS = ("two-masted", "three-masted", "single-masted")
 _TIMBERS = ("amberwood", "ironwood", "island oak", "pine")
-_BOOK_PATTERNS = ("A Description of {island}", "The Chronicle of {town}", "On the Tides of the {sea}",
-                  "The Founders of {town}", "A Grammar of the {root} Tongue", "Charts of the {sea}",
-                  "Notes on the Islands", "The Harbours of {island}", "A Journey Round {island}",
-                  "Songs of the {town} Quay")
-_POEM_PATTERNS = ("Evening on {island}", "The Lantern Keeper", "Salt and Silver", "The Drowned Bells of {town}",
-                  "Song for the {river}", "The Net-Mender's Daughter", "Winter at {town}")
-_MOTTO_MEANINGS = ("By hand and by tide", "Together we hold the rope", "Light for every harbour",
-                   "The sea keeps faith", "Work well, trade fair", "From the shore, for the shore")
+_BOOK_PATTERNS = (
+    "A Description of {island}",
+    "The Chronicle of {town}",
+    "On the Tides of the {sea}",
+    "The Founders of {town}",
+    "A Grammar of the {root} Tongue",
+    "Charts of the {sea}",
+    "Notes on the Islands",
+    "The Harbours of {island}",
+    "A Journey Round {island}",
+    "Songs of the {town} Quay",
+)
+_POEM_PATTERNS = (
+    "Evening on {island}",
+    "The Lantern Keeper",
+    "Salt and Silver",
+    "The Drowned Bells of {town}",
+    "Song for the {river}",
+    "The Net-Mender's Daughter",
+    "Winter at {town}",
+)
+_MOTTO_MEANINGS = (
+    "By hand and by tide",
+    "Together we hold the rope",
+    "Light for every harbour",
+    "The sea keeps faith",
+    "Work well, trade fair",
+    "From the shore, for the shore",
+)
 _FESTIVAL_CUSTOMS = (
     "lanterns are floated on the harbour at dusk",
     "the boats of the fishing fleet are decorated with ribbons",
@@ -829,14 +1217,20 @@ def build_world(seed: int = 0) -> World:
     islands = []
     for desc in rng.sample(_ISLAND_DESCS, k=len(_ISLAND_DESCS)):
         name = namer.name((1, 2), suffix=("a", "ey", "is", "ora", "ant", "ar", "", ""))
-        islands.append(Island(
-            name=name, desc=f"{desc} of the {arch}", area=round(rng.uniform(18, 640), 1),
-            peak=f"{namer.name((2, 2))} {rng.choice(['Fell', 'Peak', 'Height', 'Tor', 'Crag'])}",
-            peak_m=rng.randint(180, 1460), settled=0,
-            climate=rng.choice(["mild and wet", "windy and cool", "sunny and dry in summer", "damp and mild"]),
-            coast=rng.choice(["steep cliffs", "long sandy beaches", "low dunes and salt marsh",
-                              "rocky coves", "wooded shores"]),
-        ))
+        islands.append(
+            Island(
+                name=name,
+                desc=f"{desc} of the {arch}",
+                area=round(rng.uniform(18, 640), 1),
+                peak=f"{namer.name((2, 2))} {rng.choice(['Fell', 'Peak', 'Height', 'Tor', 'Crag'])}",
+                peak_m=rng.randint(180, 1460),
+                settled=0,
+                climate=rng.choice(["mild and wet", "windy and cool", "sunny and dry in summer", "damp and mild"]),
+                coast=rng.choice(
+                    ["steep cliffs", "long sandy beaches", "low dunes and salt marsh", "rocky coves", "wooded shores"]
+                ),
+            )
+        )
 
     towns: list[Town] = []
     for i in range(N_TOWNS):
@@ -844,22 +1238,47 @@ def build_world(seed: int = 0) -> World:
         founded = rng.randint(1120, 1790)
         pop = int(rng.choice([rng.randint(600, 3000), rng.randint(3000, 14000), rng.randint(14000, 64000)]))
         harbour = rng.random() < 0.8
-        kind = ("fishing village" if pop < 2000 else "small port" if pop < 6000 else
-                ("port town" if harbour else "market town") if pop < 30000 else "harbour city")
+        kind = (
+            "fishing village"
+            if pop < 2000
+            else "small port"
+            if pop < 6000
+            else ("port town" if harbour else "market town")
+            if pop < 30000
+            else "harbour city"
+        )
         nick, reason = rng.choice(_NICKNAMES)
-        name = namer.name((1, 2), suffix=("port", "wick", "haven", "by", "mouth", "holm", "stead", "ford",
-                                          "", "", "", ""))
+        name = namer.name(
+            (1, 2), suffix=("port", "wick", "haven", "by", "mouth", "holm", "stead", "ford", "", "", "", "")
+        )
         good, good2 = rng.sample(good_names, k=2)
-        towns.append(Town(
-            name=name, island=island, founded=founded, pop=pop, kind=kind, shore=rng.choice(_SHORES),
-            harbour_kind=rng.choice(_HARBOURS), nickname=nick, nickname_reason=reason, good=good, good2=good2,
-            landmark=f"{rng.choice(_LANDMARKS)}", landmark_year=_years_between(rng, founded + 20, 1890),
-            charter_year=founded + rng.randint(8, 90), quay_year=founded + rng.randint(30, 200),
-            market_day=rng.choice(_DAYS), settlers=rng.randint(12, 140), fleet=rng.randint(8, 160),
-            fleet_year=rng.randint(1850, 1960), newspaper=f"{name} {rng.choice(['Courier', 'Gazette', 'Herald', 'Tide'])}",
-            paper_year=rng.randint(1790, 1905), school=f"{name} {rng.choice(['Academy of Navigation', 'Grammar School', 'Pilot School', 'Free School'])}",
-            school_year=_years_between(rng, max(founded + 40, 1600), 1900),
-        ))
+        towns.append(
+            Town(
+                name=name,
+                island=island,
+                founded=founded,
+                pop=pop,
+                kind=kind,
+                shore=rng.choice(_SHORES),
+                harbour_kind=rng.choice(_HARBOURS),
+                nickname=nick,
+                nickname_reason=reason,
+                good=good,
+                good2=good2,
+                landmark=f"{rng.choice(_LANDMARKS)}",
+                landmark_year=_years_between(rng, founded + 20, 1890),
+                charter_year=founded + rng.randint(8, 90),
+                quay_year=founded + rng.randint(30, 200),
+                market_day=rng.choice(_DAYS),
+                settlers=rng.randint(12, 140),
+                fleet=rng.randint(8, 160),
+                fleet_year=rng.randint(1850, 1960),
+                newspaper=f"{name} {rng.choice(['Courier', 'Gazette', 'Herald', 'Tide'])}",
+                paper_year=rng.randint(1790, 1905),
+                school=f"{name} {rng.choice(['Academy of Navigation', 'Grammar School', 'Pilot School', 'Free School'])}",
+                school_year=_years_between(rng, max(founded + 40, 1600), 1900),
+            )
+        )
         island.towns.append(towns[-1])
     towns.sort(key=lambda t: (t.founded, t.name))
     for island in islands:
@@ -870,18 +1289,31 @@ def build_world(seed: int = 0) -> World:
 
     def new_person(role: str, born: int, died: int, home: Town | None) -> Person:
         female = rng.random() < 0.45
-        given = namer.name((1, 1), suffix=("a", "ia", "e", "ra", "na", "is") if female else ("an", "en", "or", "os", "ir", "o", "as", "ek"),
-                           min_len=4)
+        given = namer.name(
+            (1, 1),
+            suffix=("a", "ia", "e", "ra", "na", "is") if female else ("an", "en", "or", "os", "ir", "o", "as", "ek"),
+            min_len=4,
+        )
         family = namer.name((1, 2), suffix=("", "", "en", "ard", "ow", "ick", "ell", "ane"))
         if home is not None and home.founded <= born:
             place, isl = home.name, home.island.name
         else:
             # Nobody can be born in a town founded after their birth; the earliest settlers came from the mainland.
             place, isl = f"the mainland port of {rng.choice(mainland)}", "the mainland"
-        p = Person(key=f"person:{len(people)}", given=given, family=family, female=female, born=born, died=died,
-                   home=place, home_island=isl, role=role, title=role,
-                   father=f"{namer.name((1, 1), suffix=('an', 'en', 'or', 'os', 'ir', 'o', 'as', 'ek'), min_len=4)} {family}",
-                   parent_job=rng.choice(_PARENT_JOBS))
+        p = Person(
+            key=f"person:{len(people)}",
+            given=given,
+            family=family,
+            female=female,
+            born=born,
+            died=died,
+            home=place,
+            home_island=isl,
+            role=role,
+            title=role,
+            father=f"{namer.name((1, 1), suffix=('an', 'en', 'or', 'os', 'ir', 'o', 'as', 'ek'), min_len=4)} {family}",
+            parent_job=rng.choice(_PARENT_JOBS),
+        )
         later = [t for t in towns if t.founded <= died]
         p.death_place = place if rng.random() < 0.5 or not later else rng.choice(later).name
         people.append(p)
@@ -903,12 +1335,19 @@ def build_world(seed: int = 0) -> World:
         island = islands[i % len(islands)]
         mouth = rng.choice(island.towns)
         river = River(
-            name=f"{namer.name((2, 2))} River", island=island, length=round(rng.uniform(6, 96), 1),
-            source=island.peak, source_m=max(60, island.peak_m - rng.randint(20, 160)), mouth=mouth,
-            tributaries=(f"{namer.name((2, 2))} {rng.choice(['Brook', 'Water', 'Beck'])}",
-                         f"{namer.name((2, 2))} {rng.choice(['Brook', 'Water', 'Beck'])}"),
+            name=f"{namer.name((2, 2))} River",
+            island=island,
+            length=round(rng.uniform(6, 96), 1),
+            source=island.peak,
+            source_m=max(60, island.peak_m - rng.randint(20, 160)),
+            mouth=mouth,
+            tributaries=(
+                f"{namer.name((2, 2))} {rng.choice(['Brook', 'Water', 'Beck'])}",
+                f"{namer.name((2, 2))} {rng.choice(['Brook', 'Water', 'Beck'])}",
+            ),
             direction=rng.choice(["north", "south", "east", "west", "south-west", "north-east"]),
-            bridge_year=_years_between(rng, mouth.founded + 10, 1880), mill_year=rng.choice([14, 15, 16, 17]) * 100,
+            bridge_year=_years_between(rng, mouth.founded + 10, 1880),
+            mill_year=rng.choice([14, 15, 16, 17]) * 100,
             navigable=rng.randint(2, 30),
         )
         rivers.append(river)
@@ -924,12 +1363,24 @@ def build_world(seed: int = 0) -> World:
         slug = craft.lower()
         user = rng.choice(["secretary", "clerk", "office", "enquiries", "archive"])
         guild = Guild(
-            name=f"Guild of {craft}", craft=craft, good=good, seat=seat, founded=founded, founder=founder,
-            members=rng.randint(40, 2400), member_year=rng.randint(1890, 2015), hall_year=_years_between(rng, founded, 1910),
-            motto=" ".join(namer.name((1, 2), suffix=("a", "i", "o", "en", "ar"), lower=True, min_len=4) for _ in range(3)), motto_meaning=rng.choice(_MOTTO_MEANINGS),
+            name=f"Guild of {craft}",
+            craft=craft,
+            good=good,
+            seat=seat,
+            founded=founded,
+            founder=founder,
+            members=rng.randint(40, 2400),
+            member_year=rng.randint(1890, 2015),
+            hall_year=_years_between(rng, founded, 1910),
+            motto=" ".join(
+                namer.name((1, 2), suffix=("a", "i", "o", "en", "ar"), lower=True, min_len=4) for _ in range(3)
+            ),
+            motto_meaning=rng.choice(_MOTTO_MEANINGS),
             master=f"{namer.name((1, 1), suffix=('a', 'ia', 'an', 'en', 'or'), min_len=4)} {namer.name((1, 2), suffix=('', 'en', 'ard', 'ow'))}",
-            founder_trade=rng.choice(["master craftsman", "merchant", "journeyman"]), term=rng.choice([2, 3, 4, 5, 7]),
-            apprentice_years=rng.randint(3, 7), email=f"{user}@{slug}-guild.example.org",
+            founder_trade=rng.choice(["master craftsman", "merchant", "journeyman"]),
+            term=rng.choice([2, 3, 4, 5, 7]),
+            apprentice_years=rng.randint(3, 7),
+            email=f"{user}@{slug}-guild.example.org",
             phone=_phone(rng),
         )
         founder.deeds["guild"] = guild.name
@@ -946,15 +1397,28 @@ def build_world(seed: int = 0) -> World:
         launched = rng.randint(1380, 1890)
         yard = older_town(launched - 5) or towns[0]
         builder = new_person("shipwright", launched - rng.randint(30, 55), launched + rng.randint(5, 30), yard)
-        captain = new_person("captain", launched - rng.randint(25, 40), launched + rng.randint(15, 40), older_town(launched - 40))
+        captain = new_person(
+            "captain", launched - rng.randint(25, 40), launched + rng.randint(15, 40), older_town(launched - 40)
+        )
         home = older_town(launched) or yard
         partner = rng.choice([t for t in towns if t is not home])
         fate = rng.choice(["wrecked", "broken up", "preserved", "lost", "sold"])
         ship = Ship(
-            name=name, kind=rng.choice(_SHIP_KINDS), launched=launched, yard=yard, builder=builder,
-            captain=captain, tons=rng.randint(40, 900), length=round(rng.uniform(14, 52), 1),
-            masts=rng.choice(_MASTS), crew=rng.randint(6, 90), timber=rng.choice(_TIMBERS), home=home,
-            partner=partner, fate=fate, fate_year=launched + rng.randint(12, 70),
+            name=name,
+            kind=rng.choice(_SHIP_KINDS),
+            launched=launched,
+            yard=yard,
+            builder=builder,
+            captain=captain,
+            tons=rng.randint(40, 900),
+            length=round(rng.uniform(14, 52), 1),
+            masts=rng.choice(_MASTS),
+            crew=rng.randint(6, 90),
+            timber=rng.choice(_TIMBERS),
+            home=home,
+            partner=partner,
+            fate=fate,
+            fate_year=launched + rng.randint(12, 70),
             fate_place=rng.choice([t for t in towns if t.founded <= launched + 12]).name,
         )
         builder.deeds["built"] = name
@@ -968,8 +1432,9 @@ def build_world(seed: int = 0) -> World:
             pattern = rng.choice(_POEM_PATTERNS if role == "poet" else _BOOK_PATTERNS)
             island = rng.choice(islands)
             river = rng.choice(rivers)
-            p.deeds["work"] = pattern.format(island=island.name, town=rng.choice(towns).name, sea=sea,
-                                             root=arch_root, river=river.name)
+            p.deeds["work"] = pattern.format(
+                island=island.name, town=rng.choice(towns).name, sea=sea, root=arch_root, river=river.name
+            )
             p.deeds["work_year"] = str(born + rng.randint(24, 36))
             p.deeds["subject_island"] = island.name
 
@@ -980,22 +1445,40 @@ def build_world(seed: int = 0) -> World:
     for kind in kinds:
         year = rng.randint(1300, 1900)
         town = older_town(year - 10) or towns[0]
-        name = {"siege": f"Siege of {town.name}", "storm": f"{namer.name((2, 2))} Storm",
-                "treaty": f"Treaty of {town.name}", "battle": f"Battle of {town.island.name} Sound",
-                "fire": f"Great Fire of {town.name}", "riots": f"{town.name} Riots"}[kind]
+        name = {
+            "siege": f"Siege of {town.name}",
+            "storm": f"{namer.name((2, 2))} Storm",
+            "treaty": f"Treaty of {town.name}",
+            "battle": f"Battle of {town.island.name} Sound",
+            "fire": f"Great Fire of {town.name}",
+            "riots": f"{town.name} Riots",
+        }[kind]
         if name in used_names:
             continue
         used_names.add(name)
         leader = rng.choice([p for p in people if p.born + 20 <= year <= p.died] or [None])
         opponent = rng.choice([p for p in people if p.born + 20 <= year <= p.died and p is not leader] or [None])
-        ev = Event(name=name, kind=kind, year=year, month=rng.choice(_MONTHS), town=town, leader=leader,
-                   opponent=opponent, count=rng.randint(3, 900), days=rng.randint(4, 160),
-                   good=rng.choice(good_names))
+        ev = Event(
+            name=name,
+            kind=kind,
+            year=year,
+            month=rng.choice(_MONTHS),
+            town=town,
+            leader=leader,
+            opponent=opponent,
+            count=rng.randint(3, 900),
+            days=rng.randint(4, 160),
+            good=rng.choice(good_names),
+        )
         events.append(ev)
         town.events.append(ev)
     for ship in ships:
         if ship.fate == "lost":
-            storms = [e for e in events if e.kind in ("storm", "battle") and ship.launched < e.year < ship.launched + 80 and e.ship is None]
+            storms = [
+                e
+                for e in events
+                if e.kind in ("storm", "battle") and ship.launched < e.year < ship.launched + 80 and e.ship is None
+            ]
             if storms:
                 ship.event = storms[0]
                 storms[0].ship = ship
@@ -1005,8 +1488,16 @@ def build_world(seed: int = 0) -> World:
 
     festivals: list[Festival] = []
     for town in rng.sample(towns, k=N_FESTIVALS):
-        pattern = rng.choice(["{root} Festival", "Feast of {root}", "{town} Lantern Fair",
-                              "{root} Tide Festival", "Festival of {root}", "{town} Harbour Days"])
+        pattern = rng.choice(
+            [
+                "{root} Festival",
+                "Feast of {root}",
+                "{town} Lantern Fair",
+                "{root} Tide Festival",
+                "Festival of {root}",
+                "{town} Harbour Days",
+            ]
+        )
         name = pattern.format(root=namer.name((2, 2)), town=town.name)
         if town.events and rng.random() < 0.5:
             honour = f"the memory of the {town.events[0].name} in {town.events[0].year}"
@@ -1014,10 +1505,16 @@ def build_world(seed: int = 0) -> World:
             honour = f"the founding of the town by {town.founder.name}"
         else:
             honour = f"the first catch of the season and the trade in {town.good}"
-        fest = Festival(name=name, town=town, month=rng.choice(_MONTHS), first_year=_years_between(rng, town.founded + 5, 1900),
-                        honour=honour, custom=rng.choice(_FESTIVAL_CUSTOMS).format(good=town.good),
-                        custom2=rng.choice(_FESTIVAL_CUSTOMS2).format(good=town.good, archipelago=arch),
-                        visitors=rng.randint(800, 60000))
+        fest = Festival(
+            name=name,
+            town=town,
+            month=rng.choice(_MONTHS),
+            first_year=_years_between(rng, town.founded + 5, 1900),
+            honour=honour,
+            custom=rng.choice(_FESTIVAL_CUSTOMS).format(good=town.good),
+            custom2=rng.choice(_FESTIVAL_CUSTOMS2).format(good=town.good, archipelago=arch),
+            visitors=rng.randint(800, 60000),
+        )
         festivals.append(fest)
         town.festival = fest
 
@@ -1027,11 +1524,29 @@ def build_world(seed: int = 0) -> World:
             if len(home.notables) < 3:
                 home.notables.append(person)
     for i, town in enumerate(towns):
-        town.twin = towns[(i * 37 + 11) % len(towns)] if towns[(i * 37 + 11) % len(towns)] is not town else towns[(i + 1) % len(towns)]
+        town.twin = (
+            towns[(i * 37 + 11) % len(towns)]
+            if towns[(i * 37 + 11) % len(towns)] is not town
+            else towns[(i + 1) % len(towns)]
+        )
 
-    return World(seed=seed, arch=arch, adj=adj, sea=sea, mainland=mainland, islands=islands, towns=towns, people=people,
-                 rivers=rivers, guilds=guilds, ships=ships, festivals=festivals, events=events, goods=goods,
-                 invented=list(namer.invented))
+    return World(
+        seed=seed,
+        arch=arch,
+        adj=adj,
+        sea=sea,
+        mainland=mainland,
+        islands=islands,
+        towns=towns,
+        people=people,
+        rivers=rivers,
+        guilds=guilds,
+        ships=ships,
+        festivals=festivals,
+        events=events,
+        goods=goods,
+        invented=list(namer.invented),
+    )
 
 
 def invented_words(seed: int = 0) -> list[str]:
@@ -1047,13 +1562,19 @@ def invented_words(seed: int = 0) -> list[str]:
 def _phone(rng: random.Random) -> str:
     """A number valid in its real numbering plan but inside a range reserved for fiction."""
     n = rng.randint(0, 999)
-    return rng.choice([
-        f"+44 20 7946 0{n:03d}", f"020 7946 0{n:03d}",
-        f"+1 212-555-01{n % 100:02d}", f"(212) 555-01{n % 100:02d}", f"(415) 555-01{n % 100:02d}",
-        f"+1 617-555-01{n % 100:02d}", f"+61 2 5550 {rng.randint(0, 9999):04d}",
-        f"+61 491 570 {rng.choice([6, 7, 8, 9, 10, 156, 157, 158, 159, 110]):03d}",
-        f"+33 1 99 00 {rng.randint(0, 99):02d} {rng.randint(0, 99):02d}",
-    ])
+    return rng.choice(
+        [
+            f"+44 20 7946 0{n:03d}",
+            f"020 7946 0{n:03d}",
+            f"+1 212-555-01{n % 100:02d}",
+            f"(212) 555-01{n % 100:02d}",
+            f"(415) 555-01{n % 100:02d}",
+            f"+1 617-555-01{n % 100:02d}",
+            f"+61 2 5550 {rng.randint(0, 9999):04d}",
+            f"+61 491 570 {rng.choice([6, 7, 8, 9, 10, 156, 157, 158, 159, 110]):03d}",
+            f"+33 1 99 00 {rng.randint(0, 99):02d} {rng.randint(0, 99):02d}",
+        ]
+    )
 
 
 def _email(rng: random.Random, person: str | None = None) -> str:
@@ -1071,7 +1592,7 @@ def _card(rng: random.Random) -> str:
     body += "".join(rng.choice(string.digits) for _ in range(15 - len(body)))
     digits = _with_luhn(body)
     sep = rng.choice([" ", "-"])
-    return sep.join(digits[i:i + 4] for i in range(0, 16, 4))
+    return sep.join(digits[i : i + 4] for i in range(0, 16, 4))
 
 
 def _ipv4(rng: random.Random) -> str:
@@ -1124,399 +1645,1014 @@ Group = tuple[float, tuple[str, ...]]
 
 TOWN_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("{town} is a {kind} on the {shore} coast of {island}, {island_desc}.",
-               "{town} is a {kind} in the {archipelago}, lying on the {shore} shore of {island}.",
-               "{town} is a {kind} on {island} in the {archipelago}, facing the {sea}.")),
-        (0.9, ("It was founded in {year} by {founder} and had a population of {pop} at the {census} census.",
-               "Founded by {founder} in {year}, it had {pop} inhabitants at the {census} census.",
-               "The town was established in {year} by the {founder_role} {founder}.")),
-        (0.7, ("The town is known locally as \"{nickname}\" because of {nickname_reason}.",
-               "Islanders call it \"{nickname}\", after {nickname_reason}.")),
-        (0.7, ("Its economy has long depended on {good}, and it is the seat of the {guild}.",
-               "It is the seat of the {guild}, which has controlled the trade in {guild_good} since {guild_year}.",
-               "For most of its history the town has lived from {good} and from the trade in {good2}.")),
-        (0.6, ("It is the chief town of {island} and the seat of the island council.",
-               "{town} lies on the {river}, about {dist_km} kilometres ({dist_mi} mi) from {capital}.",
-               "Each {festival_month} the town holds the {festival}, which draws visitors from across the {archipelago}.")),
+        (
+            1.0,
+            (
+                "{town} is a {kind} on the {shore} coast of {island}, {island_desc}.",
+                "{town} is a {kind} in the {archipelago}, lying on the {shore} shore of {island}.",
+                "{town} is a {kind} on {island} in the {archipelago}, facing the {sea}.",
+            ),
+        ),
+        (
+            0.9,
+            (
+                "It was founded in {year} by {founder} and had a population of {pop} at the {census} census.",
+                "Founded by {founder} in {year}, it had {pop} inhabitants at the {census} census.",
+                "The town was established in {year} by the {founder_role} {founder}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                'The town is known locally as "{nickname}" because of {nickname_reason}.',
+                'Islanders call it "{nickname}", after {nickname_reason}.',
+            ),
+        ),
+        (
+            0.7,
+            (
+                "Its economy has long depended on {good}, and it is the seat of the {guild}.",
+                "It is the seat of the {guild}, which has controlled the trade in {guild_good} since {guild_year}.",
+                "For most of its history the town has lived from {good} and from the trade in {good2}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "It is the chief town of {island} and the seat of the island council.",
+                "{town} lies on the {river}, about {dist_km} kilometres ({dist_mi} mi) from {capital}.",
+                "Each {festival_month} the town holds the {festival}, which draws visitors from across the {archipelago}.",
+            ),
+        ),
     ],
     "History": [
-        (1.0, ("{town} was founded in {year} by {founder}, a {founder_role} from {founder_home}.",
-               "According to the town charter, {founder} established the first settlement at {town} in {year}.",
-               "The first houses at {town} were built in {year}, when {founder} brought {settlers} families from {founder_home} to the {harbour_kind}.",
-               "{founder} chose the site in {year} because the {harbour_kind} offered shelter from the {wind} winds.")),
-        (0.8, ("{founder_family} brought {settlers} families with {founder_pron_obj}, most of them fishers and farmers.",
-               "The settlers cleared the land above the {harbour_kind} and built a wooden quay.",
-               "During its first century the settlement lived mainly from fishing and from the trade in {good}.")),
-        (0.8, ("The town received a charter from the island council in {charter_year}, which granted it the right to hold a weekly market.",
-               "In {charter_year} the island council granted {town} a charter and the right to elect its own reeve.",
-               "A charter of {charter_year} confirmed the town's fishing rights in the waters of the {sea}.")),
-        (0.8, ("A stone quay was built in {quay_year}, allowing larger ships to load {good} directly from the warehouses.",
-               "The stone quay, completed in {quay_year}, made {town} one of the busiest harbours on {island}.",
-               "By {early_year} the town had grown to {pop_early} inhabitants, many of them employed in the {good} trade.")),
-        (0.8, ("The town suffered badly during the {event} of {event_year}.",
-               "In {event_year} the {event} left its mark on the town, and several streets had to be rebuilt.",
-               "The {event} of {event_year} is still commemorated in {town}.")),
-        (0.7, ("The {landmark}, completed in {landmark_year}, is the oldest surviving building in the town.",
-               "In {landmark_year} the townspeople built the {landmark}, which still stands near the harbour.",
-               "The {landmark} was finished in {landmark_year} and paid for by a tax on {good}.")),
-        (0.6, ("In the nineteenth century {town} became a centre of the {good2} trade.",
-               "The decline of the {good} trade after 1880 led many families to emigrate to the mainland.",
-               "In the twentieth century the harbour was deepened and the old warehouses were turned into homes.")),
+        (
+            1.0,
+            (
+                "{town} was founded in {year} by {founder}, a {founder_role} from {founder_home}.",
+                "According to the town charter, {founder} established the first settlement at {town} in {year}.",
+                "The first houses at {town} were built in {year}, when {founder} brought {settlers} families from {founder_home} to the {harbour_kind}.",
+                "{founder} chose the site in {year} because the {harbour_kind} offered shelter from the {wind} winds.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "{founder_family} brought {settlers} families with {founder_pron_obj}, most of them fishers and farmers.",
+                "The settlers cleared the land above the {harbour_kind} and built a wooden quay.",
+                "During its first century the settlement lived mainly from fishing and from the trade in {good}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "The town received a charter from the island council in {charter_year}, which granted it the right to hold a weekly market.",
+                "In {charter_year} the island council granted {town} a charter and the right to elect its own reeve.",
+                "A charter of {charter_year} confirmed the town's fishing rights in the waters of the {sea}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "A stone quay was built in {quay_year}, allowing larger ships to load {good} directly from the warehouses.",
+                "The stone quay, completed in {quay_year}, made {town} one of the busiest harbours on {island}.",
+                "By {early_year} the town had grown to {pop_early} inhabitants, many of them employed in the {good} trade.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "The town suffered badly during the {event} of {event_year}.",
+                "In {event_year} the {event} left its mark on the town, and several streets had to be rebuilt.",
+                "The {event} of {event_year} is still commemorated in {town}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "The {landmark}, completed in {landmark_year}, is the oldest surviving building in the town.",
+                "In {landmark_year} the townspeople built the {landmark}, which still stands near the harbour.",
+                "The {landmark} was finished in {landmark_year} and paid for by a tax on {good}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "In the nineteenth century {town} became a centre of the {good2} trade.",
+                "The decline of the {good} trade after 1880 led many families to emigrate to the mainland.",
+                "In the twentieth century the harbour was deepened and the old warehouses were turned into homes.",
+            ),
+        ),
     ],
     "Geography": [
-        (1.0, ("{town} stands on a {harbour_kind} facing the {sea}.",
-               "The town is built around a {harbour_kind} on the {shore} side of {island}.",
-               "{town} occupies a {harbour_kind}, with its older streets climbing steeply from the harbour.")),
-        (0.7, ("The {river} reaches the sea at {town}, and its lower course forms the eastern edge of the town.",
-               "The {river}, which rises on {peak}, flows through the middle of the town.",
-               "{town} lies about {dist_km} kilometres ({dist_mi} mi) by road from {capital}, the chief town of {island}.")),
-        (0.7, ("{peak}, the highest point on {island} at {peak_m} metres ({peak_ft} ft), can be seen from the harbour on clear days.",
-               "Behind the town the land rises towards {peak}, which reaches {peak_m} metres ({peak_ft} ft).")),
-        (0.7, ("The climate is {climate}, with about {rain} millimetres of rain in an average year.",
-               "Winters are mild, and the {wind} wind often closes the harbour for several days in {storm_month}.",
-               "The coast near the town is one of {coast}, and seals can often be seen in the bay.")),
+        (
+            1.0,
+            (
+                "{town} stands on a {harbour_kind} facing the {sea}.",
+                "The town is built around a {harbour_kind} on the {shore} side of {island}.",
+                "{town} occupies a {harbour_kind}, with its older streets climbing steeply from the harbour.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "The {river} reaches the sea at {town}, and its lower course forms the eastern edge of the town.",
+                "The {river}, which rises on {peak}, flows through the middle of the town.",
+                "{town} lies about {dist_km} kilometres ({dist_mi} mi) by road from {capital}, the chief town of {island}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "{peak}, the highest point on {island} at {peak_m} metres ({peak_ft} ft), can be seen from the harbour on clear days.",
+                "Behind the town the land rises towards {peak}, which reaches {peak_m} metres ({peak_ft} ft).",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "The climate is {climate}, with about {rain} millimetres of rain in an average year.",
+                "Winters are mild, and the {wind} wind often closes the harbour for several days in {storm_month}.",
+                "The coast near the town is one of {coast}, and seals can often be seen in the bay.",
+            ),
+        ),
     ],
     "Economy": [
-        (1.0, ("The economy of {town} has always depended on {good}, {good_desc}.",
-               "{good} has been the chief product of {town} since the seventeenth century.",
-               "The town's prosperity rested on {good}, {good_desc}.")),
-        (0.8, ("Ships from {town} carried {good} to {partner} and returned with {partner_good}.",
-               "A regular trade linked {town} with {partner}, which sent {partner_good} in exchange for {good}.",
-               "Merchants of {town} traded {good} for {partner_good} from {partner}.")),
-        (0.7, ("The {guild} has its hall in the town and controls the trade in {guild_good}.",
-               "Since {guild_year} the {guild} has had its seat in {town}.")),
-        (0.8, ("At the {census} census the town had {pop} inhabitants, of whom about {pct} per cent worked in the harbour or in the {good} trade.",
-               "The population was {pop} at the {census} census, compared with {pop_early} in {early_year}.")),
-        (0.7, ("A weekly market is held on {market_day} in the square in front of the {landmark}.",
-               "The fishing fleet of {town} numbered {fleet} boats in {fleet_year}.",
-               "Tourism has grown since the 1990s, and the old warehouses along the quay now house shops and cafes.")),
+        (
+            1.0,
+            (
+                "The economy of {town} has always depended on {good}, {good_desc}.",
+                "{good} has been the chief product of {town} since the seventeenth century.",
+                "The town's prosperity rested on {good}, {good_desc}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Ships from {town} carried {good} to {partner} and returned with {partner_good}.",
+                "A regular trade linked {town} with {partner}, which sent {partner_good} in exchange for {good}.",
+                "Merchants of {town} traded {good} for {partner_good} from {partner}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "The {guild} has its hall in the town and controls the trade in {guild_good}.",
+                "Since {guild_year} the {guild} has had its seat in {town}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "At the {census} census the town had {pop} inhabitants, of whom about {pct} per cent worked in the harbour or in the {good} trade.",
+                "The population was {pop} at the {census} census, compared with {pop_early} in {early_year}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "A weekly market is held on {market_day} in the square in front of the {landmark}.",
+                "The fishing fleet of {town} numbered {fleet} boats in {fleet_year}.",
+                "Tourism has grown since the 1990s, and the old warehouses along the quay now house shops and cafes.",
+            ),
+        ),
     ],
     "Culture": [
-        (0.8, ("The {festival} is held every {festival_month} in honour of {festival_honour}.",
-               "Every {festival_month} the town celebrates the {festival}, during which {festival_custom}.")),
-        (0.8, ("Notable people from {town} include the {notable_role} {notable}, who was born there in {notable_born}.",
-               "The {notable_role} {notable} was born in {town} in {notable_born}.")),
-        (0.6, ("The town museum, housed in the former customs house, holds a collection of ship models and charts.",
-               "The {newspaper} has been published weekly since {paper_year}.",
-               "The {school}, founded in {school_year}, trained generations of pilots and navigators.")),
-        (0.6, ("{town} is twinned with {twin}, a {twin_kind} on {twin_island}.",
-               "Since 1964 {town} has been twinned with {twin} on {twin_island}.")),
+        (
+            0.8,
+            (
+                "The {festival} is held every {festival_month} in honour of {festival_honour}.",
+                "Every {festival_month} the town celebrates the {festival}, during which {festival_custom}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Notable people from {town} include the {notable_role} {notable}, who was born there in {notable_born}.",
+                "The {notable_role} {notable} was born in {town} in {notable_born}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "The town museum, housed in the former customs house, holds a collection of ship models and charts.",
+                "The {newspaper} has been published weekly since {paper_year}.",
+                "The {school}, founded in {school_year}, trained generations of pilots and navigators.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "{town} is twinned with {twin}, a {twin_kind} on {twin_island}.",
+                "Since 1964 {town} has been twinned with {twin} on {twin_island}.",
+            ),
+        ),
     ],
 }
 
 PERSON_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("{name} ({born}\u2013{died}) was a {adj} {role} from {home}, best known for {known_for}.",
-               "{name} ({born}\u2013{died}) was a {role} of the {archipelago}, remembered for {known_for}.",
-               "{name} ({born}\u2013{died}) was a {adj} {role} who is best remembered for {known_for}.")),
-        (0.7, ("{Pron} was born in {home} and died in {death_place} at the age of {age}.",
-               "Born in {home} in {born}, {pron} spent most of {poss} life on {home_island}.")),
-        (0.5, ("{Poss} name is still given to a street in {deed_town}.",
-               "A statue of {family} stands on the quay at {deed_town}.")),
+        (
+            1.0,
+            (
+                "{name} ({born}\u2013{died}) was a {adj} {role} from {home}, best known for {known_for}.",
+                "{name} ({born}\u2013{died}) was a {role} of the {archipelago}, remembered for {known_for}.",
+                "{name} ({born}\u2013{died}) was a {adj} {role} who is best remembered for {known_for}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "{Pron} was born in {home} and died in {death_place} at the age of {age}.",
+                "Born in {home} in {born}, {pron} spent most of {poss} life on {home_island}.",
+            ),
+        ),
+        (
+            0.5,
+            (
+                "{Poss} name is still given to a street in {deed_town}.",
+                "A statue of {family} stands on the quay at {deed_town}.",
+            ),
+        ),
     ],
     "Early life": [
-        (1.0, ("{given} was born in {home} in {born}, the {birth_order} child of a {parent_job}.",
-               "{family} was born in {born} in {home}, where {poss} father, {father}, worked as a {parent_job}.",
-               "{name} was the {birth_order} child of {father}, a {parent_job} of {home}.")),
-        (0.8, ("{Pron} grew up near the harbour and learned to read at the parish school.",
-               "As a child {pron} helped {poss} father mend nets and carry fish to the market.",
-               "{Pron} was taught to read and write by a travelling schoolmaster.")),
-        (0.7, ("At the age of {age_sea} {pron} went to sea as a ship's boy on a vessel trading in {good}.",
-               "At {age_sea} {pron} was apprenticed to a {parent_job} in {home}.",
-               "When {pron} was {age_sea}, the family moved to {move_town}.")),
+        (
+            1.0,
+            (
+                "{given} was born in {home} in {born}, the {birth_order} child of a {parent_job}.",
+                "{family} was born in {born} in {home}, where {poss} father, {father}, worked as a {parent_job}.",
+                "{name} was the {birth_order} child of {father}, a {parent_job} of {home}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "{Pron} grew up near the harbour and learned to read at the parish school.",
+                "As a child {pron} helped {poss} father mend nets and carry fish to the market.",
+                "{Pron} was taught to read and write by a travelling schoolmaster.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "At the age of {age_sea} {pron} went to sea as a ship's boy on a vessel trading in {good}.",
+                "At {age_sea} {pron} was apprenticed to a {parent_job} in {home}.",
+                "When {pron} was {age_sea}, the family moved to {move_town}.",
+            ),
+        ),
     ],
     "Founding of {deed_town}": [
-        (1.0, ("In {deed_year} {family} led {settlers} families to {deed_island} and founded {deed_town}.",
-               "{family} founded {deed_town} in {deed_year} on a {harbour_kind} on the {shore} coast of {deed_island}.",
-               "The settlement of {deed_town} was established by {family} in {deed_year}.")),
-        (0.8, ("{Pron} chose the site because the {harbour_kind} offered shelter from the {wind} winds.",
-               "The first winter was hard, and several of the settlers returned to {home}.",
-               "{family} laid out the first streets and built a wooden quay.")),
-        (0.8, ("{family} governed the new settlement for {years_governed} years.",
-               "Under {poss} leadership the settlement began to trade {good} with the older towns of the {archipelago}.")),
+        (
+            1.0,
+            (
+                "In {deed_year} {family} led {settlers} families to {deed_island} and founded {deed_town}.",
+                "{family} founded {deed_town} in {deed_year} on a {harbour_kind} on the {shore} coast of {deed_island}.",
+                "The settlement of {deed_town} was established by {family} in {deed_year}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "{Pron} chose the site because the {harbour_kind} offered shelter from the {wind} winds.",
+                "The first winter was hard, and several of the settlers returned to {home}.",
+                "{family} laid out the first streets and built a wooden quay.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "{family} governed the new settlement for {years_governed} years.",
+                "Under {poss} leadership the settlement began to trade {good} with the older towns of the {archipelago}.",
+            ),
+        ),
     ],
     "Guild": [
-        (1.0, ("In {deed_year} {family} founded the {deed_guild} at {deed_town}.",
-               "{family} was the founder of the {deed_guild}, established at {deed_town} in {deed_year}.",
-               "The {deed_guild} was founded by {family} in {deed_year}.")),
-        (0.8, ("{Pron} served as the first master of the guild for {years_governed} years.",
-               "{Pron} drew up the guild's rules on apprenticeship and the quality of {guild_good}.")),
-        (0.6, ("The guild's motto, \"{motto}\", is said to have been chosen by {family}.",
-               "The guild hall in {deed_town} still keeps {poss} portrait.")),
+        (
+            1.0,
+            (
+                "In {deed_year} {family} founded the {deed_guild} at {deed_town}.",
+                "{family} was the founder of the {deed_guild}, established at {deed_town} in {deed_year}.",
+                "The {deed_guild} was founded by {family} in {deed_year}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "{Pron} served as the first master of the guild for {years_governed} years.",
+                "{Pron} drew up the guild's rules on apprenticeship and the quality of {guild_good}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                'The guild\'s motto, "{motto}", is said to have been chosen by {family}.',
+                "The guild hall in {deed_town} still keeps {poss} portrait.",
+            ),
+        ),
     ],
     "Career at sea": [
-        (1.0, ("{family} commanded the {deed_ship}, a {ship_kind} launched at {ship_yard} in {ship_launched}.",
-               "{family} was the first master of the {deed_ship}, built at {ship_yard} in {ship_launched}.",
-               "In {ship_launched} {family} took command of the {deed_ship}, a {ship_kind} of {ship_tons} tons.")),
-        (0.8, ("Under {poss} command the {deed_ship} made {voyages} voyages between {ship_home} and {ship_partner}.",
-               "{Pron} sailed regularly to {ship_partner}, carrying {good} and returning with {partner_good}.")),
-        (0.6, ("{family} was known as a careful navigator who never lost a member of {poss} crew.",
-               "In {storm_year} {pron} brought the {deed_ship} safely through a severe storm off {deed_island}.")),
+        (
+            1.0,
+            (
+                "{family} commanded the {deed_ship}, a {ship_kind} launched at {ship_yard} in {ship_launched}.",
+                "{family} was the first master of the {deed_ship}, built at {ship_yard} in {ship_launched}.",
+                "In {ship_launched} {family} took command of the {deed_ship}, a {ship_kind} of {ship_tons} tons.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Under {poss} command the {deed_ship} made {voyages} voyages between {ship_home} and {ship_partner}.",
+                "{Pron} sailed regularly to {ship_partner}, carrying {good} and returning with {partner_good}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "{family} was known as a careful navigator who never lost a member of {poss} crew.",
+                "In {storm_year} {pron} brought the {deed_ship} safely through a severe storm off {deed_island}.",
+            ),
+        ),
     ],
     "Shipbuilding": [
-        (1.0, ("{family} built the {deed_ship} at {ship_yard} in {ship_launched}.",
-               "{Poss} best-known ship, the {deed_ship}, was launched at {ship_yard} in {ship_launched}.",
-               "The {deed_ship}, a {ship_kind} of {ship_tons} tons, was designed and built by {family}.")),
-        (0.7, ("{Pron} preferred {ship_timber} for keels and claimed that it outlasted every other timber.",
-               "{family} trained many apprentices, several of whom opened yards of their own.")),
+        (
+            1.0,
+            (
+                "{family} built the {deed_ship} at {ship_yard} in {ship_launched}.",
+                "{Poss} best-known ship, the {deed_ship}, was launched at {ship_yard} in {ship_launched}.",
+                "The {deed_ship}, a {ship_kind} of {ship_tons} tons, was designed and built by {family}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "{Pron} preferred {ship_timber} for keels and claimed that it outlasted every other timber.",
+                "{family} trained many apprentices, several of whom opened yards of their own.",
+            ),
+        ),
     ],
     "Works": [
-        (1.0, ("{family} is best known for {work}, written in {work_year}.",
-               "In {work_year} {family} published {work}.",
-               "{Poss} most important work, {work}, appeared in {work_year}.")),
-        (0.8, ("The work describes the coasts, harbours and customs of {subject_island}.",
-               "It was the first account to describe the whole of {subject_island} from direct observation.",
-               "Critics praised its plain style and its close attention to the life of the harbours.")),
-        (0.6, ("{Pron} spent {survey_years} years travelling around {subject_island} to gather material.",
-               "{family} corresponded with scholars on the mainland and in every town of the {archipelago}.")),
+        (
+            1.0,
+            (
+                "{family} is best known for {work}, written in {work_year}.",
+                "In {work_year} {family} published {work}.",
+                "{Poss} most important work, {work}, appeared in {work_year}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "The work describes the coasts, harbours and customs of {subject_island}.",
+                "It was the first account to describe the whole of {subject_island} from direct observation.",
+                "Critics praised its plain style and its close attention to the life of the harbours.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "{Pron} spent {survey_years} years travelling around {subject_island} to gather material.",
+                "{family} corresponded with scholars on the mainland and in every town of the {archipelago}.",
+            ),
+        ),
     ],
     "Later life": [
-        (1.0, ("{family} died in {death_place} in {died} at the age of {age}.",
-               "{Pron} died in {died} in {death_place}.",
-               "{family} spent {poss} last years in {death_place}, where {pron} died in {died}.")),
-        (0.7, ("{Pron} was buried in the churchyard at {home}.",
-               "{Poss} grave is marked by a plain stone carved with a ship.",
-               "{Poss} papers were given to the town museum in {home}.")),
+        (
+            1.0,
+            (
+                "{family} died in {death_place} in {died} at the age of {age}.",
+                "{Pron} died in {died} in {death_place}.",
+                "{family} spent {poss} last years in {death_place}, where {pron} died in {died}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "{Pron} was buried in the churchyard at {home}.",
+                "{Poss} grave is marked by a plain stone carved with a ship.",
+                "{Poss} papers were given to the town museum in {home}.",
+            ),
+        ),
     ],
     "Legacy": [
-        (0.8, ("The {legacy_festival} is held each year in {poss} honour.",
-               "A statue of {family} stands on the quay at {deed_town}.",
-               "A street in {deed_town} is named after {family}.")),
-        (0.6, ("Historians regard {family} as one of the most important figures of {poss} time in the {archipelago}.",
-               "{Poss} life has been the subject of several local plays and songs.")),
+        (
+            0.8,
+            (
+                "The {legacy_festival} is held each year in {poss} honour.",
+                "A statue of {family} stands on the quay at {deed_town}.",
+                "A street in {deed_town} is named after {family}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "Historians regard {family} as one of the most important figures of {poss} time in the {archipelago}.",
+                "{Poss} life has been the subject of several local plays and songs.",
+            ),
+        ),
     ],
 }
 
 SHIP_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("The {ship} was a {ship_kind} built at {ship_yard} in {ship_launched}.",
-               "The {ship} was a {masts} {ship_kind} launched at {ship_yard} in {ship_launched}.",
-               "The {ship} was a {ship_kind} of the {archipelago}, built at {ship_yard} in {ship_launched}.")),
-        (0.8, ("She was commanded for most of her career by {captain}.",
-               "Her best-known master was {captain}, who sailed her between {ship_home} and {ship_partner}.")),
+        (
+            1.0,
+            (
+                "The {ship} was a {ship_kind} built at {ship_yard} in {ship_launched}.",
+                "The {ship} was a {masts} {ship_kind} launched at {ship_yard} in {ship_launched}.",
+                "The {ship} was a {ship_kind} of the {archipelago}, built at {ship_yard} in {ship_launched}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "She was commanded for most of her career by {captain}.",
+                "Her best-known master was {captain}, who sailed her between {ship_home} and {ship_partner}.",
+            ),
+        ),
         (0.7, ("She was {fate_lead}.",)),
     ],
     "Construction": [
-        (1.0, ("She was designed and built by the shipwright {builder}.",
-               "The shipwright {builder} laid her keel at {ship_yard} in {keel_year}.",
-               "{builder} built her at the yard in {ship_yard}.")),
-        (0.8, ("The hull was of {ship_timber}, and she measured {ship_length} metres ({ship_length_ft} ft) from stem to stern.",
-               "She measured {ship_tons} tons burthen and was {ship_length} metres ({ship_length_ft} ft) long.",
-               "She was a {masts} vessel of {ship_tons} tons with a hull of {ship_timber}.")),
-        (0.7, ("She carried a crew of {crew}.",
-               "She needed a crew of {crew} and could carry about {cargo} barrels of {good}.")),
+        (
+            1.0,
+            (
+                "She was designed and built by the shipwright {builder}.",
+                "The shipwright {builder} laid her keel at {ship_yard} in {keel_year}.",
+                "{builder} built her at the yard in {ship_yard}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "The hull was of {ship_timber}, and she measured {ship_length} metres ({ship_length_ft} ft) from stem to stern.",
+                "She measured {ship_tons} tons burthen and was {ship_length} metres ({ship_length_ft} ft) long.",
+                "She was a {masts} vessel of {ship_tons} tons with a hull of {ship_timber}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "She carried a crew of {crew}.",
+                "She needed a crew of {crew} and could carry about {cargo} barrels of {good}.",
+            ),
+        ),
     ],
     "Service history": [
-        (1.0, ("Her first master was {captain}, who commanded her for {years} years.",
-               "{captain} took command of her in {ship_launched} and remained her master for {years} years.",
-               "Under {captain} she sailed regularly between {ship_home} and {ship_partner}.")),
-        (0.8, ("She carried {good} from {ship_home} to {ship_partner} and returned with {partner_good}.",
-               "Her usual cargo was {good}, loaded at {ship_home}.",
-               "In a good year she made {voyages} voyages across the {sea}.")),
-        (0.6, ("In {event_year} she took part in the {event}.",
-               "During the {event} of {event_year} she was one of the few ships to reach harbour safely.")),
+        (
+            1.0,
+            (
+                "Her first master was {captain}, who commanded her for {years} years.",
+                "{captain} took command of her in {ship_launched} and remained her master for {years} years.",
+                "Under {captain} she sailed regularly between {ship_home} and {ship_partner}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "She carried {good} from {ship_home} to {ship_partner} and returned with {partner_good}.",
+                "Her usual cargo was {good}, loaded at {ship_home}.",
+                "In a good year she made {voyages} voyages across the {sea}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "In {event_year} she took part in the {event}.",
+                "During the {event} of {event_year} she was one of the few ships to reach harbour safely.",
+            ),
+        ),
     ],
     "Fate": [
         (1.0, ("{fate_sentence}",)),
-        (0.5, ("Her figurehead is kept in the museum at {ship_home}.",
-               "A model of the {ship} can be seen in the {ship_home} museum.",
-               "Her bell hangs in the harbour tower at {ship_home}.")),
+        (
+            0.5,
+            (
+                "Her figurehead is kept in the museum at {ship_home}.",
+                "A model of the {ship} can be seen in the {ship_home} museum.",
+                "Her bell hangs in the harbour tower at {ship_home}.",
+            ),
+        ),
     ],
 }
 
 GUILD_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("The {guild} is a trade guild of the {archipelago}, based in {seat} on {island}.",
-               "The {guild} is the guild of the {craft_lower} of the {archipelago}, with its hall in {seat}.")),
-        (0.9, ("It was founded in {guild_year} by {guild_founder} and regulates the making and sale of {guild_good}.",
-               "Founded by {guild_founder} in {guild_year}, it controls the trade in {guild_good}.")),
-        (0.6, ("It had {members} members in {member_year}.",
-               "Its motto is \"{motto}\".")),
+        (
+            1.0,
+            (
+                "The {guild} is a trade guild of the {archipelago}, based in {seat} on {island}.",
+                "The {guild} is the guild of the {craft_lower} of the {archipelago}, with its hall in {seat}.",
+            ),
+        ),
+        (
+            0.9,
+            (
+                "It was founded in {guild_year} by {guild_founder} and regulates the making and sale of {guild_good}.",
+                "Founded by {guild_founder} in {guild_year}, it controls the trade in {guild_good}.",
+            ),
+        ),
+        (0.6, ("It had {members} members in {member_year}.", 'Its motto is "{motto}".')),
     ],
     "History": [
-        (1.0, ("The guild was founded in {guild_year} by {guild_founder}, a {founder_trade} of {seat}.",
-               "{guild_founder} founded the guild at {seat} in {guild_year}.",
-               "The {guild} grew out of a brotherhood of {craft_lower} that met in {seat}, and was formally founded by {guild_founder} in {guild_year}.")),
-        (0.8, ("Its first rules fixed the price of {guild_good} and the length of an apprenticeship.",
-               "The guild soon controlled the trade in {guild_good} throughout {island}.",
-               "By {member_year} the guild had {members} members.")),
-        (0.6, ("During the {event} of {event_year} the guild paid for the repair of the harbour at {seat}.",
-               "The guild lost many of its members in the {event} of {event_year}.")),
+        (
+            1.0,
+            (
+                "The guild was founded in {guild_year} by {guild_founder}, a {founder_trade} of {seat}.",
+                "{guild_founder} founded the guild at {seat} in {guild_year}.",
+                "The {guild} grew out of a brotherhood of {craft_lower} that met in {seat}, and was formally founded by {guild_founder} in {guild_year}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Its first rules fixed the price of {guild_good} and the length of an apprenticeship.",
+                "The guild soon controlled the trade in {guild_good} throughout {island}.",
+                "By {member_year} the guild had {members} members.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "During the {event} of {event_year} the guild paid for the repair of the harbour at {seat}.",
+                "The guild lost many of its members in the {event} of {event_year}.",
+            ),
+        ),
     ],
     "Organisation": [
-        (1.0, ("The guild is led by a master elected every {term} years; the present master is {master}.",
-               "A master, elected for {term} years, leads the guild; the office is now held by {master}.")),
-        (0.8, ("Apprentices serve {apprentice_years} years before they may sell {guild_good} under their own mark.",
-               "An apprenticeship lasts {apprentice_years} years.")),
-        (0.7, ("Its motto, \"{motto}\", is an old island phrase meaning \"{motto_meaning}\".",
-               "The motto of the guild is \"{motto}\", which means \"{motto_meaning}\".")),
+        (
+            1.0,
+            (
+                "The guild is led by a master elected every {term} years; the present master is {master}.",
+                "A master, elected for {term} years, leads the guild; the office is now held by {master}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Apprentices serve {apprentice_years} years before they may sell {guild_good} under their own mark.",
+                "An apprenticeship lasts {apprentice_years} years.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                'Its motto, "{motto}", is an old island phrase meaning "{motto_meaning}".',
+                'The motto of the guild is "{motto}", which means "{motto_meaning}".',
+            ),
+        ),
     ],
     "Guild hall": [
-        (1.0, ("The guild hall in {seat} was built in {hall_year}.",
-               "In {hall_year} the guild built a hall of its own on the quay at {seat}.")),
-        (0.6, ("The hall contains portraits of every master since {guild_founder}.",
-               "Above the door of the hall is a carved panel showing {craft_lower} at work.")),
+        (
+            1.0,
+            (
+                "The guild hall in {seat} was built in {hall_year}.",
+                "In {hall_year} the guild built a hall of its own on the quay at {seat}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "The hall contains portraits of every master since {guild_founder}.",
+                "Above the door of the hall is a carved panel showing {craft_lower} at work.",
+            ),
+        ),
     ],
 }
 
 RIVER_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("The {river} is a river on {island} in the {archipelago}.",
-               "The {river} is the {river_rank} river of {island}.")),
-        (1.0, ("It is {length} kilometres ({length_mi} mi) long and reaches the sea at {mouth}.",
-               "It flows for {length} kilometres ({length_mi} mi) from {source} to the sea at {mouth}.")),
+        (
+            1.0,
+            (
+                "The {river} is a river on {island} in the {archipelago}.",
+                "The {river} is the {river_rank} river of {island}.",
+            ),
+        ),
+        (
+            1.0,
+            (
+                "It is {length} kilometres ({length_mi} mi) long and reaches the sea at {mouth}.",
+                "It flows for {length} kilometres ({length_mi} mi) from {source} to the sea at {mouth}.",
+            ),
+        ),
     ],
     "Course": [
-        (1.0, ("It rises on the slopes of {source} at a height of about {source_m} metres and flows {direction} to the sea at {mouth}.",
-               "The river has its source on {source}, about {source_m} metres above sea level.")),
-        (0.8, ("Its main tributaries are the {trib1} and the {trib2}.",
-               "The {trib1} joins it below the moors, and the {trib2} a few kilometres above {mouth}.")),
-        (0.7, ("The lower {navigable} kilometres are navigable by small boats.",
-               "Small boats can sail up the river for about {navigable} kilometres from {mouth}.")),
+        (
+            1.0,
+            (
+                "It rises on the slopes of {source} at a height of about {source_m} metres and flows {direction} to the sea at {mouth}.",
+                "The river has its source on {source}, about {source_m} metres above sea level.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Its main tributaries are the {trib1} and the {trib2}.",
+                "The {trib1} joins it below the moors, and the {trib2} a few kilometres above {mouth}.",
+            ),
+        ),
+        (
+            0.7,
+            (
+                "The lower {navigable} kilometres are navigable by small boats.",
+                "Small boats can sail up the river for about {navigable} kilometres from {mouth}.",
+            ),
+        ),
     ],
     "History": [
-        (1.0, ("Water mills on the river were grinding grain by the {mill_year}s.",
-               "From the {mill_year}s the river drove mills that pressed seeds for {good}.")),
-        (0.8, ("A stone bridge was built across the river at {mouth} in {bridge_year}.",
-               "The first bridge at {mouth}, built in {bridge_year}, still carries the coast road.")),
-        (0.6, ("The river is known for its eels and river mussels, whose shells were once cut into buttons.",
-               "Floods in the spring of {flood_year} damaged the lower town of {mouth}.")),
+        (
+            1.0,
+            (
+                "Water mills on the river were grinding grain by the {mill_year}s.",
+                "From the {mill_year}s the river drove mills that pressed seeds for {good}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "A stone bridge was built across the river at {mouth} in {bridge_year}.",
+                "The first bridge at {mouth}, built in {bridge_year}, still carries the coast road.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "The river is known for its eels and river mussels, whose shells were once cut into buttons.",
+                "Floods in the spring of {flood_year} damaged the lower town of {mouth}.",
+            ),
+        ),
     ],
 }
 
 ISLAND_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("{island} is {island_desc}.",
-               "{island} is an island in the {sea}, {island_desc}.")),
-        (1.0, ("It has an area of {area} square kilometres ({area_mi} sq mi) and a population of {island_pop}.",
-               "The island covers {area} square kilometres ({area_mi} sq mi) and had {island_pop} inhabitants at the {census} census.")),
-        (0.9, ("Its chief town is {capital}, founded by {capital_founder} in {capital_year}.",
-               "The chief town, {capital}, lies on the {capital_shore} coast.")),
+        (1.0, ("{island} is {island_desc}.", "{island} is an island in the {sea}, {island_desc}.")),
+        (
+            1.0,
+            (
+                "It has an area of {area} square kilometres ({area_mi} sq mi) and a population of {island_pop}.",
+                "The island covers {area} square kilometres ({area_mi} sq mi) and had {island_pop} inhabitants at the {census} census.",
+            ),
+        ),
+        (
+            0.9,
+            (
+                "Its chief town is {capital}, founded by {capital_founder} in {capital_year}.",
+                "The chief town, {capital}, lies on the {capital_shore} coast.",
+            ),
+        ),
     ],
     "Geography": [
-        (1.0, ("The highest point is {peak} at {peak_m} metres ({peak_ft} ft).",
-               "{peak}, at {peak_m} metres ({peak_ft} ft), is the highest point on the island.")),
-        (0.8, ("The coast is one of {coast}.",
-               "Much of the coast consists of {coast}, broken by small harbours.")),
-        (0.8, ("The main river is the {river}, which flows from {peak} to the sea at {river_mouth}.",
-               "The {river} drains most of the island and reaches the sea at {river_mouth}.")),
+        (
+            1.0,
+            (
+                "The highest point is {peak} at {peak_m} metres ({peak_ft} ft).",
+                "{peak}, at {peak_m} metres ({peak_ft} ft), is the highest point on the island.",
+            ),
+        ),
+        (0.8, ("The coast is one of {coast}.", "Much of the coast consists of {coast}, broken by small harbours.")),
+        (
+            0.8,
+            (
+                "The main river is the {river}, which flows from {peak} to the sea at {river_mouth}.",
+                "The {river} drains most of the island and reaches the sea at {river_mouth}.",
+            ),
+        ),
         (0.6, ("The climate is {climate}.",)),
     ],
     "History": [
-        (1.0, ("{island} was first settled in {settled}, when {capital_founder} founded {capital}.",
-               "The first permanent settlement on the island was {capital}, founded in {settled}.")),
-        (0.8, ("Other early towns included {town2}, founded in {town2_year}, and {town3}, founded in {town3_year}.",
-               "{town2} followed in {town2_year}.")),
-        (0.6, ("The island was badly affected by the {event} of {event_year}.",
-               "In {event_year} the {event} brought great hardship to the island.")),
+        (
+            1.0,
+            (
+                "{island} was first settled in {settled}, when {capital_founder} founded {capital}.",
+                "The first permanent settlement on the island was {capital}, founded in {settled}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "Other early towns included {town2}, founded in {town2_year}, and {town3}, founded in {town3_year}.",
+                "{town2} followed in {town2_year}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "The island was badly affected by the {event} of {event_year}.",
+                "In {event_year} the {event} brought great hardship to the island.",
+            ),
+        ),
     ],
     "Settlements": [
-        (1.0, ("Besides {capital}, the main settlements are {town2} and {town3}.",
-               "The island has {n_towns} towns, the largest of which are {capital} and {town2}.")),
-        (0.8, ("{town2} had a population of {town2_pop} at the {census} census.",
-               "{town3} is known as \"{town3_nickname}\".")),
+        (
+            1.0,
+            (
+                "Besides {capital}, the main settlements are {town2} and {town3}.",
+                "The island has {n_towns} towns, the largest of which are {capital} and {town2}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "{town2} had a population of {town2_pop} at the {census} census.",
+                '{town3} is known as "{town3_nickname}".',
+            ),
+        ),
     ],
     "Economy": [
-        (1.0, ("The island's chief products are {good} and {good2}.",
-               "The economy rests on {good}, {good_desc}.")),
-        (0.7, ("Ferries link {capital} with {partner} several times a week.",
-               "Most goods leave the island through the harbour at {capital}.")),
+        (1.0, ("The island's chief products are {good} and {good2}.", "The economy rests on {good}, {good_desc}.")),
+        (
+            0.7,
+            (
+                "Ferries link {capital} with {partner} several times a week.",
+                "Most goods leave the island through the harbour at {capital}.",
+            ),
+        ),
     ],
 }
 
 FESTIVAL_SECTIONS: dict[str, list[Group]] = {
     "lead": [
-        (1.0, ("The {festival} is an annual festival held in {town} on {island} every {festival_month}.",
-               "The {festival} is a festival celebrated each {festival_month} in {town}, on {island}.")),
-        (1.0, ("It commemorates {festival_honour}.",
-               "It is held in honour of {festival_honour}.")),
+        (
+            1.0,
+            (
+                "The {festival} is an annual festival held in {town} on {island} every {festival_month}.",
+                "The {festival} is a festival celebrated each {festival_month} in {town}, on {island}.",
+            ),
+        ),
+        (1.0, ("It commemorates {festival_honour}.", "It is held in honour of {festival_honour}.")),
     ],
     "Origins": [
-        (1.0, ("The festival was first held in {first_year}.",
-               "According to the town records, the first {festival} took place in {first_year}.")),
-        (0.8, ("It was founded by the townspeople of {town} to mark {festival_honour}.",
-               "At first it was a single day of prayers and a supper on the quay.")),
-        (0.6, ("The festival was suspended during the war years and revived in 1947.",
-               "In the nineteenth century the guilds of {town} took over its organisation.")),
+        (
+            1.0,
+            (
+                "The festival was first held in {first_year}.",
+                "According to the town records, the first {festival} took place in {first_year}.",
+            ),
+        ),
+        (
+            0.8,
+            (
+                "It was founded by the townspeople of {town} to mark {festival_honour}.",
+                "At first it was a single day of prayers and a supper on the quay.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "The festival was suspended during the war years and revived in 1947.",
+                "In the nineteenth century the guilds of {town} took over its organisation.",
+            ),
+        ),
     ],
     "Customs": [
-        (1.0, ("On the first evening {festival_custom}.",
-               "The best-known custom is that {festival_custom}.")),
+        (1.0, ("On the first evening {festival_custom}.", "The best-known custom is that {festival_custom}.")),
         (0.9, ("{festival_custom2}",)),
-        (0.6, ("Visitors wear a sprig of heather or a blue ribbon.",
-               "Traditional dishes include smoked eel and bread baked with heather honey.")),
+        (
+            0.6,
+            (
+                "Visitors wear a sprig of heather or a blue ribbon.",
+                "Traditional dishes include smoked eel and bread baked with heather honey.",
+            ),
+        ),
     ],
     "Modern festival": [
-        (1.0, ("In recent years the festival has attracted about {visitors} visitors.",
-               "Today the festival draws about {visitors} visitors to {town}.")),
-        (0.6, ("The programme is published each spring in the {newspaper}.",
-               "Ferries to {town} are often fully booked during the festival.")),
+        (
+            1.0,
+            (
+                "In recent years the festival has attracted about {visitors} visitors.",
+                "Today the festival draws about {visitors} visitors to {town}.",
+            ),
+        ),
+        (
+            0.6,
+            (
+                "The programme is published each spring in the {newspaper}.",
+                "Ferries to {town} are often fully booked during the festival.",
+            ),
+        ),
     ],
 }
 
 EVENT_SECTIONS: dict[str, dict[str, list[Group]]] = {
     "siege": {
-        "lead": [(1.0, ("The {event} was a siege of the town of {town} on {island} that lasted {days} days in {event_year}.",
-                        "The {event} took place in {event_year}, when {town} was besieged for {days} days."))],
-        "Background": [(1.0, ("{leader} led a fleet of {count} ships against {town}, which was defended by {opponent}.",
-                              "The attack was led by {leader}, while {opponent} commanded the defenders.")),
-                       (0.7, ("The quarrel began over the right to tax {good} landed at {town}.",
-                              "At stake was control of the trade in {good}."))],
-        "Aftermath": [(1.0, ("The siege ended when the attackers ran out of supplies.",
-                             "After {days} days the two sides agreed a truce.")),
-                      (0.7, ("The town walls were rebuilt in the following years.",))],
+        "lead": [
+            (
+                1.0,
+                (
+                    "The {event} was a siege of the town of {town} on {island} that lasted {days} days in {event_year}.",
+                    "The {event} took place in {event_year}, when {town} was besieged for {days} days.",
+                ),
+            )
+        ],
+        "Background": [
+            (
+                1.0,
+                (
+                    "{leader} led a fleet of {count} ships against {town}, which was defended by {opponent}.",
+                    "The attack was led by {leader}, while {opponent} commanded the defenders.",
+                ),
+            ),
+            (
+                0.7,
+                (
+                    "The quarrel began over the right to tax {good} landed at {town}.",
+                    "At stake was control of the trade in {good}.",
+                ),
+            ),
+        ],
+        "Aftermath": [
+            (
+                1.0,
+                (
+                    "The siege ended when the attackers ran out of supplies.",
+                    "After {days} days the two sides agreed a truce.",
+                ),
+            ),
+            (0.7, ("The town walls were rebuilt in the following years.",)),
+        ],
     },
     "storm": {
-        "lead": [(1.0, ("The {event} was a severe storm that struck the {archipelago} in {event_month} {event_year}.",
-                        "The {event} of {event_month} {event_year} was the worst storm recorded in the {archipelago}."))],
-        "Damage": [(1.0, ("It sank {count} ships and damaged the harbour of {town}.",
-                          "About {count} vessels were lost, and the quay at {town} was destroyed.")),
-                   (0.8, ("Among the ships lost was the {lost_ship}, under the command of {lost_captain}.",
-                          "The {lost_ship} went down with all hands."))],
-        "Aftermath": [(1.0, ("The harbour of {town} took {days} days to clear of wreckage.",
-                             "The storm led to the building of new sea walls across the islands.")),
-                      (0.6, ("A memorial to the drowned stands on the quay at {town}.",))],
+        "lead": [
+            (
+                1.0,
+                (
+                    "The {event} was a severe storm that struck the {archipelago} in {event_month} {event_year}.",
+                    "The {event} of {event_month} {event_year} was the worst storm recorded in the {archipelago}.",
+                ),
+            )
+        ],
+        "Damage": [
+            (
+                1.0,
+                (
+                    "It sank {count} ships and damaged the harbour of {town}.",
+                    "About {count} vessels were lost, and the quay at {town} was destroyed.",
+                ),
+            ),
+            (
+                0.8,
+                (
+                    "Among the ships lost was the {lost_ship}, under the command of {lost_captain}.",
+                    "The {lost_ship} went down with all hands.",
+                ),
+            ),
+        ],
+        "Aftermath": [
+            (
+                1.0,
+                (
+                    "The harbour of {town} took {days} days to clear of wreckage.",
+                    "The storm led to the building of new sea walls across the islands.",
+                ),
+            ),
+            (0.6, ("A memorial to the drowned stands on the quay at {town}.",)),
+        ],
     },
     "treaty": {
-        "lead": [(1.0, ("The {event} was an agreement signed at {town} in {event_year} between {leader} and {opponent}.",
-                        "The {event} was signed in {event_month} {event_year} at {town}."))],
-        "Terms": [(1.0, ("It fixed the price of {good} for {days} years.",
-                         "Its main article divided the fishing grounds of the {sea}.")),
-                  (0.8, ("{leader} and {opponent} signed it in the {landmark} at {town}.",
-                         "The treaty was drafted by {opponent} and accepted by {leader}."))],
-        "Legacy": [(1.0, ("It remained in force until the end of the century.",
-                          "The original copy is kept in the museum at {town}."))],
+        "lead": [
+            (
+                1.0,
+                (
+                    "The {event} was an agreement signed at {town} in {event_year} between {leader} and {opponent}.",
+                    "The {event} was signed in {event_month} {event_year} at {town}.",
+                ),
+            )
+        ],
+        "Terms": [
+            (
+                1.0,
+                (
+                    "It fixed the price of {good} for {days} years.",
+                    "Its main article divided the fishing grounds of the {sea}.",
+                ),
+            ),
+            (
+                0.8,
+                (
+                    "{leader} and {opponent} signed it in the {landmark} at {town}.",
+                    "The treaty was drafted by {opponent} and accepted by {leader}.",
+                ),
+            ),
+        ],
+        "Legacy": [
+            (
+                1.0,
+                (
+                    "It remained in force until the end of the century.",
+                    "The original copy is kept in the museum at {town}.",
+                ),
+            )
+        ],
     },
     "battle": {
-        "lead": [(1.0, ("The {event} was a naval battle fought off {island} in {event_year}.",
-                        "The {event} was fought in the waters off {town} in {event_month} {event_year}."))],
-        "Battle": [(1.0, ("{leader} commanded a fleet of {count} ships against the ships of {opponent}.",
-                          "About {count} ships took part, under {leader} and {opponent}.")),
-                   (0.8, ("The {lost_ship} was sunk during the fighting.",
-                          "Among the losses was the {lost_ship}, commanded by {lost_captain}."))],
-        "Aftermath": [(1.0, ("The battle ended the dispute over the trade in {good}.",
-                             "After the battle {leader} was received in triumph at {town}."))],
+        "lead": [
+            (
+                1.0,
+                (
+                    "The {event} was a naval battle fought off {island} in {event_year}.",
+                    "The {event} was fought in the waters off {town} in {event_month} {event_year}.",
+                ),
+            )
+        ],
+        "Battle": [
+            (
+                1.0,
+                (
+                    "{leader} commanded a fleet of {count} ships against the ships of {opponent}.",
+                    "About {count} ships took part, under {leader} and {opponent}.",
+                ),
+            ),
+            (
+                0.8,
+                (
+                    "The {lost_ship} was sunk during the fighting.",
+                    "Among the losses was the {lost_ship}, commanded by {lost_captain}.",
+                ),
+            ),
+        ],
+        "Aftermath": [
+            (
+                1.0,
+                (
+                    "The battle ended the dispute over the trade in {good}.",
+                    "After the battle {leader} was received in triumph at {town}.",
+                ),
+            )
+        ],
     },
     "fire": {
-        "lead": [(1.0, ("The {event} broke out on the night of {day_of_month} {event_month} {event_year}.",
-                        "The {event} was a fire that destroyed much of {town} in {event_year}."))],
-        "Fire": [(1.0, ("It began in a warehouse full of {good} and spread quickly along the quay.",
-                        "Fanned by a strong wind, the fire burned for {days_short} days.")),
-                 (0.8, ("About {count} houses were destroyed.",
-                        "The fire destroyed {count} houses and most of the old warehouses."))],
-        "Rebuilding": [(1.0, ("The town was rebuilt in stone under the direction of {leader}.",
-                              "{leader} drew up the plan for the new streets.")),
-                       (0.6, ("Thatched roofs were banned after the fire.",))],
+        "lead": [
+            (
+                1.0,
+                (
+                    "The {event} broke out on the night of {day_of_month} {event_month} {event_year}.",
+                    "The {event} was a fire that destroyed much of {town} in {event_year}.",
+                ),
+            )
+        ],
+        "Fire": [
+            (
+                1.0,
+                (
+                    "It began in a warehouse full of {good} and spread quickly along the quay.",
+                    "Fanned by a strong wind, the fire burned for {days_short} days.",
+                ),
+            ),
+            (
+                0.8,
+                (
+                    "About {count} houses were destroyed.",
+                    "The fire destroyed {count} houses and most of the old warehouses.",
+                ),
+            ),
+        ],
+        "Rebuilding": [
+            (
+                1.0,
+                (
+                    "The town was rebuilt in stone under the direction of {leader}.",
+                    "{leader} drew up the plan for the new streets.",
+                ),
+            ),
+            (0.6, ("Thatched roofs were banned after the fire.",)),
+        ],
     },
     "riots": {
-        "lead": [(1.0, ("The {event} were a series of disturbances in {town} in {event_year} over the price of {good}.",
-                        "The {event} broke out in {event_month} {event_year} after the price of {good} doubled."))],
-        "Events": [(1.0, ("For {days} days crowds gathered on the quay and stopped ships from leaving.",
-                          "About {count} people took part in the disturbances.")),
-                   (0.8, ("{leader} spoke for the crowds, and {opponent} for the merchants.",
-                          "The council called on {leader} to restore order."))],
-        "Aftermath": [(1.0, ("The council fixed the price of {good} for the following year.",
-                             "The price of {good} was lowered and the crowds went home."))],
+        "lead": [
+            (
+                1.0,
+                (
+                    "The {event} were a series of disturbances in {town} in {event_year} over the price of {good}.",
+                    "The {event} broke out in {event_month} {event_year} after the price of {good} doubled.",
+                ),
+            )
+        ],
+        "Events": [
+            (
+                1.0,
+                (
+                    "For {days} days crowds gathered on the quay and stopped ships from leaving.",
+                    "About {count} people took part in the disturbances.",
+                ),
+            ),
+            (
+                0.8,
+                (
+                    "{leader} spoke for the crowds, and {opponent} for the merchants.",
+                    "The council called on {leader} to restore order.",
+                ),
+            ),
+        ],
+        "Aftermath": [
+            (
+                1.0,
+                (
+                    "The council fixed the price of {good} for the following year.",
+                    "The price of {good} was lowered and the crowds went home.",
+                ),
+            )
+        ],
     },
 }
 
@@ -1592,25 +2728,53 @@ COLOR: dict[str, tuple[str, ...]] = {
     ),
 }
 _THEMES = {
-    "lead": (), "History": ("history", "harbour"), "Geography": ("nature", "harbour"), "Economy": ("trade", "harbour"),
-    "Culture": ("culture",), "Founding": ("history", "harbour"), "Early life": ("life", "culture"), "Later life": ("life",), "Legacy": ("culture", "life"),
-    "Career at sea": ("harbour", "trade"), "Shipbuilding": ("harbour", "trade"), "Works": ("culture", "history"),
-    "Guild": ("trade",), "Construction": ("harbour",), "Service history": ("harbour", "trade"), "Fate": ("history",),
-    "Organisation": ("trade",), "Guild hall": ("history", "culture"), "Course": ("nature",),
-    "Settlements": ("harbour", "culture"), "Origins": ("history",), "Customs": ("culture",),
-    "Modern festival": ("culture", "harbour"), "Background": ("history", "trade"), "Aftermath": ("history",),
-    "Damage": ("harbour",), "Terms": ("trade",), "Battle": ("harbour",), "Fire": ("history",),
-    "Rebuilding": ("history",), "Events": ("trade", "history"),
+    "lead": (),
+    "History": ("history", "harbour"),
+    "Geography": ("nature", "harbour"),
+    "Economy": ("trade", "harbour"),
+    "Culture": ("culture",),
+    "Founding": ("history", "harbour"),
+    "Early life": ("life", "culture"),
+    "Later life": ("life",),
+    "Legacy": ("culture", "life"),
+    "Career at sea": ("harbour", "trade"),
+    "Shipbuilding": ("harbour", "trade"),
+    "Works": ("culture", "history"),
+    "Guild": ("trade",),
+    "Construction": ("harbour",),
+    "Service history": ("harbour", "trade"),
+    "Fate": ("history",),
+    "Organisation": ("trade",),
+    "Guild hall": ("history", "culture"),
+    "Course": ("nature",),
+    "Settlements": ("harbour", "culture"),
+    "Origins": ("history",),
+    "Customs": ("culture",),
+    "Modern festival": ("culture", "harbour"),
+    "Background": ("history", "trade"),
+    "Aftermath": ("history",),
+    "Damage": ("harbour",),
+    "Terms": ("trade",),
+    "Battle": ("harbour",),
+    "Fire": ("history",),
+    "Rebuilding": ("history",),
+    "Events": ("trade", "history"),
 }
 
 
 def _place_slots(w: World, town: Town) -> dict[str, str]:
     rng = random.Random(f"{w.seed}:place:{town.name}")
-    return {"place": town.name, "place_island": town.island.name, "place_good": town.good,
-            "year_account": str(town.founded + rng.randint(0, 30)),
-            "year_map": str(rng.randint(max(town.founded + 20, 1550), 1850)),
-            "year_choir": str(rng.randint(1850, 1990)), "month_c": rng.choice(_MONTHS[5:9]),
-            "sea": w.sea, "archipelago": w.arch}
+    return {
+        "place": town.name,
+        "place_island": town.island.name,
+        "place_good": town.good,
+        "year_account": str(town.founded + rng.randint(0, 30)),
+        "year_map": str(rng.randint(max(town.founded + 20, 1550), 1850)),
+        "year_choir": str(rng.randint(1850, 1990)),
+        "month_c": rng.choice(_MONTHS[5:9]),
+        "sea": w.sea,
+        "archipelago": w.arch,
+    }
 
 
 def _town_named(w: World, name: str) -> Town | None:
@@ -1637,21 +2801,52 @@ def _town_slots(w: World, t: Town, rng: random.Random) -> dict[str, str]:
     assert f is not None
     partner = rng.choice([x for x in w.towns if x is not t])
     s = {
-        "town": t.name, "island": isl.name, "island_desc": isl.desc, "archipelago": w.arch, "sea": w.sea,
-        "kind": t.kind, "shore": t.shore, "harbour_kind": t.harbour_kind, "year": str(t.founded),
-        "founder": f.name, "founder_family": f.family, "founder_role": t.founder_role, "founder_home": f.home,
+        "town": t.name,
+        "island": isl.name,
+        "island_desc": isl.desc,
+        "archipelago": w.arch,
+        "sea": w.sea,
+        "kind": t.kind,
+        "shore": t.shore,
+        "harbour_kind": t.harbour_kind,
+        "year": str(t.founded),
+        "founder": f.name,
+        "founder_family": f.family,
+        "founder_role": t.founder_role,
+        "founder_home": f.home,
         "founder_pron_obj": _pron(f.female)["pron_obj"],
-        "pop": _fmt_int(t.pop), "census": "2011", "nickname": t.nickname, "nickname_reason": t.nickname_reason,
-        "good": t.good, "good2": t.good2, "good_desc": w.goods[t.good], "settlers": str(t.settlers),
-        "charter_year": str(t.charter_year), "quay_year": str(t.quay_year), "early_year": "1801",
-        "pop_early": _fmt_int(max(120, t.pop // rng.randint(3, 9))), "landmark": t.landmark,
-        "landmark_year": str(t.landmark_year), "wind": rng.choice(["northerly", "westerly", "easterly", "south-westerly"]),
-        "peak": isl.peak, "peak_m": _fmt_int(isl.peak_m), "peak_ft": _ft(isl.peak_m), "climate": isl.climate,
-        "coast": isl.coast, "rain": _fmt_int(rng.randint(700, 2400)), "storm_month": rng.choice(_MONTHS[9:] + _MONTHS[:3]),
-        "partner": partner.name, "partner_good": partner.good if partner.good != t.good else partner.good2,
-        "pct": str(rng.randint(12, 60)), "market_day": t.market_day, "fleet": str(t.fleet),
-        "fleet_year": str(t.fleet_year), "newspaper": t.newspaper, "paper_year": str(t.paper_year),
-        "school": t.school, "school_year": str(t.school_year),
+        "pop": _fmt_int(t.pop),
+        "census": "2011",
+        "nickname": t.nickname,
+        "nickname_reason": t.nickname_reason,
+        "good": t.good,
+        "good2": t.good2,
+        "good_desc": w.goods[t.good],
+        "settlers": str(t.settlers),
+        "charter_year": str(t.charter_year),
+        "quay_year": str(t.quay_year),
+        "early_year": "1801",
+        "pop_early": _fmt_int(max(120, t.pop // rng.randint(3, 9))),
+        "landmark": t.landmark,
+        "landmark_year": str(t.landmark_year),
+        "wind": rng.choice(["northerly", "westerly", "easterly", "south-westerly"]),
+        "peak": isl.peak,
+        "peak_m": _fmt_int(isl.peak_m),
+        "peak_ft": _ft(isl.peak_m),
+        "climate": isl.climate,
+        "coast": isl.coast,
+        "rain": _fmt_int(rng.randint(700, 2400)),
+        "storm_month": rng.choice(_MONTHS[9:] + _MONTHS[:3]),
+        "partner": partner.name,
+        "partner_good": partner.good if partner.good != t.good else partner.good2,
+        "pct": str(rng.randint(12, 60)),
+        "market_day": t.market_day,
+        "fleet": str(t.fleet),
+        "fleet_year": str(t.fleet_year),
+        "newspaper": t.newspaper,
+        "paper_year": str(t.paper_year),
+        "school": t.school,
+        "school_year": str(t.school_year),
     }
     if t is capital:
         s["capital_self"] = "yes"
@@ -1663,8 +2858,12 @@ def _town_slots(w: World, t: Town, rng: random.Random) -> dict[str, str]:
     if t.guild is not None:
         s.update(guild=t.guild.name, guild_good=t.guild.good, guild_year=str(t.guild.founded))
     if t.festival is not None:
-        s.update(festival=t.festival.name, festival_month=t.festival.month, festival_honour=t.festival.honour,
-                 festival_custom=t.festival.custom)
+        s.update(
+            festival=t.festival.name,
+            festival_month=t.festival.month,
+            festival_honour=t.festival.honour,
+            festival_custom=t.festival.custom,
+        )
     if t.events:
         ev = rng.choice(t.events)
         s.update(event=ev.name, event_year=str(ev.year))
@@ -1680,41 +2879,82 @@ def _town_sections(s: Mapping[str, str]) -> dict[str, list[Group]]:
     sections = dict(TOWN_SECTIONS)
     if "capital_self" not in s:
         # Only a capital may say it is the chief town; drop that template for the others.
-        sections["lead"] = [(p, tuple(t for t in ts if "chief town of {island} and the seat" not in t))
-                            for p, ts in TOWN_SECTIONS["lead"]]
+        sections["lead"] = [
+            (p, tuple(t for t in ts if "chief town of {island} and the seat" not in t))
+            for p, ts in TOWN_SECTIONS["lead"]
+        ]
     return sections
 
 
 def _person_slots(w: World, p: Person, rng: random.Random) -> tuple[dict[str, str], list[str]]:
-    s = {"name": p.name, "given": p.given, "family": p.family, "born": str(p.born), "died": str(p.died),
-         "home": p.home, "home_island": p.home_island, "role": p.title, "adj": w.adj, "archipelago": w.arch,
-         "sea": w.sea, "age": str(p.died - p.born), "death_place": p.death_place, "father": p.father,
-         "parent_job": p.parent_job, "birth_order": rng.choice(["eldest", "second", "third", "youngest", "only"]),
-         "age_sea": str(rng.randint(11, 17)), "move_town": rng.choice(w.towns).name,
-         "good": rng.choice(list(w.goods)), "years_governed": str(rng.randint(4, 30)),
-         "wind": rng.choice(["northerly", "westerly", "easterly"]), "year_diary": str(p.died + rng.randint(5, 150))}
+    s = {
+        "name": p.name,
+        "given": p.given,
+        "family": p.family,
+        "born": str(p.born),
+        "died": str(p.died),
+        "home": p.home,
+        "home_island": p.home_island,
+        "role": p.title,
+        "adj": w.adj,
+        "archipelago": w.arch,
+        "sea": w.sea,
+        "age": str(p.died - p.born),
+        "death_place": p.death_place,
+        "father": p.father,
+        "parent_job": p.parent_job,
+        "birth_order": rng.choice(["eldest", "second", "third", "youngest", "only"]),
+        "age_sea": str(rng.randint(11, 17)),
+        "move_town": rng.choice(w.towns).name,
+        "good": rng.choice(list(w.goods)),
+        "years_governed": str(rng.randint(4, 30)),
+        "wind": rng.choice(["northerly", "westerly", "easterly"]),
+        "year_diary": str(p.died + rng.randint(5, 150)),
+    }
     s.update(_pron(p.female))
     body: list[str] = ["Early life"]
     if "town" in p.deeds:
         town = next(t for t in w.towns if t.name == p.deeds["town"])
-        s.update(deed_town=town.name, deed_year=str(town.founded), deed_island=town.island.name,
-                 settlers=str(town.settlers), harbour_kind=town.harbour_kind, shore=town.shore,
-                 known_for=f"founding {town.name} in {town.founded}")
+        s.update(
+            deed_town=town.name,
+            deed_year=str(town.founded),
+            deed_island=town.island.name,
+            settlers=str(town.settlers),
+            harbour_kind=town.harbour_kind,
+            shore=town.shore,
+            known_for=f"founding {town.name} in {town.founded}",
+        )
         if town.festival is not None and "founding" in town.festival.honour:
             s["legacy_festival"] = town.festival.name
         body.append("Founding of {deed_town}")
     if "guild" in p.deeds:
         g = next(g for g in w.guilds if g.name == p.deeds["guild"])
-        s.update(deed_guild=g.name, deed_town=g.seat.name, deed_year=str(g.founded), guild_good=g.good,
-                 motto=g.motto, known_for=f"founding the {g.name}")
+        s.update(
+            deed_guild=g.name,
+            deed_town=g.seat.name,
+            deed_year=str(g.founded),
+            guild_good=g.good,
+            motto=g.motto,
+            known_for=f"founding the {g.name}",
+        )
         body.append("Guild")
     if "ship" in p.deeds or "built" in p.deeds:
         ship = next(x for x in w.ships if x.name == p.deeds.get("ship", p.deeds.get("built")))
-        s.update(deed_ship=ship.name, ship_kind=ship.kind, ship_yard=ship.yard.name, ship_launched=str(ship.launched),
-                 ship_tons=str(ship.tons), ship_home=ship.home.name, ship_partner=ship.partner.name,
-                 voyages=str(rng.randint(12, 140)), partner_good=ship.partner.good, ship_timber=ship.timber,
-                 deed_town=ship.yard.name if "built" in p.deeds else ship.home.name, deed_island=ship.home.island.name,
-                 storm_year=str(min(p.died - 1, ship.launched + rng.randint(2, 12))))
+        s.update(
+            deed_ship=ship.name,
+            ship_kind=ship.kind,
+            ship_yard=ship.yard.name,
+            ship_launched=str(ship.launched),
+            ship_tons=str(ship.tons),
+            ship_home=ship.home.name,
+            ship_partner=ship.partner.name,
+            voyages=str(rng.randint(12, 140)),
+            partner_good=ship.partner.good,
+            ship_timber=ship.timber,
+            deed_town=ship.yard.name if "built" in p.deeds else ship.home.name,
+            deed_island=ship.home.island.name,
+            storm_year=str(min(p.died - 1, ship.launched + rng.randint(2, 12))),
+        )
         if "ship" in p.deeds:
             s["known_for"] = f"commanding the {ship.name}"
             body.append("Career at sea")
@@ -1722,32 +2962,64 @@ def _person_slots(w: World, p: Person, rng: random.Random) -> tuple[dict[str, st
             s["known_for"] = f"building the {ship.name}"
             body.append("Shipbuilding")
     if "work" in p.deeds:
-        s.update(work=p.deeds["work"], work_year=p.deeds["work_year"], subject_island=p.deeds["subject_island"],
-                 survey_years=str(rng.randint(2, 15)), known_for=p.deeds["work"])
+        s.update(
+            work=p.deeds["work"],
+            work_year=p.deeds["work_year"],
+            subject_island=p.deeds["subject_island"],
+            survey_years=str(rng.randint(2, 15)),
+            known_for=p.deeds["work"],
+        )
         body.append("Works")
     body += ["Later life", "Legacy"]
     return s, body
 
 
 def _ship_slots(w: World, sh: Ship, rng: random.Random) -> dict[str, str]:
-    s = {"ship": sh.name, "ship_kind": sh.kind, "ship_yard": sh.yard.name, "ship_launched": str(sh.launched),
-         "masts": sh.masts, "captain": sh.captain.name, "builder": sh.builder.name, "ship_home": sh.home.name,
-         "ship_partner": sh.partner.name, "ship_timber": sh.timber, "ship_length": f"{sh.length:.1f}",
-         "ship_length_ft": _ft(sh.length), "ship_tons": str(sh.tons), "crew": str(sh.crew),
-         "cargo": _fmt_int(sh.tons * rng.randint(3, 6)), "good": sh.home.good, "partner_good": sh.partner.good,
-         "years": str(rng.randint(3, 25)), "voyages": str(rng.randint(2, 9)), "sea": w.sea, "archipelago": w.arch,
-         "keel_year": str(sh.launched - 1)}
+    s = {
+        "ship": sh.name,
+        "ship_kind": sh.kind,
+        "ship_yard": sh.yard.name,
+        "ship_launched": str(sh.launched),
+        "masts": sh.masts,
+        "captain": sh.captain.name,
+        "builder": sh.builder.name,
+        "ship_home": sh.home.name,
+        "ship_partner": sh.partner.name,
+        "ship_timber": sh.timber,
+        "ship_length": f"{sh.length:.1f}",
+        "ship_length_ft": _ft(sh.length),
+        "ship_tons": str(sh.tons),
+        "crew": str(sh.crew),
+        "cargo": _fmt_int(sh.tons * rng.randint(3, 6)),
+        "good": sh.home.good,
+        "partner_good": sh.partner.good,
+        "years": str(rng.randint(3, 25)),
+        "voyages": str(rng.randint(2, 9)),
+        "sea": w.sea,
+        "archipelago": w.arch,
+        "keel_year": str(sh.launched - 1),
+    }
     fate = {
-        "wrecked": (f"wrecked off {sh.fate_place} in {sh.fate_year}",
-                    f"She was wrecked on the rocks off {sh.fate_place} in {sh.fate_year}; her crew reached the shore in the boats."),
-        "broken up": (f"broken up at {sh.fate_place} in {sh.fate_year}",
-                      f"She was broken up at {sh.fate_place} in {sh.fate_year}, and her timbers were used in a barn."),
-        "preserved": (f"preserved as a museum ship at {sh.fate_place}",
-                      f"She was retired in {sh.fate_year} and is preserved as a museum ship at {sh.fate_place}."),
-        "sold": (f"sold to mainland owners in {sh.fate_year}",
-                 f"She was sold to owners on the mainland in {sh.fate_year}, and her later history is unknown."),
-        "lost": (f"lost in the {sh.event.name if sh.event else ''} of {sh.fate_year}",
-                 f"She was lost with all hands in the {sh.event.name if sh.event else ''} of {sh.fate_year}."),
+        "wrecked": (
+            f"wrecked off {sh.fate_place} in {sh.fate_year}",
+            f"She was wrecked on the rocks off {sh.fate_place} in {sh.fate_year}; her crew reached the shore in the boats.",
+        ),
+        "broken up": (
+            f"broken up at {sh.fate_place} in {sh.fate_year}",
+            f"She was broken up at {sh.fate_place} in {sh.fate_year}, and her timbers were used in a barn.",
+        ),
+        "preserved": (
+            f"preserved as a museum ship at {sh.fate_place}",
+            f"She was retired in {sh.fate_year} and is preserved as a museum ship at {sh.fate_place}.",
+        ),
+        "sold": (
+            f"sold to mainland owners in {sh.fate_year}",
+            f"She was sold to owners on the mainland in {sh.fate_year}, and her later history is unknown.",
+        ),
+        "lost": (
+            f"lost in the {sh.event.name if sh.event else ''} of {sh.fate_year}",
+            f"She was lost with all hands in the {sh.event.name if sh.event else ''} of {sh.fate_year}.",
+        ),
     }[sh.fate]
     s["fate_lead"], s["fate_sentence"] = fate
     if sh.event is not None:
@@ -1756,13 +3028,27 @@ def _ship_slots(w: World, sh: Ship, rng: random.Random) -> dict[str, str]:
 
 
 def _guild_slots(w: World, g: Guild, rng: random.Random) -> dict[str, str]:
-    s = {"guild": g.name, "craft_lower": g.craft.lower(), "seat": g.seat.name, "island": g.seat.island.name,
-         "archipelago": w.arch, "guild_year": str(g.founded), "guild_founder": g.founder.name,
-         "guild_good": g.good, "members": _fmt_int(g.members), "member_year": str(g.member_year),
-         "motto": g.motto, "motto_meaning": g.motto_meaning, "master": g.master, "term": str(g.term),
-         "apprentice_years": str(g.apprentice_years), "hall_year": str(g.hall_year),
-         "founder_trade": g.founder_trade,
-         "email": g.email, "phone": g.phone}
+    s = {
+        "guild": g.name,
+        "craft_lower": g.craft.lower(),
+        "seat": g.seat.name,
+        "island": g.seat.island.name,
+        "archipelago": w.arch,
+        "guild_year": str(g.founded),
+        "guild_founder": g.founder.name,
+        "guild_good": g.good,
+        "members": _fmt_int(g.members),
+        "member_year": str(g.member_year),
+        "motto": g.motto,
+        "motto_meaning": g.motto_meaning,
+        "master": g.master,
+        "term": str(g.term),
+        "apprentice_years": str(g.apprentice_years),
+        "hall_year": str(g.hall_year),
+        "founder_trade": g.founder_trade,
+        "email": g.email,
+        "phone": g.phone,
+    }
     if g.seat.events:
         ev = g.seat.events[0]
         s.update(event=ev.name, event_year=str(ev.year))
@@ -1771,29 +3057,65 @@ def _guild_slots(w: World, g: Guild, rng: random.Random) -> dict[str, str]:
 
 def _river_slots(w: World, r: River, rng: random.Random) -> dict[str, str]:
     rank = sorted(r.island.rivers, key=lambda x: -x.length).index(r)
-    return {"river": r.name, "island": r.island.name, "archipelago": w.arch, "length": f"{r.length:.1f}",
-            "length_mi": _mi(r.length), "source": r.source, "source_m": _fmt_int(r.source_m), "mouth": r.mouth.name,
-            "trib1": r.tributaries[0], "trib2": r.tributaries[1], "direction": r.direction,
-            "navigable": str(min(r.navigable, int(r.length))), "mill_year": str(r.mill_year),
-            "bridge_year": str(r.bridge_year), "good": r.mouth.good, "flood_year": str(rng.randint(1700, 1990)),
-            "river_rank": ("longest", "second-longest", "third-longest")[min(rank, 2)]}
+    return {
+        "river": r.name,
+        "island": r.island.name,
+        "archipelago": w.arch,
+        "length": f"{r.length:.1f}",
+        "length_mi": _mi(r.length),
+        "source": r.source,
+        "source_m": _fmt_int(r.source_m),
+        "mouth": r.mouth.name,
+        "trib1": r.tributaries[0],
+        "trib2": r.tributaries[1],
+        "direction": r.direction,
+        "navigable": str(min(r.navigable, int(r.length))),
+        "mill_year": str(r.mill_year),
+        "bridge_year": str(r.bridge_year),
+        "good": r.mouth.good,
+        "flood_year": str(rng.randint(1700, 1990)),
+        "river_rank": ("longest", "second-longest", "third-longest")[min(rank, 2)],
+    }
 
 
 def _island_slots(w: World, isl: Island, rng: random.Random) -> dict[str, str]:
     cap = isl.towns[0]
     assert cap.founder is not None
-    s = {"island": isl.name, "island_desc": isl.desc, "sea": w.sea, "archipelago": w.arch,
-         "area": f"{isl.area:.1f}", "area_mi": f"{isl.area * 0.386102:.1f}",
-         "island_pop": _fmt_int(sum(t.pop for t in isl.towns)), "census": "2011", "capital": cap.name,
-         "capital_founder": cap.founder.name, "capital_year": str(cap.founded), "capital_shore": cap.shore,
-         "peak": isl.peak, "peak_m": _fmt_int(isl.peak_m), "peak_ft": _ft(isl.peak_m), "coast": isl.coast,
-         "climate": isl.climate, "settled": str(isl.settled), "n_towns": str(len(isl.towns)),
-         "good": cap.good, "good2": cap.good2, "good_desc": w.goods[cap.good],
-         "partner": rng.choice([t for t in w.towns if t.island is not isl]).name}
+    s = {
+        "island": isl.name,
+        "island_desc": isl.desc,
+        "sea": w.sea,
+        "archipelago": w.arch,
+        "area": f"{isl.area:.1f}",
+        "area_mi": f"{isl.area * 0.386102:.1f}",
+        "island_pop": _fmt_int(sum(t.pop for t in isl.towns)),
+        "census": "2011",
+        "capital": cap.name,
+        "capital_founder": cap.founder.name,
+        "capital_year": str(cap.founded),
+        "capital_shore": cap.shore,
+        "peak": isl.peak,
+        "peak_m": _fmt_int(isl.peak_m),
+        "peak_ft": _ft(isl.peak_m),
+        "coast": isl.coast,
+        "climate": isl.climate,
+        "settled": str(isl.settled),
+        "n_towns": str(len(isl.towns)),
+        "good": cap.good,
+        "good2": cap.good2,
+        "good_desc": w.goods[cap.good],
+        "partner": rng.choice([t for t in w.towns if t.island is not isl]).name,
+    }
     if len(isl.towns) >= 3:
         t2, t3 = isl.towns[1], isl.towns[2]
-        s.update(town2=t2.name, town2_year=str(t2.founded), town2_pop=_fmt_int(t2.pop), town3=t3.name,
-                 town3_year=str(t3.founded), town3_nickname=t3.nickname)
+        s.update(
+            town2=t2.name,
+            town2_year=str(t2.founded),
+            town2_pop=_fmt_int(t2.pop),
+            town3=t3.name,
+            town3_year=str(t3.founded),
+            town3_nickname=t3.nickname,
+        )
     if isl.rivers:
         s.update(river=isl.rivers[0].name, river_mouth=isl.rivers[0].mouth.name)
     events = [e for t in isl.towns for e in t.events]
@@ -1803,17 +3125,38 @@ def _island_slots(w: World, isl: Island, rng: random.Random) -> dict[str, str]:
 
 
 def _festival_slots(w: World, f: Festival, rng: random.Random) -> dict[str, str]:
-    return {"festival": f.name, "town": f.town.name, "island": f.town.island.name, "festival_month": f.month,
-            "festival_honour": f.honour, "first_year": str(f.first_year), "festival_custom": f.custom,
-            "festival_custom2": f.custom2, "visitors": _fmt_int(f.visitors), "good": f.town.good,
-            "newspaper": f.town.newspaper, "archipelago": w.arch}
+    return {
+        "festival": f.name,
+        "town": f.town.name,
+        "island": f.town.island.name,
+        "festival_month": f.month,
+        "festival_honour": f.honour,
+        "first_year": str(f.first_year),
+        "festival_custom": f.custom,
+        "festival_custom2": f.custom2,
+        "visitors": _fmt_int(f.visitors),
+        "good": f.town.good,
+        "newspaper": f.town.newspaper,
+        "archipelago": w.arch,
+    }
 
 
 def _event_slots(w: World, e: Event, rng: random.Random) -> dict[str, str]:
-    s = {"event": e.name, "event_year": str(e.year), "event_month": e.month, "town": e.town.name,
-         "island": e.town.island.name, "archipelago": w.arch, "sea": w.sea, "count": _fmt_int(e.count),
-         "days": str(e.days), "days_short": str(max(2, e.days // 20)), "good": e.good,
-         "landmark": e.town.landmark, "day_of_month": str(rng.randint(1, 28))}
+    s = {
+        "event": e.name,
+        "event_year": str(e.year),
+        "event_month": e.month,
+        "town": e.town.name,
+        "island": e.town.island.name,
+        "archipelago": w.arch,
+        "sea": w.sea,
+        "count": _fmt_int(e.count),
+        "days": str(e.days),
+        "days_short": str(max(2, e.days // 20)),
+        "good": e.good,
+        "landmark": e.town.landmark,
+        "day_of_month": str(rng.randint(1, 28)),
+    }
     if e.leader is not None:
         s["leader"] = e.leader.name
     if e.opponent is not None:
@@ -1848,14 +3191,16 @@ def _split_paragraphs(rng: random.Random, sentences: list[Sentence]) -> list[lis
     i = 0
     while i < len(sentences):
         k = rng.randint(3, 6)
-        paras.append(sentences[i:i + k])
+        paras.append(sentences[i : i + k])
         i += k
     if len(paras) > 1 and len(paras[-1]) < 2:
         paras[-2].extend(paras.pop())
     return paras
 
 
-def _entity_plan(w: World, etype: str, entity: Any, rng: random.Random) -> tuple[str, dict[str, str], list[tuple[int, str, list[Group]]]]:
+def _entity_plan(
+    w: World, etype: str, entity: Any, rng: random.Random
+) -> tuple[str, dict[str, str], list[tuple[int, str, list[Group]]]]:
     """The title, slots and (level, heading, groups) outline of one entity's article.
 
     Slot values are facts, so they come from a generator keyed by the entity alone: every article and
@@ -1866,8 +3211,13 @@ def _entity_plan(w: World, etype: str, entity: Any, rng: random.Random) -> tuple
     if etype == "town":
         s = _town_slots(w, entity, rng)
         secs = _town_sections(s)
-        outline = [(0, "", secs["lead"]), (1, "History", secs["History"]), (1, "Geography", secs["Geography"]),
-                   (1, "Economy", secs["Economy"]), (1, "Culture", secs["Culture"])]
+        outline = [
+            (0, "", secs["lead"]),
+            (1, "History", secs["History"]),
+            (1, "Geography", secs["Geography"]),
+            (1, "Economy", secs["Economy"]),
+            (1, "Culture", secs["Culture"]),
+        ]
         return entity.name, s, outline
     if etype == "person":
         s, body = _person_slots(w, entity, rng)
@@ -1876,19 +3226,43 @@ def _entity_plan(w: World, etype: str, entity: Any, rng: random.Random) -> tuple
         return entity.name, s, outline
     if etype == "ship":
         s = _ship_slots(w, entity, rng)
-        return entity.name, s, [(0, "", SHIP_SECTIONS["lead"])] + [(1, h, SHIP_SECTIONS[h]) for h in ("Construction", "Service history", "Fate")]
+        return (
+            entity.name,
+            s,
+            [(0, "", SHIP_SECTIONS["lead"])]
+            + [(1, h, SHIP_SECTIONS[h]) for h in ("Construction", "Service history", "Fate")],
+        )
     if etype == "guild":
         s = _guild_slots(w, entity, rng)
-        return entity.name, s, [(0, "", GUILD_SECTIONS["lead"])] + [(1, h, GUILD_SECTIONS[h]) for h in ("History", "Organisation", "Guild hall")]
+        return (
+            entity.name,
+            s,
+            [(0, "", GUILD_SECTIONS["lead"])]
+            + [(1, h, GUILD_SECTIONS[h]) for h in ("History", "Organisation", "Guild hall")],
+        )
     if etype == "river":
         s = _river_slots(w, entity, rng)
-        return entity.name, s, [(0, "", RIVER_SECTIONS["lead"])] + [(1, h, RIVER_SECTIONS[h]) for h in ("Course", "History")]
+        return (
+            entity.name,
+            s,
+            [(0, "", RIVER_SECTIONS["lead"])] + [(1, h, RIVER_SECTIONS[h]) for h in ("Course", "History")],
+        )
     if etype == "island":
         s = _island_slots(w, entity, rng)
-        return entity.name, s, [(0, "", ISLAND_SECTIONS["lead"])] + [(1, h, ISLAND_SECTIONS[h]) for h in ("Geography", "History", "Settlements", "Economy")]
+        return (
+            entity.name,
+            s,
+            [(0, "", ISLAND_SECTIONS["lead"])]
+            + [(1, h, ISLAND_SECTIONS[h]) for h in ("Geography", "History", "Settlements", "Economy")],
+        )
     if etype == "festival":
         s = _festival_slots(w, entity, rng)
-        return entity.name, s, [(0, "", FESTIVAL_SECTIONS["lead"])] + [(1, h, FESTIVAL_SECTIONS[h]) for h in ("Origins", "Customs", "Modern festival")]
+        return (
+            entity.name,
+            s,
+            [(0, "", FESTIVAL_SECTIONS["lead"])]
+            + [(1, h, FESTIVAL_SECTIONS[h]) for h in ("Origins", "Customs", "Modern festival")],
+        )
     s = _event_slots(w, entity, rng)
     secs = EVENT_SECTIONS[entity.kind]
     return entity.name, s, [(0 if h == "lead" else 1, "" if h == "lead" else h, g) for h, g in secs.items()]
@@ -1930,8 +3304,12 @@ def _build_article(w: World, etype: str, entity: Any, rng: random.Random) -> Art
         used.update(x.text for x in sentences)
         if not sentences:
             continue
-        pool = [t for theme in _THEMES.get(_section_key(heading), ("history",)) for t in COLOR[theme]
-                if _fields(t) <= slots.keys() and _render(t, slots).text not in used]
+        pool = [
+            t
+            for theme in _THEMES.get(_section_key(heading), ("history",))
+            for t in COLOR[theme]
+            if _fields(t) <= slots.keys() and _render(t, slots).text not in used
+        ]
         for t in rng.sample(pool, k=min(len(pool), rng.randint(2, 5))) if level else []:
             colour = _render(t, slots)
             used.add(colour.text)
@@ -1950,21 +3328,51 @@ def _section_key(heading: str) -> str:
     return "Founding" if heading.startswith("Founding of") else heading
 
 
-_SUBHEADINGS = {"History": "Later history", "Economy": "Trade", "Culture": "Town life",
-                "Geography": "Climate", "Career at sea": "Voyages", "Works": "Reception",
-                "Service history": "Later service", "Organisation": "Apprenticeship", "Course": "Tributaries",
-                "Customs": "Food and music", "Settlements": "Towns", "Early life": "Education",
-                "Founding": "First years", "Later life": "Death", "Legacy": "Memorials", "Guild": "Rules",
-                "Shipbuilding": "Methods", "Construction": "Design", "Fate": "Remains", "Guild hall": "The building",
-                "Origins": "Early festivals", "Modern festival": "Visitors", "Background": "Causes",
-                "Aftermath": "Consequences", "Damage": "Losses", "Terms": "Signatories", "Battle": "Ships",
-                "Fire": "Spread", "Rebuilding": "New town", "Events": "The crowds"}
+_SUBHEADINGS = {
+    "History": "Later history",
+    "Economy": "Trade",
+    "Culture": "Town life",
+    "Geography": "Climate",
+    "Career at sea": "Voyages",
+    "Works": "Reception",
+    "Service history": "Later service",
+    "Organisation": "Apprenticeship",
+    "Course": "Tributaries",
+    "Customs": "Food and music",
+    "Settlements": "Towns",
+    "Early life": "Education",
+    "Founding": "First years",
+    "Later life": "Death",
+    "Legacy": "Memorials",
+    "Guild": "Rules",
+    "Shipbuilding": "Methods",
+    "Construction": "Design",
+    "Fate": "Remains",
+    "Guild hall": "The building",
+    "Origins": "Early festivals",
+    "Modern festival": "Visitors",
+    "Background": "Causes",
+    "Aftermath": "Consequences",
+    "Damage": "Losses",
+    "Terms": "Signatories",
+    "Battle": "Ships",
+    "Fire": "Spread",
+    "Rebuilding": "New town",
+    "Events": "The crowds",
+}
 
 
 def _all_entities(w: World) -> list[tuple[str, Any]]:
-    return ([("town", t) for t in w.towns] + [("person", p) for p in w.people] + [("ship", s) for s in w.ships]
-            + [("guild", g) for g in w.guilds] + [("river", r) for r in w.rivers] + [("island", i) for i in w.islands]
-            + [("festival", f) for f in w.festivals] + [("event", e) for e in w.events])
+    return (
+        [("town", t) for t in w.towns]
+        + [("person", p) for p in w.people]
+        + [("ship", s) for s in w.ships]
+        + [("guild", g) for g in w.guilds]
+        + [("river", r) for r in w.rivers]
+        + [("island", i) for i in w.islands]
+        + [("festival", f) for f in w.festivals]
+        + [("event", e) for e in w.events]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -2030,8 +3438,9 @@ def _split_articles(plans: list[_Plan]) -> dict[str, list[_Plan]]:
     return split_plans
 
 
-def _plant(w: World, split: str, plans: list[_Plan], seed: int, pii_log: list[dict[str, str]],
-           neg_log: list[dict[str, str]]) -> None:
+def _plant(
+    w: World, split: str, plans: list[_Plan], seed: int, pii_log: list[dict[str, str]], neg_log: list[dict[str, str]]
+) -> None:
     """Append a PII sentence to ~2.5 % of paragraphs and a hard-negative sentence to ~4 %, logging both."""
     rng = random.Random(f"{seed}:plant:{split}")
     for plan in plans:
@@ -2041,19 +3450,29 @@ def _plant(w: World, split: str, plans: list[_Plan], seed: int, pii_log: list[di
                 if roll < PII_PARAGRAPH_SHARE:
                     tmpl = rng.choice(_PII_TEMPLATES)
                     person = f"{rng.choice(w.people).given} {rng.choice(w.people).family}"
-                    values = {"email": _email(rng, person if "{person}" in tmpl or rng.random() < 0.5 else None),
-                              "phone": _phone(rng), "card": _card(rng), "ip": _ipv4(rng)}
+                    values = {
+                        "email": _email(rng, person if "{person}" in tmpl or rng.random() < 0.5 else None),
+                        "phone": _phone(rng),
+                        "card": _card(rng),
+                        "ip": _ipv4(rng),
+                    }
                     slots = {k: _PII_OPEN + v + _PII_CLOSE for k, v in values.items()}
                     slots.update(subject=plan.title, person=person)
                     paras[pi] = para + " " + _render(tmpl, slots).text
-                    pii_log += [{"split": split, "title": plan.title, "kind": k, "value": v}
-                                for k, v in values.items() if k in _fields(tmpl)]
+                    pii_log += [
+                        {"split": split, "title": plan.title, "kind": k, "value": v}
+                        for k, v in values.items()
+                        if k in _fields(tmpl)
+                    ]
                 elif roll < PII_PARAGRAPH_SHARE + HARD_NEGATIVE_SHARE:
                     tmpl = rng.choice(_HARD_NEGATIVE_TEMPLATES)
                     slots = {**_hard_negative_slots(rng), "subject": plan.title}
                     paras[pi] = para + " " + _render(tmpl, slots).text
-                    neg_log += [{"split": split, "kind": _NEGATIVE_KINDS[k], "value": wikitextify(slots[k])}
-                                for k in _NEGATIVE_KINDS if k in _fields(tmpl)]
+                    neg_log += [
+                        {"split": split, "kind": _NEGATIVE_KINDS[k], "value": wikitextify(slots[k])}
+                        for k in _NEGATIVE_KINDS
+                        if k in _fields(tmpl)
+                    ]
 
 
 def _add_duplicates(train: list[_Plan], seed: int) -> dict[str, list[str]]:
@@ -2086,8 +3505,14 @@ def _add_odd_unicode(rows: list[str], seed: int) -> list[str]:
     """Odd Unicode of the kind copy-pasted web text carries, in two paragraph rows: full-width digits,
     a no-break space, a zero-width space inside a word and a control character."""
     rng = random.Random(f"{seed}:unicode")
-    candidates = [i for i, r in enumerate(rows) if r.startswith(" ") and not r.startswith(" =")
-                  and re.search(r" \d{4} ", r) and re.search(r" [A-Z][a-z]{5,} ", r)]
+    candidates = [
+        i
+        for i, r in enumerate(rows)
+        if r.startswith(" ")
+        and not r.startswith(" =")
+        and re.search(r" \d{4} ", r)
+        and re.search(r" [A-Z][a-z]{5,} ", r)
+    ]
     changed = []
     for n, i in enumerate(rng.sample(candidates, k=2)):
         row = rows[i]
@@ -2109,15 +3534,19 @@ def _wikitext_splits(w: World, seed: int, manifest: dict[str, Any]) -> dict[str,
     plans = []
     for etype, entity in entities:
         art = _build_article(w, etype, entity, rng)
-        plans.append(_Plan(art.title, etype, [(lvl, h, [_paragraph_text(p) for p in ps]) for lvl, h, ps in art.sections]))
+        plans.append(
+            _Plan(art.title, etype, [(lvl, h, [_paragraph_text(p) for p in ps]) for lvl, h, ps in art.sections])
+        )
     split_plans = _split_articles(plans)
     pii_log: list[dict[str, str]] = []
     neg_log: list[dict[str, str]] = []
     for split, sp in split_plans.items():
         _plant(w, split, sp, seed, pii_log, neg_log)
     dup_log = _add_duplicates(split_plans["train"], seed)
-    out = {split: [row for plan in sp for row in _article_rows(plan.title, plan.sections)]
-           for split, sp in split_plans.items()}
+    out = {
+        split: [row for plan in sp for row in _article_rows(plan.title, plan.sections)]
+        for split, sp in split_plans.items()
+    }
     manifest["pii"] = pii_log
     manifest["hard_negatives"] = neg_log
     manifest["duplicates"] = dup_log
@@ -2133,25 +3562,48 @@ def _wikitext_splits(w: World, seed: int, manifest: dict[str, Any]) -> dict[str,
 # Questions per (entity type, answer field). A question may name only fields its context sentence
 # contains, plus the entity's own name fields, so every question is answerable from its context.
 QUESTIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("town", "year"): ("When was {town} founded?", "In what year was {town} founded?", "In which year did {founder} found {town}?"),
-    ("town", "founder"): ("Who founded {town}?", "Who established the settlement at {town}?", "Which {founder_role} founded {town}?"),
+    ("town", "year"): (
+        "When was {town} founded?",
+        "In what year was {town} founded?",
+        "In which year did {founder} found {town}?",
+    ),
+    ("town", "founder"): (
+        "Who founded {town}?",
+        "Who established the settlement at {town}?",
+        "Which {founder_role} founded {town}?",
+    ),
     ("town", "island"): ("On which island is {town}?", "Where is {town} located?", "{town} lies on which island?"),
-    ("town", "pop"): ("How many people lived in {town} at the {census} census?", "What was the population of {town} in {census}?"),
+    ("town", "pop"): (
+        "How many people lived in {town} at the {census} census?",
+        "What was the population of {town} in {census}?",
+    ),
     ("town", "river"): ("Which river flows through {town}?", "On what river does {town} lie?"),
     ("town", "good"): ("What has the economy of {town} depended on?", "What did ships from {town} carry to {partner}?"),
-    ("town", "partner_good"): ("What did ships from {town} bring back from {partner}?", "What did {partner} send to {town}?"),
+    ("town", "partner_good"): (
+        "What did ships from {town} bring back from {partner}?",
+        "What did {partner} send to {town}?",
+    ),
     ("town", "partner"): ("Which town traded {partner_good} with {town}?",),
     ("town", "guild"): ("Which guild has its seat in {town}?", "What guild is based in {town}?"),
-    ("town", "festival_month"): ("In which month is the {festival} held?", "When does {town} celebrate the {festival}?"),
+    ("town", "festival_month"): (
+        "In which month is the {festival} held?",
+        "When does {town} celebrate the {festival}?",
+    ),
     ("town", "nickname"): ("What is {town} known as locally?", "What do islanders call {town}?"),
-    ("town", "landmark_year"): ("When was the {landmark} in {town} completed?", "In what year was the {landmark} built?"),
+    ("town", "landmark_year"): (
+        "When was the {landmark} in {town} completed?",
+        "In what year was the {landmark} built?",
+    ),
     ("town", "charter_year"): ("When did {town} receive its charter?", "In what year was {town} granted a charter?"),
     ("town", "quay_year"): ("When was the stone quay at {town} built?",),
     ("town", "twin"): ("Which town is {town} twinned with?",),
     ("town", "paper_year"): ("Since when has the {newspaper} been published?",),
     ("town", "school_year"): ("When was the {school} founded?",),
     ("town", "fleet"): ("How many boats were in the fishing fleet of {town} in {fleet_year}?",),
-    ("town", "settlers"): ("How many families did {founder} bring to {town}?", "How many families came with {founder}?"),
+    ("town", "settlers"): (
+        "How many families did {founder} bring to {town}?",
+        "How many families came with {founder}?",
+    ),
     ("town", "notable"): ("Which {notable_role} was born in {town} in {notable_born}?",),
     ("town", "market_day"): ("On which day is the weekly market held in {town}?",),
     ("town", "peak_m"): ("How high is {peak}?", "What is the height of {peak}?"),
@@ -2192,7 +3644,10 @@ QUESTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("guild", "apprentice_years"): ("How long does an apprenticeship in the {guild} last?",),
     ("guild", "hall_year"): ("When was the hall of the {guild} built?",),
     ("guild", "motto_meaning"): ("What does the motto of the {guild} mean?",),
-    ("guild", "email"): ("What is the guild's contact address?", "What e-mail address does the {guild} give for enquiries?"),
+    ("guild", "email"): (
+        "What is the guild's contact address?",
+        "What e-mail address does the {guild} give for enquiries?",
+    ),
     ("guild", "phone"): ("What telephone number is listed for the {guild}?",),
     ("river", "length"): ("How long is the {river}?", "How many kilometres long is the {river}?"),
     ("river", "source"): ("Where does the {river} rise?", "Where is the source of the {river}?"),
@@ -2215,20 +3670,47 @@ QUESTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("event", "town"): ("Where did the {event} take place?",),
     ("event", "leader"): ("Who led the attack in the {event}?", "Who commanded in the {event}?"),
     ("event", "days"): ("How many days did the {event} last?",),
-    ("event", "count"): ("How many ships took part in the {event}?", "How many houses did the {event} destroy?",
-                         "How many ships did the {event} sink?", "How many people took part in the {event}?"),
+    ("event", "count"): (
+        "How many ships took part in the {event}?",
+        "How many houses did the {event} destroy?",
+        "How many ships did the {event} sink?",
+        "How many people took part in the {event}?",
+    ),
     ("event", "good"): ("What was the {event} about?", "Which trade was at stake in the {event}?"),
 }
 # Questions whose wording fits only some entities: the index of the one wording to use, or no question.
 _EVENT_COUNT_QUESTION = {"siege": 0, "battle": 0, "fire": 1, "storm": 2, "riots": 3}
 _EVENT_LEADER_KINDS = ("siege", "battle")
 _EVENT_GOOD_KINDS = ("siege", "treaty", "battle", "riots")
-_ENTITY_FIELDS = {"town": {"town"}, "person": {"name", "given", "family"}, "ship": {"ship"}, "guild": {"guild"},
-                  "river": {"river"}, "island": {"island"}, "festival": {"festival"}, "event": {"event"}}
+_ENTITY_FIELDS = {
+    "town": {"town"},
+    "person": {"name", "given", "family"},
+    "ship": {"ship"},
+    "guild": {"guild"},
+    "river": {"river"},
+    "island": {"island"},
+    "festival": {"festival"},
+    "event": {"event"},
+}
 _PERSON_VALUED = {"founder", "captain", "builder", "guild_founder", "master", "leader", "notable", "father"}
 _PREFIXES = ("in ", "on ", "at ", "by ", "from ", "the ")
-_SUFFIXES = (" people", " inhabitants", " members", " metres", " kilometres", " tons", " ships", " houses",
-             " days", " visitors", " families", " years", " boats", " square kilometres", " voyages")
+_SUFFIXES = (
+    " people",
+    " inhabitants",
+    " members",
+    " metres",
+    " kilometres",
+    " tons",
+    " ships",
+    " houses",
+    " days",
+    " visitors",
+    " families",
+    " years",
+    " boats",
+    " square kilometres",
+    " voyages",
+)
 _CONTACT_TEMPLATE = "Enquiries can be sent to the guild secretary at {email} or by telephone on {phone}."
 
 
@@ -2240,13 +3722,19 @@ class _QA:
     answer: str
 
 
-def _questions_for(etype: str, entity: Any, fname: str, sentence_fields: Iterable[str], slots: Mapping[str, str]) -> list[str]:
+def _questions_for(
+    etype: str, entity: Any, fname: str, sentence_fields: Iterable[str], slots: Mapping[str, str]
+) -> list[str]:
     """Question wordings for one answer field that the context sentence supports."""
     allowed = set(sentence_fields) | _ENTITY_FIELDS[etype]
     qs = [q for q in QUESTIONS[(etype, fname)] if _fields(q) <= allowed and fname not in _fields(q)]
     if etype == "event":
         if fname == "count":
-            return [QUESTIONS[(etype, fname)][_EVENT_COUNT_QUESTION[entity.kind]]] if entity.kind in _EVENT_COUNT_QUESTION else []
+            return (
+                [QUESTIONS[(etype, fname)][_EVENT_COUNT_QUESTION[entity.kind]]]
+                if entity.kind in _EVENT_COUNT_QUESTION
+                else []
+            )
         if fname == "leader" and entity.kind not in _EVENT_LEADER_KINDS:
             return []
         if fname == "good" and entity.kind not in _EVENT_GOOD_KINDS:
@@ -2273,7 +3761,7 @@ def _squad_contexts(w: World, etype: str, entity: Any, rng: random.Random, pii: 
     i = 0
     while i < len(sentences):
         k = rng.randint(2, 5)
-        chunk = sentences[i:i + k]
+        chunk = sentences[i : i + k]
         i += k
         if len(chunk) < 2:
             break
@@ -2289,7 +3777,7 @@ def _squad_contexts(w: World, etype: str, entity: Any, rng: random.Random, pii: 
             for fname, (a, b) in s.spans.items():
                 if (etype, fname) not in QUESTIONS or fname in by_field:
                     continue
-                answer = context[off + a:off + b]
+                answer = context[off + a : off + b]
                 if len(answer.split()) > 4:
                     continue
                 qs = _questions_for(etype, entity, fname, s.spans, art.slots)
@@ -2311,11 +3799,11 @@ def _reference_answers(rng: random.Random, context: str, qa: _QA) -> tuple[list[
     start, end = qa.start, qa.start + len(qa.answer)
     variants: list[tuple[str, int]] = []
     for p in _PREFIXES:
-        if start >= len(p) and context[start - len(p):start].lower() == p:
-            variants.append((context[start - len(p):end], start - len(p)))
+        if start >= len(p) and context[start - len(p) : start].lower() == p:
+            variants.append((context[start - len(p) : end], start - len(p)))
     for x in _SUFFIXES:
-        if context[end:end + len(x)] == x:
-            variants.append((context[start:end + len(x)], start))
+        if context[end : end + len(x)] == x:
+            variants.append((context[start : end + len(x)], start))
     if qa.field in _PERSON_VALUED and " " in qa.answer:
         cut = qa.answer.index(" ") + 1
         variants.append((qa.answer[cut:], start + cut))
@@ -2331,8 +3819,9 @@ def _reference_answers(rng: random.Random, context: str, qa: _QA) -> tuple[list[
     return texts, starts
 
 
-def _squad_rows(w: World, seed: int, manifest: dict[str, Any],
-                contexts: list[tuple[str, str, str, list[_QA]]] | None = None) -> dict[str, list[dict[str, Any]]]:
+def _squad_rows(
+    w: World, seed: int, manifest: dict[str, Any], contexts: list[tuple[str, str, str, list[_QA]]] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """SQuAD rows per split; ``contexts`` (if given) receives every (split, title, context, questions) used."""
     rng = random.Random(f"{seed}:squad")
     entities = [e for e in _all_entities(w) if e[0] != "island"]
@@ -2362,8 +3851,13 @@ def _squad_rows(w: World, seed: int, manifest: dict[str, Any],
                     texts, starts = [qa.answer], [qa.start]
                 else:
                     texts, starts = _reference_answers(rng, context, qa)
-                row = {"id": _squad_id(seed, split, title, ci, qi, qa.question), "title": title, "context": context,
-                       "question": qa.question, "answers": {"text": texts, "answer_start": starts}}
+                row = {
+                    "id": _squad_id(seed, split, title, ci, qi, qa.question),
+                    "title": title,
+                    "context": context,
+                    "question": qa.question,
+                    "answers": {"text": texts, "answer_start": starts},
+                }
                 rows[split].append(row)
                 if qa.field in ("email", "phone"):
                     pii_answers.append({"split": split, "id": row["id"], "kind": qa.field, "value": qa.answer})
@@ -2372,7 +3866,9 @@ def _squad_rows(w: World, seed: int, manifest: dict[str, Any],
     return rows
 
 
-def _original_layouts(rows: list[dict[str, Any]], same_kind: Mapping[str, list[str]], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _original_layouts(
+    rows: list[dict[str, Any]], same_kind: Mapping[str, list[str]], seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """~30 questions in the original SQuAD v1.1 and v2.0 JSON layouts, taken from the validation rows.
 
     ``same_kind`` maps an entity name to the names of entities of the same kind: an unanswerable v2
@@ -2391,9 +3887,15 @@ def _original_layouts(rows: list[dict[str, Any]], same_kind: Mapping[str, list[s
         paras = data_v1[-1]["paragraphs"]
         if not paras or paras[-1]["context"] != r["context"]:
             paras.append({"context": r["context"], "qas": []})
-        paras[-1]["qas"].append({
-            "answers": [{"answer_start": s, "text": t} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])],
-            "question": r["question"], "id": r["id"]})
+        paras[-1]["qas"].append(
+            {
+                "answers": [
+                    {"answer_start": s, "text": t} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])
+                ],
+                "question": r["question"],
+                "id": r["id"],
+            }
+        )
     v1 = {"data": data_v1, "version": "1.1"}
 
     data_v2 = json.loads(json.dumps(data_v1))
@@ -2406,10 +3908,15 @@ def _original_layouts(rows: list[dict[str, Any]], same_kind: Mapping[str, list[s
                 new_qas.append(qa)
                 decoys = [d for d in same_kind.get(entity, []) if d not in para["context"]]
                 if entity in qa["question"] and decoys and rng.random() < 0.6:
-                    new_qas.append({
-                        "plausible_answers": [dict(qa["answers"][0])],
-                        "question": qa["question"].replace(entity, rng.choice(decoys)),
-                        "id": _squad_id(seed, "v2", qa["id"]), "answers": [], "is_impossible": True})
+                    new_qas.append(
+                        {
+                            "plausible_answers": [dict(qa["answers"][0])],
+                            "question": qa["question"].replace(entity, rng.choice(decoys)),
+                            "id": _squad_id(seed, "v2", qa["id"]),
+                            "answers": [],
+                            "is_impossible": True,
+                        }
+                    )
             para["qas"] = new_qas
     v2 = {"version": "v2.0", "data": data_v2}
     return v1, v2
@@ -2420,11 +3927,42 @@ def _template_vocabulary() -> frozenset[str]:
     """Every word of the domain's own templates and word lists: an invented name must not be one of them."""
     # Listed explicitly rather than read from globals(): those differ between `import` and `python -m`.
     sources: list[Any] = [
-        _GOODS, _CRAFTS, _SHORES, _HARBOURS, _MONTHS, _DAYS, _ISLAND_DESCS, _NICKNAMES, _LANDMARKS,
-        _FOUNDER_ROLES, _PARENT_JOBS, _SHIP_ADJ, _SHIP_NOUN, _SHIP_KINDS, _MASTS, _TIMBERS, _BOOK_PATTERNS,
-        _POEM_PATTERNS, _MOTTO_MEANINGS, _FESTIVAL_CUSTOMS, _FESTIVAL_CUSTOMS2, TOWN_SECTIONS, PERSON_SECTIONS,
-        SHIP_SECTIONS, GUILD_SECTIONS, RIVER_SECTIONS, ISLAND_SECTIONS, FESTIVAL_SECTIONS, EVENT_SECTIONS,
-        COLOR, _THEMES, _SUBHEADINGS, QUESTIONS, _PII_TEMPLATES, _HARD_NEGATIVE_TEMPLATES, _CONTACT_TEMPLATE,
+        _GOODS,
+        _CRAFTS,
+        _SHORES,
+        _HARBOURS,
+        _MONTHS,
+        _DAYS,
+        _ISLAND_DESCS,
+        _NICKNAMES,
+        _LANDMARKS,
+        _FOUNDER_ROLES,
+        _PARENT_JOBS,
+        _SHIP_ADJ,
+        _SHIP_NOUN,
+        _SHIP_KINDS,
+        _MASTS,
+        _TIMBERS,
+        _BOOK_PATTERNS,
+        _POEM_PATTERNS,
+        _MOTTO_MEANINGS,
+        _FESTIVAL_CUSTOMS,
+        _FESTIVAL_CUSTOMS2,
+        TOWN_SECTIONS,
+        PERSON_SECTIONS,
+        SHIP_SECTIONS,
+        GUILD_SECTIONS,
+        RIVER_SECTIONS,
+        ISLAND_SECTIONS,
+        FESTIVAL_SECTIONS,
+        EVENT_SECTIONS,
+        COLOR,
+        _THEMES,
+        _SUBHEADINGS,
+        QUESTIONS,
+        _PII_TEMPLATES,
+        _HARD_NEGATIVE_TEMPLATES,
+        _CONTACT_TEMPLATE,
     ]
     texts: list[str] = []
     while sources:
@@ -2444,23 +3982,81 @@ def _template_vocabulary() -> frozenset[str]:
 
 # How a fact summary names each answer field: "Quiet Star: kind carrack; launched 1656; master Aelo Lonlithell."
 FACT_LABELS: dict[str, str] = {
-    "count": "number", "days": "days", "event_year": "year", "good": "trade", "leader": "led by", "town": "town",
-    "festival_month": "month", "first_year": "first held", "visitors": "visitors", "apprentice_years": "apprenticeship years",
-    "email": "e-mail", "guild_founder": "founder", "guild_good": "trade", "guild_year": "founded", "hall_year": "hall built",
-    "master": "master", "members": "members", "motto_meaning": "motto means", "phone": "telephone", "seat": "seat",
-    "term": "term", "area": "area", "capital": "capital", "island_pop": "population", "peak": "highest peak",
-    "peak_m": "peak height", "settled": "settled", "age_sea": "went to sea at", "born": "born", "death_place": "died at",
-    "deed_ship": "ship", "deed_town": "founded", "deed_year": "deed year", "died": "died", "father": "father",
-    "home": "home", "parent_job": "father's trade", "settlers": "settler families", "ship_launched": "launched",
-    "ship_yard": "yard", "survey_years": "survey years", "voyages": "voyages", "work_year": "work year",
-    "bridge_year": "bridged", "island": "island", "length": "length", "mouth": "mouth", "navigable": "navigable for",
-    "source": "source", "trib1": "tributary", "builder": "builder", "captain": "master", "crew": "crew",
-    "ship_kind": "kind", "ship_partner": "trading partner", "ship_timber": "timber", "ship_tons": "tonnage",
-    "charter_year": "charter", "dist_km": "distance from the capital", "fleet": "fishing fleet", "founder": "founder",
-    "guild": "guild", "landmark_year": "landmark built", "market_day": "market day", "nickname": "known as",
-    "notable": "notable native", "paper_year": "newspaper since", "partner": "trading partner",
-    "partner_good": "imports", "pop": "population", "quay_year": "quay built", "river": "river",
-    "school_year": "school founded", "twin": "twinned with", "year": "founded",
+    "count": "number",
+    "days": "days",
+    "event_year": "year",
+    "good": "trade",
+    "leader": "led by",
+    "town": "town",
+    "festival_month": "month",
+    "first_year": "first held",
+    "visitors": "visitors",
+    "apprentice_years": "apprenticeship years",
+    "email": "e-mail",
+    "guild_founder": "founder",
+    "guild_good": "trade",
+    "guild_year": "founded",
+    "hall_year": "hall built",
+    "master": "master",
+    "members": "members",
+    "motto_meaning": "motto means",
+    "phone": "telephone",
+    "seat": "seat",
+    "term": "term",
+    "area": "area",
+    "capital": "capital",
+    "island_pop": "population",
+    "peak": "highest peak",
+    "peak_m": "peak height",
+    "settled": "settled",
+    "age_sea": "went to sea at",
+    "born": "born",
+    "death_place": "died at",
+    "deed_ship": "ship",
+    "deed_town": "founded",
+    "deed_year": "deed year",
+    "died": "died",
+    "father": "father",
+    "home": "home",
+    "parent_job": "father's trade",
+    "settlers": "settler families",
+    "ship_launched": "launched",
+    "ship_yard": "yard",
+    "survey_years": "survey years",
+    "voyages": "voyages",
+    "work_year": "work year",
+    "bridge_year": "bridged",
+    "island": "island",
+    "length": "length",
+    "mouth": "mouth",
+    "navigable": "navigable for",
+    "source": "source",
+    "trib1": "tributary",
+    "builder": "builder",
+    "captain": "master",
+    "crew": "crew",
+    "ship_kind": "kind",
+    "ship_partner": "trading partner",
+    "ship_timber": "timber",
+    "ship_tons": "tonnage",
+    "charter_year": "charter",
+    "dist_km": "distance from the capital",
+    "fleet": "fishing fleet",
+    "founder": "founder",
+    "guild": "guild",
+    "landmark_year": "landmark built",
+    "market_day": "market day",
+    "nickname": "known as",
+    "notable": "notable native",
+    "paper_year": "newspaper since",
+    "partner": "trading partner",
+    "partner_good": "imports",
+    "pop": "population",
+    "quay_year": "quay built",
+    "river": "river",
+    "school_year": "school founded",
+    "twin": "twinned with",
+    "year": "founded",
 }
 _SUMMARY_INSTRUCTIONS = (
     "Summarize the key facts this passage gives about {subject}.",
@@ -2468,8 +4064,10 @@ _SUMMARY_INSTRUCTIONS = (
     "Write a one-line fact summary of the passage on {subject}.",
 )
 _CHAT_SYSTEM = "You are the archive assistant of the {arch}. Answer in a few words."
-_CHAT_OPENINGS = ("Here is an archive note on {subject}:\n{context}\n\n{question}",
-                  "I am reading this about {subject}.\n\n{context}\n\n{question}")
+_CHAT_OPENINGS = (
+    "Here is an archive note on {subject}:\n{context}\n\n{question}",
+    "I am reading this about {subject}.\n\n{context}\n\n{question}",
+)
 
 
 def fact_summary(subject: str, qas: Sequence[_QA]) -> str:
@@ -2477,8 +4075,9 @@ def fact_summary(subject: str, qas: Sequence[_QA]) -> str:
     return f"{subject}: " + "; ".join(f"{FACT_LABELS[qa.field]} {qa.answer}" for qa in qas) + "."
 
 
-def _task_sets(contexts: Sequence[tuple[str, str, str, Sequence[_QA]]], arch: str, seed: int
-               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+def _task_sets(
+    contexts: Sequence[tuple[str, str, str, Sequence[_QA]]], arch: str, seed: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
     """A summarization set (alpaca rows) and a chat set (messages rows) over the SQuAD contexts, split as SQuAD is.
 
     Each set's train split repeats a few rows (same id), and the chat set one conversation under a
@@ -2492,16 +4091,24 @@ def _task_sets(contexts: Sequence[tuple[str, str, str, Sequence[_QA]]], arch: st
         if len(qas) < 2:
             continue
         ordered = sorted(qas, key=lambda q: q.start)
-        summaries[split].append({
-            "id": _squad_id(seed, "summary", split, title, context),
-            "instruction": rng.choice(_SUMMARY_INSTRUCTIONS).format(subject=subject),
-            "input": context, "output": fact_summary(subject, ordered)})
+        summaries[split].append(
+            {
+                "id": _squad_id(seed, "summary", split, title, context),
+                "instruction": rng.choice(_SUMMARY_INSTRUCTIONS).format(subject=subject),
+                "input": context,
+                "output": fact_summary(subject, ordered),
+            }
+        )
         turns: list[dict[str, str]] = []
         if rng.random() < 0.5:
             turns.append({"role": "system", "content": _CHAT_SYSTEM.format(arch=arch)})
         asked = rng.sample(list(qas), k=min(len(qas), rng.randint(2, 3)))
         for i, qa in enumerate(asked):
-            user = rng.choice(_CHAT_OPENINGS).format(subject=subject, context=context, question=qa.question) if i == 0 else qa.question
+            user = (
+                rng.choice(_CHAT_OPENINGS).format(subject=subject, context=context, question=qa.question)
+                if i == 0
+                else qa.question
+            )
             turns += [{"role": "user", "content": user}, {"role": "assistant", "content": qa.answer}]
         chats[split].append({"id": _squad_id(seed, "chat", split, title, context), "messages": turns})
     for rows in (summaries["train"], chats["train"]):
@@ -2579,7 +4186,8 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     manifest["counts"] = {
         "wikitext_rows": {s: len(r) for s, r in wiki.items()},
         "wikitext_chars": {s: sum(len(t) for t in r) for s, r in wiki.items()},
-        "generic_rows": len(generic), "generic_chars": sum(len(r["text"]) for r in generic),
+        "generic_rows": len(generic),
+        "generic_chars": sum(len(r["text"]) for r in generic),
         "squad_rows": {s: len(r) for s, r in squad.items()},
         "summary_rows": {s: len(r) for s, r in summaries.items()},
         "chat_rows": {s: len(r) for s, r in chats.items()},
@@ -2600,8 +4208,12 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     """``python data/sample/make_sample_data.py [--out FOLDER]``: regenerate the sample data (beside this file by default)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="folder to write into (default: the repository's data/sample)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="folder to write into (default: the repository's data/sample)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="world seed; the committed files use 0")
     args = parser.parse_args(argv)
     paths = write_sample_data(args.out, seed=args.seed)
