@@ -278,17 +278,21 @@ def test_weight_bytes_add_up_to_footprint(float_model, full_4bit):
     assert parts["adapters"] == 0 and min(parts[p] for p in ("embeddings", "lm_head", "other")) > 0
 
 
+def _layer1_nf4_experts(float_model):
+    """Layer 1's experts, their NF4 copy, and 32 routed tokens (hidden states, expert index, weights)."""
+    source = float_model.model.layers[1].mlp.experts
+    hidden = torch.randn(32, HIDDEN, generator=torch.Generator().manual_seed(3))
+    index = torch.randint(0, EXPERTS, (32, 2), generator=torch.Generator().manual_seed(4))
+    return source, NF4Experts.from_experts(source), (hidden, index, torch.full((32, 2), 0.5))
+
+
 def test_device_moves_and_state_dict_keep_outputs(float_model, full_4bit, ids):
     with torch.no_grad():
         before = full_4bit(ids).logits
         full_4bit.to(torch.device("cpu"))
         assert torch.equal(full_4bit(ids).logits, before)
 
-    source = float_model.model.layers[1].mlp.experts
-    nf4 = NF4Experts.from_experts(source)
-    hidden = torch.randn(32, HIDDEN, generator=torch.Generator().manual_seed(3))
-    index = torch.randint(0, EXPERTS, (32, 2), generator=torch.Generator().manual_seed(4))
-    weights = torch.full((32, 2), 0.5)
+    source, nf4, (hidden, index, weights) = _layer1_nf4_experts(float_model)
     with torch.no_grad():
         expected = nf4(hidden, index, weights)
         # A dtype cast of the module must not touch the quantization statistics.
@@ -323,11 +327,7 @@ def test_narrow_experts_dequantize_correctly():
 @pytest.mark.gpu
 def test_nf4_experts_on_cuda_match_cpu(float_model):
     """The same NF4 experts, moved to the GPU, give what they give on the CPU (bitsandbytes' CUDA kernels)."""
-    source = float_model.model.layers[1].mlp.experts
-    nf4 = NF4Experts.from_experts(source)
-    hidden = torch.randn(32, HIDDEN, generator=torch.Generator().manual_seed(3))
-    index = torch.randint(0, EXPERTS, (32, 2), generator=torch.Generator().manual_seed(4))
-    weights = torch.full((32, 2), 0.5)
+    _, nf4, (hidden, index, weights) = _layer1_nf4_experts(float_model)
     with torch.no_grad():
         expected = nf4(hidden, index, weights)
         on_gpu = nf4.to("cuda")(hidden.cuda(), index.cuda(), weights.cuda()).cpu()
