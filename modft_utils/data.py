@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,21 +17,9 @@ from typing import Any
 from . import readers, squad, tasks
 from .clean import CleanConfig, StepReport, clean_corpus, clean_wikitext, dedup_key, report_table  # noqa: F401
 from .config import CorpusSpec, Profile
+from .errors import DataError
 from .pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans  # noqa: F401  (public: modft_utils.data.scrub_pii)
-
-SFT_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
-# The user turn of a chat prompt: instruct models answer in sentences unless told what form to use.
-CHAT_USER_PROMPT = (
-    "Answer with the shortest span of the context that answers the question.\nContext: {context}\nQuestion: {question}"
-)
-# Closed-book questions (no context): what the model knows, e.g. from the domain corpus DAPT read.
-CLOSED_BOOK_PROMPT = "Question: {question}\nAnswer:"
-CHAT_CLOSED_BOOK_PROMPT = "Answer with a short phrase.\nQuestion: {question}"
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, split or row."""
-
+from .prompts import PromptFormat, chat_template, prompt_format
 
 # ---------------------------------------------------------------- loading
 
@@ -295,213 +282,7 @@ def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
     return out
 
 
-# ---------------------------------------------------------------- tokenizer coverage
-
-_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*", re.UNICODE)
-
-
-def tokenizer_coverage(
-    tokenizer, docs: list[str], *, threshold: float, top_n: int = 30, min_freq: int = 5
-) -> dict[str, Any]:
-    """How well the base tokenizer covers the domain, and whether to extend it.
-
-    Byte-level BPE never produces an unknown token; its failure mode is falling back to single
-    bytes, so "byte-fallback" counts pieces that are one byte symbol for a non-ASCII character.
-    """
-    counts = word_counts(docs)
-    if not counts:
-        raise DataError("tokenizer coverage: the corpus has no words")
-    words = list(counts)
-    pieces = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
-    n_pieces = {w: len(p) for w, p in zip(words, pieces)}
-    total_words = sum(counts.values())
-    total_pieces = sum(n_pieces[w] * c for w, c in counts.items())
-    fallback_ids = _byte_fallback_ids(tokenizer)
-    fallback = sum(c * sum(1 for t in p if t in fallback_ids) for (w, c), p in zip(counts.items(), pieces))
-    split4 = sum(c for w, c in counts.items() if n_pieces[w] >= 4)
-    frequent = [w for w, c in counts.items() if c >= min_freq]
-    fragmented = sorted(frequent, key=lambda w: (-n_pieces[w], -counts[w], w))[:top_n]
-    tpw = total_pieces / total_words
-    return {
-        "words": total_words,
-        "unique_words": len(words),
-        "tokens_per_word": tpw,
-        "byte_fallback_share": fallback / total_pieces,
-        "split_4plus_share": split4 / total_words,
-        "most_fragmented": [{"word": w, "pieces": n_pieces[w], "count": counts[w]} for w in fragmented],
-        "threshold": threshold,
-        "extend": tpw > threshold,
-    }
-
-
-def word_counts(docs: list[str]) -> Counter:
-    """How often each word (letters, with inner apostrophes or hyphens) occurs in ``docs``."""
-    return Counter(w for d in docs for w in _WORD.findall(d))
-
-
-@dataclass
-class TokenizerDecision:
-    """Coverage before (and after) extension, the extension itself, and the base/tokenizer to use."""
-
-    coverage: dict[str, Any]
-    coverage_extended: dict[str, Any] | None
-    extension: Any  # vocab.VocabExtension | None
-    base: Any  # modeling.BaseRef, extended when the decision says so
-    tokenizer: Any
-
-    def metrics(self) -> dict[str, Any]:
-        c, e = self.coverage, self.coverage_extended
-        return {
-            "data.tokens_per_word": c["tokens_per_word"],
-            "data.tokenizer.byte_fallback_share": c["byte_fallback_share"],
-            "data.tokenizer.split_4plus_share": c["split_4plus_share"],
-            "data.tokenizer.extend": c["extend"],
-            "data.tokenizer.added_tokens": len(self.extension.words) if self.extension else 0,
-            "data.tokenizer.tokens_per_word_extended": e["tokens_per_word"] if e else c["tokens_per_word"],
-            "data.tokenizer.split_4plus_share_extended": e["split_4plus_share"] if e else c["split_4plus_share"],
-        }
-
-
-def decide_tokenizer(profile: Profile, base, docs: list[str], run_dir: str | Path) -> TokenizerDecision:
-    """Measure coverage, extend the tokenizer if the threshold says so, and record it for the run.
-
-    The extension (or its absence, removing a stale one) is saved in the run folder, where
-    ``modeling.ensure_base(profile, run_dir)`` finds it for every later notebook.
-    """
-    from . import modeling, vocab
-
-    spec = profile.data
-    base = base.extended(None)
-    tokenizer = modeling.load_tokenizer(base)
-    coverage = tokenizer_coverage(tokenizer, docs, threshold=spec.tokenizer_extend_threshold)
-    extension = None
-    if coverage["extend"] and spec.tokenizer_max_new_tokens:
-        extension = vocab.choose_words(
-            tokenizer,
-            word_counts(docs),
-            max_words=spec.tokenizer_max_new_tokens,
-            min_count=spec.tokenizer_min_word_count,
-            min_pieces=spec.tokenizer_min_pieces,
-        )
-        extension = extension if extension.words else None
-    vocab.save_decision(run_dir, extension)
-    if extension is None:
-        return TokenizerDecision(coverage, None, None, base, tokenizer)
-    base = base.extended(extension)
-    tokenizer = modeling.load_tokenizer(base)
-    after = tokenizer_coverage(tokenizer, docs, threshold=spec.tokenizer_extend_threshold)
-    return TokenizerDecision(coverage, after, extension, base, tokenizer)
-
-
-def _byte_symbols() -> dict[int, str]:
-    """GPT-2's byte -> printable-symbol table, which every byte-level BPE (MiniMax-M2's too) uses."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("\u00a1"), ord("\u00ac") + 1),
-        *range(ord("\u00ae"), ord("\u00ff") + 1),
-    ]
-    symbols = dict(zip(printable, map(chr, printable)))
-    extra = (b for b in range(256) if b not in symbols)
-    symbols.update((b, chr(256 + i)) for i, b in enumerate(extra))
-    return symbols
-
-
-def _byte_fallback_ids(tokenizer) -> set[int]:
-    # In byte-level BPE the 256 single-symbol tokens are the raw bytes; bytes >= 0x80 on their own
-    # are pieces of a character the vocabulary could not merge.
-    high = {ch for b, ch in _byte_symbols().items() if b >= 0x80}
-    vocab = tokenizer.get_vocab()
-    return {i for tok, i in vocab.items() if len(tok) == 1 and tok in high}
-
-
 # ---------------------------------------------------------------- SFT
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """How a question becomes a prompt, and how its answer follows (``sft.prompt_style``).
-
-    ``plain`` writes ``Context: ... Question: ... Answer:`` and the answer follows after a space;
-    ``chat`` renders the same as a user turn with the base's own chat template (with the generation
-    prompt), and the answer is the assistant's turn, closed by the end-of-turn token. Both end an
-    answer with the tokenizer's EOS, which is what generation stops on.
-    """
-
-    style: str = "plain"
-    system_prompt: str | None = None
-    chat_template: str | None = None
-
-    @property
-    def answer_prefix(self) -> str:
-        return " " if self.style == "plain" else ""
-
-    def prompt(self, tokenizer, context: str | None, question: str) -> str:
-        """The prompt for ``question``; with ``context`` None, the closed-book form (no context)."""
-        if self.style == "plain":
-            if context is None:
-                return CLOSED_BOOK_PROMPT.format(question=question)
-            return SFT_PROMPT.format(context=context, question=question)
-        user = (
-            CHAT_CLOSED_BOOK_PROMPT.format(question=question)
-            if context is None
-            else CHAT_USER_PROMPT.format(context=context, question=question)
-        )
-        messages = [{"role": "user", "content": user}]
-        if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        )
-
-
-def prompt_format(profile: Profile, tokenizer) -> PromptFormat:
-    """The profile's prompt format, checked against the tokenizer before any data is tokenized.
-
-    ``chat`` needs a chat template whose assistant turn ends with the tokenizer's EOS token (what
-    training teaches the model to emit and generation stops on); a base without one is refused here,
-    naming the key and the base, before anything is trained.
-    """
-    spec = profile.sft
-    if spec.prompt_style == "plain":
-        return PromptFormat("plain")
-    template = chat_template(profile) or getattr(tokenizer, "chat_template", None)
-    where = "sft.chat_template" if spec.chat_template else (getattr(tokenizer, "name_or_path", "") or profile.model.id)
-    if not template:
-        raise DataError(
-            f"sft.prompt_style is 'chat' but the base's tokenizer ({where}) has no chat template and the profile "
-            "gives none. Set sft.chat_template (Jinja text or a .jinja file), use a base that ships one (an instruct "
-            "model's tokenizer_config.json or chat_template.jinja), or, for SQuAD and prompt_response sets, "
-            "sft.prompt_style: plain."
-        )
-    fmt = PromptFormat("chat", spec.system_prompt, template)
-    probe = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ANSWER"}],
-        chat_template=template,
-        tokenize=False,
-    )
-    if tokenizer.eos_token is None or f"ANSWER{tokenizer.eos_token}" not in probe:
-        raise DataError(
-            f"sft.prompt_style 'chat': the chat template of {where} does not end an assistant turn with the EOS "
-            f"token {tokenizer.eos_token!r}, so generation could not tell where an answer ends. Use "
-            "sft.prompt_style: plain for this base."
-        )
-    return fmt
-
-
-def chat_template(profile: Profile) -> str | None:
-    """``sft.chat_template`` as Jinja text: written in the profile, or read from the .jinja file it names."""
-    value = profile.sft.chat_template
-    if value is None or "{" in value:
-        return value
-    path = profile.resolve(value)
-    if not path.is_file():
-        raise DataError(f"sft.chat_template: {path} is neither a Jinja template nor a file")
-    return path.read_text(encoding="utf-8")
-
-
-def format_prompt(context: str, question: str) -> str:
-    """The plain prompt (``sft.prompt_style: plain``)."""
-    return SFT_PROMPT.format(context=context, question=question)
 
 
 @dataclass
@@ -601,9 +382,13 @@ def scrub_example(ex: squad.QAExample) -> tuple[squad.QAExample | None, int, boo
 
 
 def tokenize_example(
-    ex: squad.QAExample, tokenizer, max_tokens: int, fmt: PromptFormat = PromptFormat()
+    ex: squad.QAExample, tokenizer, max_tokens: int, fmt: PromptFormat | None = None
 ) -> tuple[dict[str, Any], bool]:
-    """Prompt + first answer + EOS, loss on the answer only; cut the context around the answer if too long."""
+    """Prompt + first answer + EOS, loss on the answer only; cut the context around the answer if too long.
+
+    ``fmt`` defaults to the plain prompt (``sft.prompt_style: plain``).
+    """
+    fmt = fmt or PromptFormat()
     context, cut = ex.context, False
     answer = ex.answers[0]
     answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

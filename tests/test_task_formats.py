@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from modft_utils import config, data, evaluate, tasks
+from modft_utils import config, data, evaluate, prompts, tasks
 from modft_utils.config import ProfileError
 
 TURNS = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -244,7 +244,7 @@ def test_crlf_and_a_json_list_read_like_json_lines(tmp_path):
 
 
 def test_loss_is_on_assistant_tokens_only(byte_tokenizer):
-    fmt = data.PromptFormat("chat", None, TURNS)
+    fmt = prompts.PromptFormat("chat", None, TURNS)
     conv = tasks.messages_conversation(CHATS[2], "messages", "x")
     row = tasks.tokenize_conversation(conv, byte_tokenizer, fmt, 1024)
     learned = [t for t, y in zip(row["input_ids"], row["labels"]) if y != -100]
@@ -259,17 +259,17 @@ def test_loss_is_on_assistant_tokens_only(byte_tokenizer):
 
 def test_plain_prompt_response_and_a_system_prompt(byte_tokenizer):
     conv = tasks.prompt_response_conversation(ALPACA[1], tasks.FieldMap(), "x")
-    row = tasks.tokenize_conversation(conv, byte_tokenizer, data.PromptFormat("plain"), 1024)
+    row = tasks.tokenize_conversation(conv, byte_tokenizer, prompts.PromptFormat("plain"), 1024)
     assert (
         byte_tokenizer.decode([t for t, y in zip(row["input_ids"], row["labels"]) if y != -100])
         == " Quiet Star sailed 1601.</s>"
     )
-    chat = tasks.prompt_text(conv, byte_tokenizer, data.PromptFormat("chat", "Be brief.", TURNS))
+    chat = tasks.prompt_text(conv, byte_tokenizer, prompts.PromptFormat("chat", "Be brief.", TURNS))
     assert chat.startswith("<|system|>Be brief.<|user|>Summarize note 1.")  # Jinja trims the newline after a tag
 
 
 def test_long_conversations_lose_their_earliest_exchanges_then_are_dropped(byte_tokenizer):
-    fmt = data.PromptFormat("chat", None, TURNS)
+    fmt = prompts.PromptFormat("chat", None, TURNS)
     conv = tasks.messages_conversation(CHATS[0], "messages", "x")
     full = len(tasks.tokenize_conversation(conv, byte_tokenizer, fmt, 1024)["input_ids"])
     short = tasks.tokenize_conversation(conv, byte_tokenizer, fmt, full - 1)
@@ -287,10 +287,10 @@ def test_a_base_without_a_chat_template_needs_one_from_the_profile(tmp_path, roo
     with pytest.raises(
         data.DataError, match=r"has no chat template and the profile gives none\. Set sft\.chat_template"
     ):
-        data.prompt_format(prof, byte_tokenizer)
+        prompts.prompt_format(prof, byte_tokenizer)
     (tmp_path / "turns.jinja").write_text(TURNS)
     prof = _profile(tmp_path, root, sft, extra={"sft.prompt_style": "chat", "sft.chat_template": "turns.jinja"})
-    assert data.prompt_format(prof, byte_tokenizer).chat_template == TURNS
+    assert prompts.prompt_format(prof, byte_tokenizer).chat_template == TURNS
     prof = _profile(tmp_path, root, sft, extra={"sft.prompt_style": "chat", "sft.chat_template": "missing.jinja"})
     with pytest.raises(
         data.DataError, match=r"sft\.chat_template: .*missing\.jinja is neither a Jinja template nor a file"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from modft_utils import adapters, config, data, evaluate, export, modeling, registry, vocab
+from modft_utils import adapters, config, coverage, evaluate, export, modeling, registry, vocab
 from modft_utils.stack import load_adapter
 
 DOCS = [
@@ -24,13 +24,13 @@ def tiny(root, test_outputs):
 def extension(tiny):
     prof, base = tiny
     tok = modeling.load_tokenizer(base)
-    return vocab.choose_words(tok, data.word_counts(DOCS), max_words=3, min_count=3, min_pieces=3)
+    return vocab.choose_words(tok, coverage.word_counts(DOCS), max_words=3, min_count=3, min_pieces=3)
 
 
 def test_words_are_chosen_by_tokens_saved(tiny, extension):
     _, base = tiny
     tok = modeling.load_tokenizer(base)
-    counts = data.word_counts(DOCS)
+    counts = coverage.word_counts(DOCS)
     saved = {w: (len(tok(" " + w, add_special_tokens=False)["input_ids"]) - 1) * c for w, c in counts.items() if c >= 3}
     assert len(extension.words) == 3
     assert [saved[w] for w in extension.words] == sorted((saved[w] for w in extension.words), reverse=True)
@@ -140,7 +140,7 @@ def test_decision_below_threshold_adds_nothing_and_removes_a_stale_extension(tin
     prof, base = tiny
     vocab.save_decision(tmp_path, extension)
     strict = prof.model_copy(update={"data": prof.data.model_copy(update={"tokenizer_extend_threshold": 50.0})})
-    decision = data.decide_tokenizer(strict, base, DOCS, tmp_path)
+    decision = coverage.decide_tokenizer(strict, base, DOCS, tmp_path)
     assert decision.extension is None and decision.coverage["extend"] is False
     assert vocab.load_decision(tmp_path) is None
     assert modeling.ensure_base(prof, tmp_path, progress=False).vocab_extension is None
@@ -156,7 +156,7 @@ def test_decision_above_threshold_is_found_by_later_loads(tiny, tmp_path):
             )
         }
     )
-    decision = data.decide_tokenizer(eager, base, DOCS, tmp_path)
+    decision = coverage.decide_tokenizer(eager, base, DOCS, tmp_path)
     assert len(decision.extension.words) == 2
     assert decision.coverage_extended["tokens_per_word"] < decision.coverage["tokens_per_word"]
     later = modeling.ensure_base(prof, tmp_path, progress=False)
