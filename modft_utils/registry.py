@@ -51,7 +51,7 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -61,6 +61,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from . import store_tables
 from .store_records import (  # noqa: F401 - re-exported: registry is where callers find them
     _ALIAS_RE,
     _NAME_RE,
@@ -308,7 +309,7 @@ class Registry:
         except ValueError as err:  # also JSONDecodeError and UnicodeDecodeError
             raise RegistryError(f"{path}: unreadable aliases file ({err})") from None
 
-    def _read_audit(self, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[AuditDamage]]:
+    def read_audit(self, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[AuditDamage]]:
         """(line number, event) for every readable line of the audit log, and the lines that are not."""
         try:
             raw = self.fs.cat_file(self._p(check_name(name), AUDIT_FILE))
@@ -340,11 +341,11 @@ class Registry:
         listed by :meth:`audit_damage`, reported by :meth:`verify`, and make :meth:`rollback`
         refuse unless a ``recover`` record accounts for them.
         """
-        return [event for _, event in self._read_audit(name)[0]]
+        return [event for _, event in self.read_audit(name)[0]]
 
     def audit_damage(self, name: str) -> list[AuditDamage]:
         """The lines of ``name``'s audit log that hold no readable event."""
-        return self._read_audit(name)[1]
+        return self.read_audit(name)[1]
 
     def _latest(self, name: str) -> AdapterVersion:
         self._require(name)
@@ -540,7 +541,7 @@ class Registry:
         """
         now, actor = _now(), _whoami()
         records: list[dict[str, Any]] = []
-        events, damage = self._read_audit(name)
+        events, damage = self.read_audit(name)
         for d in damage:
             if d.torn and d.recorded_by is None:
                 records.append(
@@ -816,7 +817,7 @@ class Registry:
         check_name(name)
         _check_alias(alias)
         self._require(name)
-        events, damage = self._read_audit(name)
+        events, damage = self.read_audit(name)
         unexplained = [d for d in damage if d.recorded_by is None and not d.torn]
         if unexplained:
             raise RegistryError(
@@ -878,7 +879,7 @@ class Registry:
                 raise RegistryError(f"registry {self.uri} holds no adapter version: nothing to verify")
         problems: list[Problem] = []
         for adapter in names:
-            events, damage = self._read_audit(adapter)
+            events, damage = self.read_audit(adapter)
             publish_records: dict[int, list[tuple[int, str | None]]] = {}
             for lineno, e in events:
                 if e["event"] == "publish":
@@ -988,108 +989,11 @@ class Registry:
 
     def list_table(self) -> str:
         """One row per version of every adapter: aliases, creation, parent, metrics, weights sha."""
-        rows = []
-        for name in self.names():
-            by_version: dict[int, list[str]] = {}
-            try:
-                for alias, target in self.aliases(name).items():
-                    by_version.setdefault(target, []).append(alias)
-            except RegistryError:
-                pass  # shown by verify; the versions are still worth listing
-            for number in self.versions(name):
-                aliases = ",".join(sorted(by_version.get(number, []))) or "-"
-                try:
-                    m = self.get(name, number).manifest
-                except IntegrityError:
-                    # Shown, not skipped: the version is there; verify says what is wrong with it.
-                    rows.append([name, str(number), aliases, "?", "?", "(manifest does not verify)", "?"])
-                    continue
-                rows.append(
-                    [
-                        name,
-                        str(number),
-                        aliases,
-                        _short_time(m.created_at),
-                        str(m.parent) if m.parent else "-",
-                        _format_values(m.metrics, limit=3) or "-",
-                        m.files[WEIGHTS_FILE][:12],
-                    ]
-                )
-        if not rows:
-            exists = "" if self.fs.isdir(self.root) else " (no folder yet)"
-            return f"registry {self.uri} is empty{exists}"
-        return _table(["NAME", "VERSION", "ALIASES", "CREATED (UTC)", "PARENT", "METRICS", "SHA256"], rows)
+        return store_tables.list_table(self)
 
     def show_table(self, ref: str | AdapterRef) -> str:
         """Everything recorded about one version, then the last alias moves of its adapter."""
-        v = self.resolve(ref)
-        m = v.manifest
-        aliases = sorted(a for a, target in self.aliases(v.name).items() if target == v.version)
-        lora = m.adapter
-        targets = lora.get("target_parameters") or lora.get("target_modules")
-        rows = [
-            ["adapter", str(v.ref)],
-            ["aliases", ", ".join(aliases) or "-"],
-            ["location", v.uri],
-            ["created", f"{m.created_at} by {m.created_by}"],
-            ["base", m.base.model_id or "-"],
-            ["base revision", m.base.revision or "-"],
-            ["base config", f"sha256 {m.base.config_sha256}"],
-            ["parent", str(m.parent) if m.parent else "- (trained on the bare base)"],
-            [
-                "lora",
-                f"{lora.get('peft_type')} r={lora.get('r')} alpha={lora.get('lora_alpha')} targets={targets}",
-            ],
-            ["data", m.data_fingerprint or "-"],
-            ["params", _format_values(m.params) or "-"],
-            ["metrics", _format_values(m.metrics) or "-"],
-            ["note", m.note or "-"],
-        ]
-        rows += [[f"sha256 {fname}", sha] for fname, sha in sorted(m.files.items())]
-        rows += [["libraries", " ".join(f"{k}={val}" for k, val in sorted(m.libraries.items()))]]
-        text = _table(["FIELD", "VALUE"], rows)
-        events, damage = self._read_audit(v.name)
-        moves = [e for _, e in events if e["event"] in ("promote", "rollback")]
-        if moves:
-            text += "\n\n" + _table(
-                ["WHEN (UTC)", "EVENT", "ALIAS", "FROM", "TO", "BY", "REASON"],
-                [
-                    [
-                        _short_time(e.get("at", "")),
-                        str(e.get("event")),
-                        str(e.get("alias")),
-                        str(e.get("from") or "-"),
-                        str(e.get("to")),
-                        str(e.get("actor")),
-                        str(e.get("reason")),
-                    ]
-                    for e in moves[-10:]
-                ],
-            )
-        for d in damage:
-            text += f"\nnote: {AUDIT_FILE} {d}; skipped" + (
-                f" (recorded by line {d.recorded_by})" if d.recorded_by else ": run `modft registry verify`"
-            )
-        return text
-
-
-def _short_time(iso: Any) -> str:
-    try:
-        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError):  # a hand-edited log may hold anything here
-        return str(iso)
-
-
-def _format_values(values: Mapping[str, Any], limit: int | None = None) -> str:
-    items = sorted(values.items())[:limit] if limit else sorted(values.items())
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        return store_tables.show_table(self, ref)
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from modft_utils import activations
 from modft_utils.basecfg import (
     PlanError,
     _meta_tensors,
@@ -24,8 +25,6 @@ from modft_utils.config import load_profile
 from modft_utils.measure import measure_training_peak
 from modft_utils.plan import (
     GiB,
-    _arch,
-    _layer_activation_bytes,
     nf4_bytes,
     parse_bytes,
     plan,
@@ -300,11 +299,13 @@ def test_activation_itemisation_matches_saved_tensors(tiny, tiny_4bit, attn, exp
         ids = torch.randint(2, tiny.model.tiny.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
         measured = _saved_bytes(model, ids)
         cfg = read_model_config(tiny)
-        arch = _arch(cfg, _minimax_m2_tensors(cfg))
+        arch = activations.arch(cfg, _minimax_m2_tensors(cfg))
         r_sum = tiny.dapt.lora.r * len(tiny.dapt.lora.target_modules)
         per_token = (
             arch.layers
-            * _layer_activation_bytes(arch, seq=seq, s=4, lora_rank_sum=r_sum, attn=attn, experts_impl=experts)
+            * activations.layer_activation_bytes(
+                arch, seq=seq, s=4, lora_rank_sum=r_sum, attn=attn, experts_impl=experts
+            )
             + 4 * arch.hidden
             + 4  # final norm
             + 4 * arch.vocab
