@@ -90,7 +90,7 @@ def read_model_config(profile: Profile, config_path: str | os.PathLike | None = 
     if spec.gguf_file:
         from . import gguf
 
-        return gguf.read_config(gguf.locate(profile))
+        return gguf.read_config(gguf.locate(profile), profile.resolve(profile.cache_dir))
     local = profile.resolve(spec.id) if profile.source else Path(spec.id).expanduser()
     if local.exists():
         config_file = local / "config.json" if local.is_dir() else local

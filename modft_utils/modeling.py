@@ -51,7 +51,8 @@ def preflight(profile: Profile) -> None:
     if profile.model.gguf_file:
         from . import gguf
 
-        gguf.read_config(gguf.locate(profile))  # a missing, cut or unsupported file is named here
+        # A missing, cut or unsupported file is named here (a conversion of the same bytes was checked).
+        gguf.read_config(gguf.locate(profile), profile.resolve(profile.cache_dir))
         return  # transformers dequantizes GGUF itself: 4-bit then applies to plain float weights
     from .basecfg import PlanError, read_model_config
 

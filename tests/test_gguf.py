@@ -95,6 +95,28 @@ def test_a_converted_base_is_reused_and_keyed_by_the_file(root, tmp_path, test_o
     stamp = (folder / gguf.MARKER).stat().st_mtime_ns
     again, _ = gguf.converted_folder(prof, progress=False)
     assert again == folder and (folder / gguf.MARKER).stat().st_mtime_ns == stamp
+
+
+def test_bytes_checked_and_converted_before_are_not_parsed_again(root, tmp_path, test_outputs, monkeypatch):
+    """Every notebook needs the base: a file whose sha256 has a finished conversion skips the slow header parse."""
+    prof = _profile(root, tmp_path, {}, cache=test_outputs / "cache")
+    folder, info = gguf.converted_folder(prof, progress=False)
+    parsed_config = gguf.read_config(gguf.locate(prof))  # no cache given: the header is parsed
+    monkeypatch.setattr(gguf, "inspect", lambda *a, **k: pytest.fail("the header was parsed again"))
+    assert gguf.converted_folder(prof, progress=False) == (folder, info)
+    cached_config = gguf.read_config(gguf.locate(prof), test_outputs / "cache")
+    assert (cached_config.model_type, cached_config.vocab_size, cached_config.num_hidden_layers) == (
+        parsed_config.model_type,
+        parsed_config.vocab_size,
+        parsed_config.num_hidden_layers,
+    )
+    modeling.preflight(prof)
+    # Other bytes (a copy with one byte changed) have no conversion: parsed, and refused if broken.
+    changed = tmp_path / "changed.gguf"
+    data_bytes = bytearray(gguf.locate(prof).read_bytes())
+    data_bytes[-1] ^= 0xFF
+    changed.write_bytes(bytes(data_bytes))
+    assert gguf.already_converted(changed, test_outputs / "cache") is None
     tok = modeling.load_tokenizer(modeling.BaseRef(str(folder)))
     fmt = prompts.prompt_format(prof, tok)
     prompt = fmt.prompt(tok, "The Evening Wren was built at Sehesk in 1656.", "Where was the Evening Wren built?")
