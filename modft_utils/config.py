@@ -315,7 +315,7 @@ class Profile(_Section):
     @field_validator("registry")
     @classmethod
     def _registry_protocol_known(cls, value: str) -> str:
-        """A store URL this machine cannot open fails with the profile, not when notebook 05 publishes."""
+        """A store URL this machine cannot open fails with the profile, not when notebook 02 publishes."""
         import fsspec
 
         # fsspec chains protocols ("simplecache::s3://bucket/store"); each link must be known.
