@@ -23,6 +23,7 @@ same model.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,8 +111,6 @@ def inspect(path: Path, *, with_sha256: bool = True) -> GGUFSource:
     """
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    from .cache import sha256_file
-
     size = path.stat().st_size
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -144,7 +143,24 @@ def inspect(path: Path, *, with_sha256: bool = True) -> GGUFSource:
             f"(it reads GGUF for: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}). Use the model's safetensors "
             "checkpoint as model.id instead."
         )
-    return GGUFSource(path=path, sha256=sha256_file(path) if with_sha256 else "", architecture=arch, size_bytes=size)
+    return GGUFSource(path=path, sha256=file_sha256(path) if with_sha256 else "", architecture=arch, size_bytes=size)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of the file, hashed once per process for as long as its size and mtime stay the same.
+
+    ``ensure_base`` checks the file (``read_config``) and then finds its conversion
+    (``converted_folder``): both need the hash of the same 100 MB.
+    """
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    from .cache import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def already_converted(path: Path, cache_root: Path) -> Path | None:
@@ -154,11 +170,9 @@ def already_converted(path: Path, cache_root: Path) -> Path | None:
     every notebook needs the base); a file whose bytes were checked and converted before is not
     parsed again. Hashing it (0.3 s for 100 MB) is what proves the bytes are the same.
     """
-    from .cache import sha256_file
-
     if not cache_root.is_dir():
         return None
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     for folder in sorted(cache_root.glob(f"gguf-*-{sha[:16]}")):
         marker = folder / MARKER
         if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("sha256") == sha:
