@@ -14,7 +14,7 @@ import pytest
 from modft_utils import config, gguf, runner
 
 MICRO = {
-    "data.sft_eval_size": 16,
+    "data.sft_eval_size": 10,
     "dapt.eval_blocks": 4,
     "dapt.train.max_steps": 2,
     "dapt.train.batch_size": 2,
@@ -28,7 +28,7 @@ MICRO = {
     "sft.train.learning_rate": 1.0e-3,
     "sft.train.logging_steps": 1,
     "sft.max_new_tokens": 8,
-    "compose.eval_examples": 8,
+    "compose.eval_examples": 4,
     "compose.switch_repeats": 20,
     "rollback.candidate_steps": 2,
     "rollback.probe_examples": 2,
@@ -56,7 +56,9 @@ def test_real_weights_go_through_every_notebook(real_pipeline):
     assert m["rollback.max_abs_logit_diff_after_rollback"] == 0.0
     assert m["rollback.max_abs_logit_diff_after_domain_rollback"] == 0.0
     assert m["rollback.gate_metric"] == "f1"
-    assert m["compose.export_combined_max_abs_diff"] < 1e-4
+    # One adapter equal to the stack up to float summation order. SmolLM2's logits reach about 40, so
+    # the bound is on the difference relative to them (the tiny profile's small logits keep 1e-4 absolute).
+    assert m["compose.export_combined_max_rel_diff"] < 1e-5
     for nb in runner.NOTEBOOKS:  # `modft run` keeps every executed notebook in the run folder
         assert (real_pipeline.run_dir / "notebooks" / f"{nb}.ipynb").is_file()
 
