@@ -52,7 +52,8 @@ test: install browser-deps lint
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/outputs && cp -r notebooks params data $(TEST_WORK)/
 	MODFT_TEST_OUTPUTS=$(SHARED) MODFT_SHARED_RUN=$(SHARED)/runs/interactive MODFT_SHARED_REGISTRY=$(SHARED)/registry \
 		$(OFFLINE) $(BIN)/python -m pytest $(TEST_WORK)/notebooks tests \
-		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
+		-n logical
 
 ## Lint and format (notebooks included), as the pre-commit hooks run them: `make format` fixes what it can
 lint: install

@@ -7,15 +7,76 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+# `make test` runs one pytest-xdist worker per core. Each worker, and everything it starts (notebook
+# kernels, `modft run`, torchrun), gets its share of the cores: two torch processes that each start a
+# thread per core were measured up to 16x slower on a 2-core machine than one of them alone.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS_PER_WORKER)
+
+from pathlib import Path, PurePosixPath  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# What shares a costly session or module fixture runs on one worker, as one unit. The notebook chain
+# is one: nbval executes the committed notebooks cell by cell in one kernel, and test_pipeline reads
+# the run they leave. Every other module is a unit of its own. The costliest units go first, so the
+# workers finish at about the same time.
+CHAIN = "notebook-chain"
+COSTLIEST_FIRST = (
+    "test_real_weights.py",
+    CHAIN,
+    "test_task_formats.py",
+    "test_benchmarks.py",
+    "test_distributed.py",
+    "test_browser.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit a test belongs to, from its node id (all pytest-xdist's scheduler sees of it)."""
+    name = PurePosixPath(nodeid.split("::", 1)[0]).name
+    return CHAIN if name.endswith(".ipynb") or name == "test_pipeline.py" else name
+
+
+@pytest.hookimpl(optionalhook=True)  # a plain `pytest` without pytest-xdist still runs
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist hands each worker whole units (work_unit), in the order collected.
+
+    Not xdist's own ``--dist loadgroup``: its ``xdist_group`` marks rewrite ``item._nodeid``, which
+    pytest 9 no longer reads, so every test became a unit of its own and the notebook cells were
+    spread over both workers.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            config.option.loadscopereorder = False  # keep the costliest-first order of collection
+
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
+def pytest_configure(config):
+    if WORKERS > 1:
+        import torch
+
+        torch.set_num_threads(THREADS_PER_WORKER)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run where CUDA is available and are skipped, saying so, everywhere else."""
+    """Units costliest first (a stable sort: nbval cells keep their order); tests marked ``gpu``
+    skipped, saying so, where there is no CUDA."""
+    rank = {unit: i for i, unit in enumerate(COSTLIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
+
     import torch
 
     if torch.cuda.is_available():
