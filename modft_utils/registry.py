@@ -41,7 +41,6 @@ Guarantees, and where they stop (docs/store_guarantees.md goes through a crash a
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
@@ -49,19 +48,18 @@ import posixpath
 import shutil
 import socket
 import stat
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from . import store_tables
+from . import store_lock, store_recovery, store_tables, store_verify
+from .store_lock import now_iso, whoami
 from .store_records import (  # noqa: F401 - re-exported: registry is where callers find them
     _ALIAS_RE,
     _NAME_RE,
@@ -112,13 +110,6 @@ from .store_records import (  # noqa: F401 - re-exported: registry is where call
 DEFAULT_ROOT = "outputs/registry"
 
 
-# A staging folder with no owner record may be one that is being created right now.
-_ORPHAN_STAGING_S = 3600.0
-
-
-_LOCK_POLL_S = 0.1
-
-
 def _copy_file(src: Path, fs, dst: str) -> None:
     """Copy one adapter file into the store (a module-level seam: tests slow it down to kill mid-copy)."""
     if isinstance(fs, LocalFileSystem):
@@ -127,28 +118,6 @@ def _copy_file(src: Path, fs, dst: str) -> None:
             os.fsync(fh.fileno())
     else:
         fs.put_file(str(src), dst)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _whoami() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # getpass raises varied errors in containers with no passwd entry
-        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -386,74 +355,16 @@ class Registry:
 
     # ----------------------------------------------------------------- locking
 
-    @contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        """Hold the per-adapter lock that serialises version numbers and alias moves."""
-        path = self._p(name, ".lock")
-        if self.is_local:
-            from filelock import FileLock, Timeout
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(path, timeout=self.lock_timeout)
-            try:
-                lock.acquire()
-            except Timeout:
-                raise RegistryError(
-                    f"could not take {path} within {self.lock_timeout:g} s: "
-                    f"another publish or promote of {name!r} is running"
-                ) from None
-            try:
-                yield
-            finally:
-                lock.release()
-        else:
-            token = self._acquire_remote_lock(path, name)
-            try:
-                yield
-            finally:
-                try:
-                    if json.loads(self.fs.cat_file(path)).get("token") == token:
-                        self.fs.rm(path)
-                except (FileNotFoundError, ValueError):
-                    pass
-
-    def _acquire_remote_lock(self, path: str, name: str) -> str:
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            record = json.dumps({"token": token, "owner": _whoami(), "pid": os.getpid(), "at": time.time()}).encode()
-            try:
-                with self.fs.open(path, "xb") as fh:
-                    fh.write(record)
-                created = True
-            except FileExistsError:
-                created = False
-            except (ValueError, NotImplementedError):
-                # No exclusive create on this store: check, write, then read back below.
-                created = not self.fs.exists(path)
-                if created:
-                    self.fs.pipe_file(path, record)
-            if created:
-                try:
-                    if json.loads(self.fs.cat_file(path)).get("token") == token:
-                        return token
-                except (FileNotFoundError, ValueError):
-                    pass
-            else:
-                try:
-                    held = json.loads(self.fs.cat_file(path))
-                except (FileNotFoundError, ValueError):
-                    held = None
-                if held is not None and time.time() - float(held.get("at", 0)) > self.stale_lock_s:
-                    self.fs.rm(path)  # its writer died holding it: no heartbeat refreshes a lock this old
-                    continue
-            if time.monotonic() > deadline:
-                raise RegistryError(
-                    f"could not take lock {self.fs.unstrip_protocol(path)} for {name!r} "
-                    f"within {self.lock_timeout:g} s; "
-                    "if no publish or promote is running, delete that file"
-                )
-            time.sleep(_LOCK_POLL_S)
+    def _lock(self, name: str):
+        """Hold the per-adapter lock that serialises version numbers and alias moves (store_lock)."""
+        return store_lock.held(
+            self.fs,
+            self._p(name, ".lock"),
+            name,
+            local=self.is_local,
+            timeout=self.lock_timeout,
+            stale_s=self.stale_lock_s,
+        )
 
     # ----------------------------------------------------------------- writing
 
@@ -503,115 +414,8 @@ class Registry:
         else:
             self.fs.pipe_file(path, data)
 
-    def _dead_leftovers(self, name: str) -> list[Path]:
-        """Staging folders and alias temp files that no live writer owns (local stores; caller holds the lock)."""
-        folder = Path(self._p(name))
-        if not self.is_local or not folder.is_dir():
-            return []
-        host = socket.gethostname()
-        dead = []
-        for staging in folder.glob(".staging-*"):
-            if (staging / MANIFEST).exists():
-                # The manifest is written under the lock, which we hold: its writer died after it.
-                dead.append(staging)
-                continue
-            try:
-                owner = json.loads((staging / ".owner").read_text())
-                stale = owner.get("host") == host and not _pid_alive(int(owner["pid"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                # No owner record yet may mean it is being created right now.
-                try:
-                    stale = time.time() - staging.stat().st_mtime > _ORPHAN_STAGING_S
-                except OSError:
-                    continue
-            if stale:
-                dead.append(staging)
-        # aliases.json is only replaced under the lock, so a temp file seen now belongs to a dead writer.
-        dead += folder.glob(f"{ALIASES_FILE}.*.tmp")
-        return sorted(dead)
-
-    def _recover(self, name: str) -> list[dict[str, Any]]:
-        """Put right what killed writers left, record each repair in the audit log; return the records.
-
-        The caller holds the lock. Repairs: a torn last audit line gets its end of line and a
-        ``recover`` record (readers then skip it); dead staging folders and alias temp files are
-        removed; a version whose publish died before its audit line gets that line, from its
-        manifest, marked ``recovered``; a move whose writer died after its audit line but before
-        aliases.json changed gets a record saying it did not take effect (rollback then skips it).
-        """
-        now, actor = _now(), _whoami()
-        records: list[dict[str, Any]] = []
-        events, damage = self.read_audit(name)
-        for d in damage:
-            if d.torn and d.recorded_by is None:
-                records.append(
-                    {
-                        "event": "recover",
-                        "issue": "torn audit line skipped: a write was cut short",
-                        "line": d.line,
-                        "sha256": d.sha256,
-                        "at": now,
-                        "actor": actor,
-                    }
-                )
-        for leftover in self._dead_leftovers(name):
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-                issue = "removed the staging folder of an interrupted publish"
-            else:
-                leftover.unlink()
-                issue = "removed the temporary aliases file of an interrupted promote or rollback"
-            records.append({"event": "recover", "issue": issue, "folder": leftover.name, "at": now, "actor": actor})
-        published = {e["version"] for _, e in events if e["event"] == "publish"}
-        for number in self.versions(name):
-            if number in published:
-                continue
-            record: dict[str, Any] = {"event": "publish", "version": number}
-            try:
-                m = self._manifest(name, number)
-                record.update(at=m.created_at, actor=m.created_by, note=m.note)
-                if m.sealed:
-                    record["manifest_sha256"] = m.content_sha256()
-            except (_ManifestIssue, FileNotFoundError):
-                pass  # verify names the manifest; the version still gets its publish record
-            record["recovered"] = f"the publish was interrupted before its audit line; recorded {now} by {actor}"
-            records.append(record)
-        for alias, lineno, _ in self._moves_not_applied(name, events):
-            records.append(
-                {
-                    "event": "recover",
-                    "issue": "move not applied: aliases.json does not show it (its writer died first, or the file was edited)",
-                    "move_line": lineno,
-                    "alias": alias,
-                    "at": now,
-                    "actor": actor,
-                }
-            )
-        if records:
-            self._append_audit(name, records)
-        return records
-
-    def _moves_not_applied(
-        self, name: str, events: list[tuple[int, dict[str, Any]]]
-    ) -> list[tuple[str, int, int | None]]:
-        """(alias, line, where aliases.json has it) for last moves that aliases.json does not show.
-
-        A promote or rollback appends its audit line, then replaces aliases.json; a crash between
-        the two leaves a recorded move that did not happen. An unreadable aliases.json is left to
-        verify and to the next promote, which refuses it by name.
-        """
-        try:
-            aliases = self.aliases(name)
-        except RegistryError:
-            return []
-        return [
-            (alias, lineno, aliases.get(alias))
-            for alias, (lineno, event) in sorted(_last_moves(events).items())
-            if aliases.get(alias) != event["to"]
-        ]
-
     def recover(self, name: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """Run the repairs every write starts with (see :meth:`_recover`) now; the records, by adapter.
+        """Run the repairs every write starts with (:func:`store_recovery.repair`) now; the records, by adapter.
 
         What to run after a crash when no publish, promote or rollback is due, so that ``verify``
         passes again.
@@ -622,7 +426,7 @@ class Registry:
         done = {}
         for adapter in names:
             with self._write_errors("recover", adapter), self._lock(adapter):
-                done[adapter] = self._recover(adapter)
+                done[adapter] = store_recovery.repair(self, adapter)
         return done
 
     def _next_version(self, name: str) -> int:
@@ -688,8 +492,8 @@ class Registry:
             "data_fingerprint": str(data_fingerprint),
             "metrics": dict(metrics),
             "note": str(note),
-            "created_at": _now(),
-            "created_by": _whoami(),
+            "created_at": now_iso(),
+            "created_by": whoami(),
             "adapter": _adapter_summary(adapter_config),
             "libraries": _libraries(),
         }
@@ -730,7 +534,7 @@ class Registry:
             # The slow part, the copy, happens outside the lock so that promotions are not held up.
             self._copy_and_check(src, str(staging), details["files"])
             with self._lock(name):
-                self._recover(name)
+                store_recovery.repair(self, name)
                 existing = self._same_content(name, details)
                 if existing is not None:
                     shutil.rmtree(staging)
@@ -759,7 +563,7 @@ class Registry:
     def _publish_remote(self, name: str, src: Path, details: dict[str, Any]) -> tuple[int, bool]:
         # No rename on object stores: hold the lock for the whole write and put the manifest last.
         with self._lock(name):
-            self._recover(name)
+            store_recovery.repair(self, name)
             existing = self._same_content(name, details)
             if existing is not None:
                 return existing, True
@@ -789,7 +593,7 @@ class Registry:
             raise RegistryError("a promotion needs a reason: it is kept in the audit log")
         self._require(name)
         with self._write_errors("promote", name), self._lock(name):
-            self._recover(name)
+            store_recovery.repair(self, name)
             target = self.resolve(f"{name}@{version}").version
             return self._move_alias(name, alias, target, "promote", reason, actor)
 
@@ -803,7 +607,7 @@ class Registry:
             raise RegistryError("a rollback needs a reason: it is kept in the audit log")
         self._require(name)  # before the lock, which would create the adapter's folder
         with self._write_errors("roll back", name), self._lock(name):
-            self._recover(name)
+            store_recovery.repair(self, name)
             return self._move_alias(name, alias, self.rollback_target(name, alias), "rollback", reason, actor)
 
     def rollback_target(self, name: str, alias: str = "production") -> int:
@@ -847,8 +651,8 @@ class Registry:
             "alias": alias,
             "from": aliases.get(alias),
             "to": target,
-            "at": _now(),
-            "actor": actor or _whoami(),
+            "at": now_iso(),
+            "actor": actor or whoami(),
             "reason": str(reason),
         }
         self._append_audit(name, [event])
@@ -858,132 +662,18 @@ class Registry:
 
     # ----------------------------------------------------------------- checking
 
-    def _require_store(self) -> None:
-        if not self.fs.isdir(self.root):
-            raise RegistryError(f"registry {self.uri} does not exist: nothing to verify (is the path right?)")
-
     def verify(self, name: str | None = None) -> list[Problem]:
         """Re-hash every file and manifest of every version (of ``name``, or of all adapters); [] when intact.
 
-        Also checks each manifest against its publish record, the aliases, the audit log (a line
-        that holds no event and is not accounted for by a ``recover`` record), and the entries of
-        ``versions/``. A store that does not exist or holds no version is an error, not a pass.
+        Also checks each manifest against its publish record, the aliases, the audit log and the
+        entries of ``versions/`` (store_verify). A store that does not exist or holds no version is
+        an error, not a pass.
         """
-        self._require_store()
-        if name is not None:
-            self._require(check_name(name))
-            names = [name]
-        else:
-            names = self.names()
-            if not names:
-                raise RegistryError(f"registry {self.uri} holds no adapter version: nothing to verify")
-        problems: list[Problem] = []
-        for adapter in names:
-            events, damage = self.read_audit(adapter)
-            publish_records: dict[int, list[tuple[int, str | None]]] = {}
-            for lineno, e in events:
-                if e["event"] == "publish":
-                    publish_records.setdefault(e["version"], []).append((lineno, e.get("manifest_sha256")))
-            for number in self.versions(adapter):
-                try:
-                    manifest = self._manifest(adapter, number)
-                except _ManifestIssue as err:
-                    problems.append(Problem(adapter, number, MANIFEST, str(err)))
-                    continue
-                folder = self._p(adapter, "versions", str(number))
-                problems += _check_files(self.fs, folder, manifest, adapter, number)
-                problems += self._check_publish_record(adapter, manifest, publish_records.get(number, []))
-            for stray in self._stray_versions(adapter):
-                problems.append(
-                    Problem(
-                        adapter,
-                        None,
-                        f"versions/{stray}",
-                        "not a version folder (those are named 1, 2, 3, ...); move it out of the store",
-                    )
-                )
-            try:
-                aliases = self.aliases(adapter)
-            except RegistryError as err:
-                problems.append(Problem(adapter, None, ALIASES_FILE, str(err)))
-                aliases = {}
-            visible = set(self.versions(adapter))
-            for alias, target in sorted(aliases.items()):
-                if target not in visible:
-                    problems.append(
-                        Problem(
-                            adapter,
-                            None,
-                            ALIASES_FILE,
-                            f"alias {alias!r} points at version {target}, which does not exist",
-                        )
-                    )
-            for alias, lineno, now_at in self._moves_not_applied(adapter, events):
-                problems.append(
-                    Problem(
-                        adapter,
-                        None,
-                        ALIASES_FILE,
-                        f"alias {alias!r} is at {now_at if now_at is not None else 'nothing'} but its last move "
-                        f"({AUDIT_FILE} line {lineno}) does not show there: its writer died in between; the next "
-                        f"write, or `modft registry recover {adapter}`, records that it did not take effect",
-                    )
-                )
-            for d in damage:
-                if d.recorded_by is None:
-                    hint = (
-                        f"; the next write, or `modft registry recover {adapter}`, records and skips it"
-                        if d.torn
-                        else "; fix or delete that line by hand"
-                    )
-                    problems.append(Problem(adapter, None, AUDIT_FILE, f"{d}{hint}"))
-        return problems
-
-    @staticmethod
-    def _check_publish_record(name: str, manifest: Manifest, records: list[tuple[int, str | None]]) -> list[Problem]:
-        if not records:
-            return [
-                Problem(
-                    name,
-                    manifest.version,
-                    AUDIT_FILE,
-                    "no publish record: the publish was interrupted after its version appeared; "
-                    f"the next write, or `modft registry recover {name}`, records it",
-                )
-            ]
-        sealed = [(lineno, sha) for lineno, sha in records if sha]
-        actual = manifest.content_sha256()
-        if manifest.sealed and sealed and all(sha != actual for _, sha in sealed):
-            lineno, sha = sealed[-1]
-            return [
-                Problem(
-                    name,
-                    manifest.version,
-                    MANIFEST,
-                    f"not the manifest recorded when it was published ({AUDIT_FILE} line {lineno}: "
-                    f"sha256 {sha[:16]}..., now {actual[:16]}...)",
-                )
-            ]
-        return []
+        return store_verify.verify(self, name)
 
     def verify_notes(self, name: str | None = None) -> list[str]:
         """What :meth:`verify` accepts but a person should know: recovered audit lines, unsealed manifests."""
-        notes = []
-        for adapter in [name] if name is not None else self.names():
-            for d in self.audit_damage(adapter):
-                if d.recorded_by is not None:
-                    notes.append(f"{adapter}: {AUDIT_FILE}: {d}; skipped (recorded by line {d.recorded_by})")
-            for number in self.versions(adapter):
-                try:
-                    manifest = self._manifest(adapter, number)
-                except _ManifestIssue:
-                    continue
-                if not manifest.sealed:
-                    notes.append(
-                        f"{adapter}@{number}: {MANIFEST}: format {manifest.format}, written before manifests "
-                        "carried their own sha256: its base, parent, params and metrics are not checked"
-                    )
-        return notes
+        return store_verify.verify_notes(self, name)
 
     # ----------------------------------------------------------------- tables
 
