@@ -166,9 +166,9 @@ def generate(
             mask[r, width - len(rest) :] = 1
         kwargs: dict[str, Any] = {}
         if shared:
-            cache = model(input_ids=ids[:1, :shared].to(device), use_cache=True).past_key_values
+            cache = model(input_ids=ids[:1, :shared].to(device), use_cache=True).cache
             cache.batch_repeat_interleave(len(rows))
-            kwargs["past_key_values"] = cache
+            kwargs["cache"] = cache
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
