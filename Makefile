@@ -45,7 +45,9 @@ run: install
 ## outputs/; the test fixtures keep their shared bases (tiny, converted GGUF) in the same copy.
 ## The notebook chain runs once: nbval executes the committed notebooks first (their own defaults:
 ## the tiny profile, a run folder and store inside $(TEST_WORK)), then the pipeline tests read that
-## run (MODFT_SHARED_RUN) instead of running the chain again.
+## run (MODFT_SHARED_RUN) instead of running the chain again. pytest-xdist runs one worker per core;
+## tests/conftest.py hands each worker whole units (the chain is one), costliest first, and gives each
+## worker its share of the cores' threads.
 TEST_WORK := .test-work
 SHARED := $(CURDIR)/$(TEST_WORK)/outputs
 test: install browser-deps lint
