@@ -66,9 +66,11 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Unit tests only (no notebooks): seconds
+## Unit tests only (no notebook chain), on every core. The bases they build (tiny, converted GGUF) are
+## kept in $(TEST_WORK)/outputs between runs (until `make test` or `make clean`): under a minute on
+## 2 cores once they are there
 test-fast: install
-	$(OFFLINE) $(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
+	MODFT_TEST_OUTPUTS=$(SHARED) $(OFFLINE) $(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider -n logical
 
 ## Regenerate the outputs nbval compares, from a clean top-to-bottom run
 baseline: install
