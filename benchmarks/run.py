@@ -876,14 +876,16 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
         f"({meta['machine']}; torch {meta['torch']}, {meta['threads']} threads; {meta['seconds']:.0f} s). "
         "Both sides of each comparison ran in the same process, warmed up.",
         *(
-            [
-                f"Re-measured with `--only {' '.join(meta['only'])} --merge` on {meta['merged_when']}: "
-                + ", ".join(f"`{n}`" for n in meta["merged_rows"])
-                + "; the other rows are from the run above."
-            ]
-            if meta.get("merged_rows")
-            else []
+            (
+                f"Re-measured with `--only {' '.join(m['only'])} --merge` on {m['when']}: "
+                if m["only"]
+                else f"Re-measured by earlier `--merge` runs, the last on {m['when']}: "
+            )
+            + ", ".join(f"`{n}`" for n in m["rows"])
+            + "."
+            for m in meta.get("merges", [])
         ),
+        *(["The other rows are from the run above."] if meta.get("merges") else []),
         "",
         "| figure | value | reference | ratio | goal | met |",
         "|---|---|---|---|---|---|",
@@ -899,6 +901,23 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
     lines += ["", "Notes:", ""]
     lines += [f"- {r['name']}: {r['note']}" for r in results if r["note"]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+LEGACY_MERGE_KEYS = ("only", "merged_when", "merged_rows")
+
+
+def merge_history(old_meta: dict, only: list[str], when: str, rows: list[str]) -> list[dict]:
+    """Every ``--merge`` with the rows it re-measured; a row measured again counts only under its latest.
+
+    meta.json written before merges were kept one by one held a single ``merged_rows`` list under the
+    last merge's date, whatever run measured each row: it becomes one entry without an ``only``.
+    """
+    history = [dict(m) for m in old_meta.get("merges", [])]
+    if old_meta.get("merged_rows"):
+        history.insert(0, {"only": [], "when": old_meta["merged_when"], "rows": list(old_meta["merged_rows"])})
+    now = set(rows)
+    history = [{**m, "rows": [r for r in m["rows"] if r not in now]} for m in history]
+    return [m for m in history if m["rows"]] + [{"only": only, "when": when, "rows": sorted(now)}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -965,12 +984,8 @@ def main(argv: list[str] | None = None) -> int:
             json.loads((out / "meta.json").read_text(encoding="utf-8")) if (out / "meta.json").is_file() else meta
         )
         results = [fresh.pop(r["name"], r) for r in old] + list(fresh.values())
-        meta = {
-            **old_meta,
-            "only": args.only or [],
-            "merged_when": meta["when"],
-            "merged_rows": sorted({*old_meta.get("merged_rows", []), *measured_now}),
-        }
+        merges = merge_history(old_meta, args.only or [], meta["when"], measured_now)
+        meta = {k: v for k, v in old_meta.items() if k not in LEGACY_MERGE_KEYS} | {"merges": merges}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_markdown(results, meta, out / "RESULTS.md")

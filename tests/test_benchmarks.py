@@ -58,3 +58,18 @@ def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| figure | value | reference | ratio | goal | met |" in table
     assert table.count("\n| ") == len(results) + 1
+
+
+def test_each_merge_keeps_the_rows_it_measured():
+    """A row re-measured by a later ``--merge`` is listed under that merge only; the older
+    meta.json layout (one merged_rows list under the last merge's date) becomes one entry."""
+    from benchmarks.run import merge_history
+
+    legacy = {"only": ["bench_plain_recipe"], "merged_when": "day 1", "merged_rows": ["DAPT speed", "planner"]}
+    first = merge_history(legacy, ["bench_planner"], "day 2", ["planner", "planner, smollm2"])
+    assert first == [
+        {"only": [], "when": "day 1", "rows": ["DAPT speed"]},
+        {"only": ["bench_planner"], "when": "day 2", "rows": ["planner", "planner, smollm2"]},
+    ]
+    second = merge_history({"merges": first}, ["bench_plain_recipe"], "day 3", ["DAPT speed"])
+    assert [m["when"] for m in second] == ["day 2", "day 3"] and second[-1]["rows"] == ["DAPT speed"]
