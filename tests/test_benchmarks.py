@@ -46,6 +46,7 @@ def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
         "packing",
         "padding",
         "stack switch",
+        "AdapterStack.use",
         "4-bit memory",
         "planner accuracy",
         "data prep",

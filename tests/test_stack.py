@@ -1,6 +1,5 @@
 """AdapterStack: versions from the store stacked on one base, switched by flags, parents checked."""
 
-import time
 import warnings
 
 import pytest
@@ -94,28 +93,19 @@ def test_swap_disable_enable_and_idempotent_load(stack):
     assert stack.use() == [] and stack.active == []
 
 
-def test_switching_is_flags_only_and_under_a_millisecond(stack):
+def test_switching_is_flags_only(stack):
+    """Switching loaded versions moves no tensor and makes nothing trainable. How fast it is, is the
+    benchmark's (`AdapterStack.use` and `disable / enable` rows, goal <= 0.001 of a reload)."""
     stack.use("domain@1", "task@1")
     stack.load("task@2")
     ptrs = {k: p.data_ptr() for k, p in stack.model.named_parameters()}
-    switches = [("domain@1", "task@1"), ("domain@1",), ("domain@1", "task@2"), ()]
-    for refs in switches:  # warm-up
+    for refs in [("domain@1", "task@1"), ("domain@1",), ("domain@1", "task@2"), ()] * 3:
         stack.use(*refs)
-    n = 200
-    start = time.perf_counter()
-    for i in range(n):
-        stack.use(*switches[i % len(switches)])
-    use_ms = (time.perf_counter() - start) * 1000 / n
-    start = time.perf_counter()
     stack.use("domain@1", "task@1")
-    for i in range(n):
-        if i % 2 == 0:
-            stack.disable("task")
-        else:
-            stack.enable("task")
-    toggle_ms = (time.perf_counter() - start) * 1000 / n
-    print(f"\nstack switch: use() {use_ms:.4f} ms, disable/enable {toggle_ms:.4f} ms (mean of {n})")
-    assert use_ms < 1.0 and toggle_ms < 1.0
+    for _ in range(3):
+        stack.disable("task")
+        stack.enable("task")
+    assert stack.active == ["domain@1", "task@1"]
     assert ptrs == {k: p.data_ptr() for k, p in stack.model.named_parameters()}
     assert not any(p.requires_grad for p in stack.model.parameters())
 
