@@ -48,8 +48,9 @@ def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist hands each worker whole units (work_unit), in the order collected.
 
     Not xdist's own ``--dist loadgroup``: its ``xdist_group`` marks rewrite ``item._nodeid``, which
-    pytest 9 no longer reads, so every test became a unit of its own and the notebook cells were
-    spread over both workers.
+    pytest 9.2 no longer reads (pytest-dev/pytest-xdist#1386), so every test became a unit of its own
+    and the notebook cells were spread over both workers. A canary in tests/test_upstream_fixes.py
+    fails once that is fixed.
     """
     from xdist.scheduler import LoadScopeScheduling
 

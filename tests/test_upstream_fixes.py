@@ -122,3 +122,24 @@ def test_canary_transformers_resume_keeps_only_the_first_active_adapter(micro_ba
     assert model.active_adapters == ["domain"] and trainable == {"domain"}, FIXED_UPSTREAM.format(
         lib="transformers", fix="restore_adapter"
     )
+
+
+def test_canary_xdist_loadgroup_marks_do_not_reach_the_scheduler(request):
+    """tests/conftest.py's pytest_xdist_make_scheduler, not `--dist loadgroup`, keeps the notebook chain on
+    one worker: pytest-xdist 3.8 tags a grouped test by rewriting ``item._nodeid``, which pytest 9.2
+    no longer reads (pytest-dev/pytest-xdist#1386, fix proposed in #1388). Seen on pytest-xdist 3.8.0,
+    pytest 9.2.0."""
+    from xdist.remote import WorkerInteractor
+
+    class LoadGroupConfig:
+        def getvalue(self, name):
+            return name == "loadgroup"
+
+    item = request.node
+    item.add_marker(pytest.mark.xdist_group("canary"))
+    WorkerInteractor.pytest_collection_modifyitems(None, LoadGroupConfig(), [item])
+    rewritten = getattr(item, "_nodeid", "").endswith("@canary")  # what xdist 3.8 writes
+    assert rewritten and not item.nodeid.endswith("@canary"), (
+        "pytest-xdist's loadgroup tags node ids again: tests/conftest.py's scheduler could give way to "
+        "`--dist loadgroup` with xdist_group marks"
+    )
