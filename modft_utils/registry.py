@@ -50,7 +50,7 @@ import socket
 import stat
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -355,7 +355,7 @@ class Registry:
 
     # ----------------------------------------------------------------- locking
 
-    def _lock(self, name: str):
+    def _lock(self, name: str) -> AbstractContextManager[None]:
         """Hold the per-adapter lock that serialises version numbers and alias moves (store_lock)."""
         return store_lock.held(
             self.fs,
@@ -663,12 +663,7 @@ class Registry:
     # ----------------------------------------------------------------- checking
 
     def verify(self, name: str | None = None) -> list[Problem]:
-        """Re-hash every file and manifest of every version (of ``name``, or of all adapters); [] when intact.
-
-        Also checks each manifest against its publish record, the aliases, the audit log and the
-        entries of ``versions/`` (store_verify). A store that does not exist or holds no version is
-        an error, not a pass.
-        """
+        """Every fault in the store (of ``name``, or of all adapters), [] when intact: see :func:`store_verify.verify`."""
         return store_verify.verify(self, name)
 
     def verify_notes(self, name: str | None = None) -> list[str]:
