@@ -118,7 +118,7 @@ def bench_overhead(b: Bench) -> list[dict]:
     gc.collect) cancels; that fixed cost is reported beside it."""
     from transformers import default_data_collator
 
-    from modft_utils import adapters, modeling, train
+    from modft_utils import adapters, modeling
 
     prof = b.profile
     model = modeling.load_base(prof, b.base)
@@ -129,7 +129,7 @@ def bench_overhead(b: Bench) -> list[dict]:
 
     def ours(n: int) -> tuple[int, float]:
         adapters.activate(model, ["domain"], trainable="domain")
-        r = train.train_adapter(
+        r = adapters.train_adapter(
             model,
             "domain",
             blocks,
@@ -247,7 +247,7 @@ def _plain_recipe_row(b: Bench, stage: str, *, steps: int, warm: int) -> dict:
     """One stage trained by our train_adapter and by the plain Trainer + PEFT recipe, in this process."""
     from transformers import DataCollatorForSeq2Seq, default_data_collator
 
-    from modft_utils import adapters, data, modeling, train
+    from modft_utils import adapters, data, modeling
 
     prof = b.profile
     section = getattr(prof, stage)
@@ -272,7 +272,7 @@ def _plain_recipe_row(b: Bench, stage: str, *, steps: int, warm: int) -> dict:
 
     def run_ours(n: int):
         adapters.activate(ours_model, ["domain", "task"] if stage == "sft" else ["domain"], trainable=name)
-        r = train.train_adapter(
+        r = adapters.train_adapter(
             ours_model,
             name,
             ds,
@@ -318,7 +318,7 @@ def bench_packing(b: Bench) -> list[dict]:
     import torch
     from transformers import Trainer, default_data_collator
 
-    from modft_utils import data, train
+    from modft_utils import adapters, data
 
     prof = b.profile
     pad_id = b.tokenizer.pad_token_id
@@ -343,9 +343,9 @@ def bench_packing(b: Bench) -> list[dict]:
             note="packed blocks; reference: the ideal (no padding)",
         )
     )
-    # SFT: the Trainer's own dataloader, as train.training_arguments configures it for the profile
+    # SFT: the Trainer's own dataloader, as adapters.training_arguments configures it for the profile
     # (sft.train.group_by_length), with our collator; and with the random sampler for comparison.
-    args = train.training_arguments(
+    args = adapters.training_arguments(
         prof.sft.train, b.tmp / "pack", compute_dtype=prof.model.compute_dtype, progress=False
     )
     trainer = Trainer(
@@ -419,7 +419,8 @@ def _build_variant(b: Bench, name: str, **changes) -> Path:
 
 
 def bench_switch(b: Bench) -> list[dict]:
-    from modft_utils import adapters, modeling, stack
+    from modft_utils import adapters, modeling
+    from modft_utils.adapters import stack
 
     prof = b.profile
     t = prof.model.tiny
@@ -508,8 +509,9 @@ def bench_switch(b: Bench) -> list[dict]:
 
 def _stack_switch_rows(b: Bench, prof, base, saved: dict, reload_ms: float, repeats: int) -> list[dict]:
     """AdapterStack.use (store references resolved, parents checked) and disable/enable, both loaded."""
-    from modft_utils import modeling, registry
-    from modft_utils.stack import AdapterStack
+    from modft_utils import modeling
+    from modft_utils.adapters import AdapterStack
+    from modft_utils.store import registry
 
     model = modeling.load_base(prof, base)
     identity = registry.base_identity(model, model_id=base.name_or_path)
@@ -553,12 +555,12 @@ def _stack_switch_rows(b: Bench, prof, base, saved: dict, reload_ms: float, repe
 
 
 def bench_memory(b: Bench) -> list[dict]:
-    from modft_utils import modeling, quant
+    from modft_utils import modeling
 
     prof = b.profile
     rows = []
     m = modeling.load_base(prof, b.base)
-    mem = quant.memory_vs_bf16(m)
+    mem = modeling.memory_vs_bf16(m)
     del m
     q = mem["quantizable_bytes_4bit"] / mem["quantizable_bytes_bf16"]
     f = mem["footprint_4bit_bytes"] / mem["footprint_bf16_bytes"]
@@ -598,12 +600,12 @@ def bench_memory(b: Bench) -> list[dict]:
     )
     from transformers import AutoConfig
 
-    from modft_utils.basecfg import count_params
+    from modft_utils.modeling import count_params
 
     counts = count_params(AutoConfig.from_pretrained(variant))
     share = counts["experts"] / counts["total"]
     m = modeling.load_base(_scaled_profile(prof, variant), modeling.BaseRef(str(variant)))
-    mem = quant.memory_vs_bf16(m)
+    mem = modeling.memory_vs_bf16(m)
     del m
     q = mem["quantizable_bytes_4bit"] / mem["quantizable_bytes_bf16"]
     f = mem["footprint_4bit_bytes"] / mem["footprint_bf16_bytes"]
@@ -636,9 +638,9 @@ def bench_memory(b: Bench) -> list[dict]:
 
 
 def bench_planner(b: Bench) -> list[dict]:
-    from modft_utils import measure, plan
+    from modft_utils import plan
 
-    if not hasattr(measure, "measure_training_peak"):
+    if not hasattr(plan, "measure_training_peak"):
         return [
             entry(
                 "planner accuracy",
@@ -648,7 +650,7 @@ def bench_planner(b: Bench) -> list[dict]:
                 "within 15%",
                 False,
                 skipped=True,
-                note="measure.measure_training_peak is not available",
+                note="plan.measure_training_peak is not available",
             )
         ]
     from modft_utils import config
@@ -660,7 +662,7 @@ def bench_planner(b: Bench) -> list[dict]:
         real = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
         cases += [("smollm2", real, stage) for stage in ("dapt", "sft")]
     for name, profile, stage in cases:
-        measured = measure.measure_training_peak(profile, stage=stage, steps=1 if b.quick else 2)
+        measured = plan.measure_training_peak(profile, stage=stage, steps=1 if b.quick else 2)
         planned = plan.plan(profile, stage=stage).training_bytes
         got = measured["measured_bytes"]
         rows.append(
@@ -683,7 +685,7 @@ def bench_planner(b: Bench) -> list[dict]:
 
 def bench_data_prep(b: Bench) -> list[dict]:
     from modft_utils import data
-    from modft_utils.clean import CleanConfig, clean_corpus
+    from modft_utils.data import CleanConfig, clean_corpus
 
     prof = b.profile
     rows_all = data.load_rows(prof.data.dapt, prof)["train"]["text"]
@@ -823,7 +825,8 @@ def bench_scoring(b: Bench) -> list[dict]:
     base + domain + task from the newest `make run` of params/smollm2.yaml when there is one (the
     bare base otherwise, and in quick mode).
     """
-    from modft_utils import adapters, config, data, evaluate, modeling, squad, stack
+    from modft_utils import adapters, config, data, evaluate, modeling
+    from modft_utils.adapters import stack
 
     prof = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
     base = modeling.ensure_base(prof, progress=False)
@@ -852,8 +855,8 @@ def bench_scoring(b: Bench) -> list[dict]:
     plain = evaluate.generate_plain(model, tok, prompts, **kw)
     t_plain = time.perf_counter() - t
     refs = {e["id"]: e["answers"] for e in examples}
-    s_ours = squad.squad_metrics({e["id"]: a for e, a in zip(examples, ours)}, refs)
-    s_plain = squad.squad_metrics({e["id"]: a for e, a in zip(examples, plain)}, refs)
+    s_ours = data.squad_metrics({e["id"]: a for e, a in zip(examples, ours)}, refs)
+    s_plain = data.squad_metrics({e["id"]: a for e, a in zip(examples, plain)}, refs)
     same = sum(o == p for o, p in zip(ours, plain)) / len(prompts)
     gap = max(abs(s_ours["exact_match"] - s_plain["exact_match"]), abs(s_ours["f1"] - s_plain["f1"]))
     note = f"{len(prompts)} questions, {stack_label}; ours {t_ours:.1f} s, plain {t_plain:.1f} s"

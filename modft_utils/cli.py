@@ -8,7 +8,7 @@
     modft baseline
 
 Every subcommand is a thin layer over the package: the store's operations are
-:class:`modft_utils.registry.Registry`'s, the plan is :func:`modft_utils.plan.plan`.
+:class:`modft_utils.store.registry.Registry`'s, the plan is :func:`modft_utils.plan.planner.plan`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import plan, registry
-from .basecfg import PlanError
-from .config import ProfileError, describe, load_profile, parse_override
-from .data import DataError
-from .registry import (
+from modft_utils import plan, record, runs
+from modft_utils.config import ProfileError, describe, load_profile, parse_override
+from modft_utils.data import validate_inputs
+from modft_utils.errors import ModftError
+from modft_utils.modeling import PlanError, preflight
+from modft_utils.runner import NotebookFailed, make_baseline, run_notebooks
+from modft_utils.store import (
     BASE_RECORD,
     CONFIG_FILE,
     DEFAULT_ROOT,
@@ -33,16 +35,13 @@ from .registry import (
     BaseIdentity,
     Registry,
     RegistryError,
-    base_identity,
     base_identity_from_config_file,
     check_adapter_dir,
     check_name,
-    config_sha256,
     loads_json,
     read_base_record,
+    registry,
 )
-from .runner import RunError
-from .runs import RESOLVED_PROFILE
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -50,8 +49,6 @@ def _overrides(items: list[str] | None) -> dict:
 
 
 def _cmd_run(args) -> int:
-    from . import record
-    from .runner import NotebookFailed, run_notebooks
 
     try:
         result = run_notebooks(
@@ -99,8 +96,6 @@ SUMMARY_KEYS = [
 
 
 def _cmd_validate(args) -> int:
-    from .data import validate_inputs
-    from .modeling import preflight
 
     profile = load_profile(args.profile, _overrides(args.set))
     # The base's config is read here, so a model.id typo fails now and not in notebook 01. The GPU
@@ -125,7 +120,6 @@ def _cmd_params(args) -> int:
 
 
 def _cmd_baseline(args) -> int:
-    from .runner import make_baseline
 
     make_baseline()
     return 0
@@ -199,60 +193,6 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
-# A run folder: what `modft run` and the notebooks write (config.prepare_run_dir). Adapters sit
-# at <run>/adapters/<name>/adapter, so the run is a few levels up, never more.
-RUN_PROFILE = RESOLVED_PROFILE
-_RUN_DEPTH = 4
-
-
-def _run_folder(adapter_dir: Path) -> Path | None:
-    """The run folder an adapter was saved in, or None when it is not inside one."""
-    for parent in list(adapter_dir.resolve().parents)[:_RUN_DEPTH]:
-        if (parent / RUN_PROFILE).is_file():
-            return parent
-    return None
-
-
-def _run_base_identity(run: Path, base_path: str, revision: str | None) -> BaseIdentity:
-    """The base an adapter of run folder ``run`` was trained on: the run's model, with its vocabulary extension.
-
-    Notebook 01 may extend the vocabulary (``<run>/tokenizer/vocab_extension.json``); every later
-    load in the run applies it, which changes the config (more rows, the extension's hash). The
-    model is rebuilt here on the meta device, so this costs no memory, and extended exactly as
-    ``modeling.load_base`` extends it.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .vocab import VocabError, load_decision
-
-    try:
-        profile = loads_json((run / RUN_PROFILE).read_text(encoding="utf-8"))
-        model_spec = profile["model"]
-        model_id, revision = str(model_spec["id"]), revision or model_spec.get("revision")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RegistryError(f"{run / RUN_PROFILE}: cannot read the run's model from it ({err})") from None
-    try:
-        ext = load_decision(run)
-    except VocabError as err:
-        raise RegistryError(f"cannot tell which base this adapter was trained on: {err}") from None
-    try:
-        config = AutoConfig.from_pretrained(base_path, revision=revision)
-    except Exception as err:  # noqa: BLE001 - missing folder, offline hub, unknown architecture
-        raise RegistryError(
-            f"cannot read the config of base {base_path!r} (base_model_name_or_path of the adapter, in run "
-            f"{run}): {str(err).splitlines()[0]}; pass --base-config"
-        ) from None
-    if ext is None or not ext.words:
-        return BaseIdentity(model_id=model_id, revision=revision, config_sha256=config_sha256(config))
-    from .vocab import extend_model
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    extend_model(model, ext)
-    return base_identity(model, model_id=model_id, revision=revision)
-
-
 def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tuple[BaseIdentity, str]:
     """The identity of the base the adapter was trained on, and where it came from (for the message).
 
@@ -262,7 +202,7 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
     """
     adapter_dir = Path(args.adapter_dir)
     base_path = str(adapter_config.get("base_model_name_or_path") or "")
-    run = _run_folder(adapter_dir)
+    run = runs.folder_of_adapter(adapter_dir)
     sources: list[tuple[str, BaseIdentity]] = []
     if args.base_config is not None:
         sources.append(
@@ -272,7 +212,7 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
             )
         )
     if run is not None:
-        sources.append((f"run folder {run}", _run_base_identity(run, base_path, args.base_revision)))
+        sources.append((f"run folder {run}", runs.trained_base_identity(run, base_path, args.base_revision)))
     record = read_base_record(adapter_dir)
     if record is not None:
         sources.append((str(adapter_dir / BASE_RECORD), record))
@@ -471,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ProfileError, DataError, RunError) as exc:
+    except ModftError as exc:  # every error of ours, whichever part raised it: one line, no traceback
         print(f"modft: {exc}", file=sys.stderr)
         return 2
 

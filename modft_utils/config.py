@@ -11,7 +11,6 @@ and error locations as key paths, which our own validator would only re-implemen
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -22,8 +21,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modft_utils.errors import ModftError
 
-class ProfileError(ValueError):
+# The promotion gate compares what each SFT format is judged by: SQuAD by the official F1, free
+# text by ROUGE-L (rollback.gate_metric: auto).
+DEFAULT_GATE_METRIC = {"squad": "f1", "prompt_response": "rouge_l", "messages": "rouge_l"}
+
+
+class ProfileError(ModftError, ValueError):
     """A profile or override that cannot be used; the message names the file and every bad key."""
 
 
@@ -120,7 +125,7 @@ class _SourceSpec(_Section):
 
 
 class CorpusSpec(_SourceSpec):
-    """The domain corpus: a hub dataset, or local files in any format :mod:`modft_utils.readers` reads."""
+    """The domain corpus: a hub dataset, or local files in any format :mod:`modft_utils.data.readers` reads."""
 
     train_file: str | None = Field(
         None,
@@ -128,7 +133,7 @@ class CorpusSpec(_SourceSpec):
         "optionally .gz, or a save_to_disk folder)",
     )
     format: Literal["auto", "jsonl", "wikitext", "text", "parquet", "csv", "saved"] = Field(
-        "auto", description="how local files are read; auto goes by the extension (see modft_utils.readers)"
+        "auto", description="how local files are read; auto goes by the extension (see modft_utils.data.readers)"
     )
     text_column: str = Field("text", description="the column holding the text in parquet, CSV and saved datasets")
 
@@ -308,9 +313,9 @@ class Profile(_Section):
 
     def gate_metric(self) -> str:
         """The metric the promotion gate compares: rollback.gate_metric, or the SFT format's own."""
-        from .tasks import gate_metric
 
-        return gate_metric(self.data.sft.format, self.rollback.gate_metric)
+        configured = self.rollback.gate_metric
+        return DEFAULT_GATE_METRIC[self.data.sft.format] if configured == "auto" else configured
 
     @field_validator("registry")
     @classmethod
@@ -471,18 +476,6 @@ def new_run_id(profile: Profile) -> str:
     """A sortable, unique-enough id: UTC time, profile name, host."""
     host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:12] or "host"
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{profile.name}-{host}"
-
-
-def prepare_run_dir(run_dir: str | os.PathLike, profile: Profile) -> Path:
-    """Create the run folder and write the resolved profile beside the results it produced."""
-    run = Path(run_dir).expanduser().resolve()
-    for sub in ("data", "adapters", "figures", "notebooks"):
-        (run / sub).mkdir(parents=True, exist_ok=True)
-    resolved = profile.model_dump(mode="json")
-    resolved["source"] = profile.source
-    if int(os.environ.get("RANK", "0")) == 0:  # data-parallel ranks share the folder; one writes
-        (run / "profile.resolved.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
-    return run
 
 
 def describe(model_cls: type[BaseModel] = Profile, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modft_utils.distributed import is_main
+
 METRICS_FILE = "metrics.json"
 
 
@@ -37,7 +39,6 @@ def load_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def record(run_dir: str | os.PathLike, values: Mapping[str, Any], *, show: bool = True) -> dict[str, Any]:
     """Merge ``values`` into the run's ``metrics.json`` and show them; returns what was written."""
-    from .distributed import is_main
 
     new = {k: _plain(v) for k, v in values.items()}
     if not is_main():  # data-parallel ranks compute the same figures; rank 0 writes them

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import data, modeling, record
-from .config import Profile, load_profile, new_run_id, prepare_run_dir
+from modft_utils import data, modeling, record, runs
+from modft_utils.config import Profile, load_profile, new_run_id
+from modft_utils.distributed import rank, world_size
+from modft_utils.errors import ModftError
 
 NOTEBOOKS = ("01_data_prep", "02_dapt", "03_sft", "04_compose", "05_rollback")
 
@@ -28,11 +30,11 @@ def notebooks_dir() -> Path:
     return path
 
 
-class RunError(ValueError):
+class RunError(ModftError, ValueError):
     """A run that cannot start as asked (unknown notebook, a notebook that cannot run in parallel)."""
 
 
-class NotebookFailed(RuntimeError):
+class NotebookFailed(ModftError, RuntimeError):
     def __init__(self, notebook: str, executed: Path, reason: str):
         super().__init__(f"notebook {notebook} failed: {reason}\n  executed copy with the error: {executed}")
         self.notebook, self.executed, self.reason = notebook, executed, reason
@@ -80,7 +82,6 @@ def run_notebooks(
     modeling.preflight(profile)
     data.validate_inputs(profile)
     chosen = select(notebooks)
-    from .distributed import world_size
 
     parallel_ok = {"02_dapt", "03_sft"}
     if world_size() > 1 and set(chosen) - parallel_ok:
@@ -89,14 +90,13 @@ def run_notebooks(
             f"{sorted(set(chosen) - parallel_ok)} write shared files: run them in one process, e.g. "
             "`modft run --notebooks 01` first, then `accelerate launch -m modft_utils.cli run --notebooks 02 03 --run-dir ...`"
         )
-    run = prepare_run_dir(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile), profile)
+    run = runs.folder(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile)).create(profile)
     src = notebooks_dir()
-    result = RunResult(run)
+    result = RunResult(run.dir)
     params = {"profile": str(Path(profile_path).resolve()), "run_dir": str(run), "overrides": overrides}
-    from .distributed import rank, world_size
 
     # Under `accelerate launch` every rank executes the notebook; each keeps its own executed copy.
-    nb_dir = run / "notebooks" if world_size() == 1 else run / "notebooks" / f"rank{rank()}"
+    nb_dir = run.notebooks() if world_size() == 1 else run.notebooks(rank())
     nb_dir.mkdir(parents=True, exist_ok=True)
     for nb in chosen:
         out = nb_dir / f"{nb}.ipynb"

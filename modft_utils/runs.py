@@ -5,10 +5,11 @@ validated, and written into the folder as ``profile.resolved.json``. Notebooks 0
 folder and get *that* profile back, so editing the YAML halfway through a run cannot change what
 later notebooks do; a YAML that no longer says the same is reported, key by key, and not used.
 
-Paths in the folder are named here once (``run.adapter("domain")``, ``run.data``, ``run.figures``)
-instead of being assembled in notebook cells, and so is what was published to the store from the
-run (``run.publish`` / ``run.published``): the notebook that trains an adapter publishes it, and
-later notebooks find that version without reading metrics back.
+This module is the only code that knows the folder's layout (:class:`RunFolder`): data preparation,
+training, the vocabulary decision, the CLI and the runner ask it for paths instead of assembling
+them. It also records what was published to the store from the run (``run.publish`` /
+``run.published``): the notebook that trains an adapter publishes it, and later notebooks find that
+version without reading metrics back.
 """
 
 from __future__ import annotations
@@ -19,24 +20,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import modeling, registry
-from .config import Profile, ProfileError, load_profile, prepare_run_dir
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from modft_utils import modeling, store
+from modft_utils.config import Profile, ProfileError, load_profile
+from modft_utils.distributed import is_main
+from modft_utils.errors import DataError
+from modft_utils.store import AdapterRef, AdapterVersion, BaseIdentity, Registry, base_identity
 
 RESOLVED_PROFILE = "profile.resolved.json"
 PUBLISHED_FILE = "published.json"
+CHECKPOINTS = "checkpoints"  # inside a training folder: the Trainer's checkpoints
+SAVED_ADAPTER = "adapter"  # inside a training folder: the saved adapter
+FIRST_NOTEBOOK = "01_data_prep"
+# Adapters sit at <run>/adapters/<name>/adapter: the run folder is a few levels above, never more.
+_ADAPTER_DEPTH = 4
 
 
 @dataclass
-class Run:
-    """What a notebook works with: the run's validated profile, base, tokenizer and folder."""
+class RunFolder:
+    """The named places in a run folder. Every function that takes a run folder takes one of these,
+    a :class:`Run`, or a path (``folder(path)`` names its places)."""
 
-    profile: Profile
     dir: Path
-    base: modeling.BaseRef
-    tokenizer: Any
-    profile_changes: list[str]  # keys where the YAML now differs from the run's profile (reported, not used)
 
-    def __fspath__(self) -> str:  # every function taking a run folder takes a Run
+    def __fspath__(self) -> str:  # every function taking a run folder takes a RunFolder or a Run
         return str(self.dir)
 
     def __str__(self) -> str:
@@ -47,9 +56,52 @@ class Run:
         return self.dir.name
 
     @property
+    def resolved_profile(self) -> Path:
+        return self.dir / RESOLVED_PROFILE
+
+    @property
     def data(self) -> Path:
         """What notebook 01 prepared: packed DAPT blocks, SFT sets, reports."""
         return self.dir / "data"
+
+    def dapt_blocks(self, split: str) -> Path:
+        """The packed DAPT blocks of ``split`` (``train`` or ``eval``), a saved ``datasets`` table."""
+        return self.data / f"dapt_{split}"
+
+    @property
+    def dapt_pii_counts(self) -> Path:
+        return self.data / "dapt_pii_counts.json"
+
+    @property
+    def sft_train_rows(self) -> Path:
+        """The SFT training examples as JSON lines (the rollback drill re-reads them)."""
+        return self.data / "sft_train.jsonl"
+
+    @property
+    def sft_train(self) -> Path:
+        return self.data / "sft_train"
+
+    @property
+    def sft_eval_tokenized(self) -> Path:
+        return self.data / "sft_eval_tokenized"
+
+    @property
+    def sft_eval(self) -> Path:
+        """The held-out SFT examples with their prompts, as JSON lines."""
+        return self.data / "sft_eval.jsonl"
+
+    @property
+    def sft_report(self) -> Path:
+        return self.data / "sft_report.json"
+
+    @property
+    def closed_book(self) -> Path:
+        return self.data / "closed_book.jsonl"
+
+    @property
+    def vocab_extension(self) -> Path:
+        """Notebook 01's vocabulary extension, when it decided on one."""
+        return self.dir / "tokenizer" / modeling.EXTENSION_FILE
 
     @property
     def figures(self) -> Path:
@@ -60,33 +112,94 @@ class Run:
         """Exports for serving (notebook 04)."""
         return self.dir / "exports"
 
+    def notebooks(self, rank: int | None = None) -> Path:
+        """Executed notebooks of a headless run; each data-parallel rank keeps its own copies."""
+        return self.dir / "notebooks" if rank is None else self.dir / "notebooks" / f"rank{rank}"
+
     def training(self, adapter: str) -> Path:
-        """Where ``train.train_adapter`` trains ``adapter``: its checkpoints, and the saved adapter in ``adapter/``."""
+        """Where ``adapters.train_adapter`` trains ``adapter``: its checkpoints, and the saved adapter."""
         return self.dir / "adapters" / adapter
 
     def adapter(self, adapter: str) -> Path:
         """The saved adapter ``adapter`` (``adapter_config.json``, ``adapter_model.safetensors``)."""
-        return self.training(adapter) / "adapter"
+        return self.training(adapter) / SAVED_ADAPTER
+
+    def published_record(self, adapter: str) -> Path:
+        """Which store version the run's ``adapter`` became (``Run.publish`` writes it)."""
+        return self.training(adapter) / PUBLISHED_FILE
+
+    def create(self, profile: Profile) -> RunFolder:
+        """Create the folder and write the resolved profile beside the results it will hold."""
+        for sub in (self.data, self.dir / "adapters", self.figures, self.notebooks()):
+            sub.mkdir(parents=True, exist_ok=True)
+        resolved = profile.model_dump(mode="json")
+        resolved["source"] = profile.source
+        if is_main():  # data-parallel ranks share the folder; one writes
+            self.resolved_profile.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+        return self
+
+    def require(self, path: Path, notebook: str = FIRST_NOTEBOOK) -> Path:
+        """``path`` of this folder, or an error saying which notebook writes it."""
+        if not path.exists():
+            raise DataError(f"{path} is missing: run notebook {notebook} for this run folder first")
+        return path
+
+    def load_dataset(self, path: Path, notebook: str = FIRST_NOTEBOOK):
+        """A dataset ``notebook`` saved with ``save_to_disk``; DataError naming it if missing or damaged."""
+        from datasets import load_from_disk
+
+        self.require(path, notebook)
+        try:
+            return load_from_disk(str(path))
+        # pyarrow raises OSError for a truncated .arrow file and ArrowInvalid (a ValueError) for a garbled
+        # one; datasets raises FileNotFoundError when a shard listed in its state file is gone.
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}): run notebook {notebook} for this run folder again"
+            ) from None
+
+
+def folder(run_dir: str | os.PathLike | RunFolder) -> RunFolder:
+    """The named places of ``run_dir`` (a Run or RunFolder is returned as it is)."""
+    return run_dir if isinstance(run_dir, RunFolder) else RunFolder(Path(run_dir).expanduser().resolve())
+
+
+def folder_of_adapter(adapter_dir: str | os.PathLike) -> RunFolder | None:
+    """The run folder a saved adapter sits in, or None when it is not inside one."""
+    for parent in list(Path(adapter_dir).resolve().parents)[:_ADAPTER_DEPTH]:
+        if (parent / RESOLVED_PROFILE).is_file():
+            return RunFolder(parent)
+    return None
+
+
+@dataclass
+class Run(RunFolder):
+    """What a notebook works with: the run's validated profile, base, tokenizer and folder."""
+
+    profile: Profile
+    base: modeling.BaseRef
+    tokenizer: Any
+    profile_changes: list[str]  # keys where the YAML now differs from the run's profile (reported, not used)
 
     # ----------------------------------------------------------------- the store
 
-    def store(self) -> registry.Registry:
+    def store(self) -> Registry:
         """The profile's artifact store."""
-        return registry.Registry(self.profile.registry_uri())
+        return Registry(self.profile.registry_uri())
 
-    def base_identity(self, model) -> registry.BaseIdentity:
+    def base_identity(self, model) -> BaseIdentity:
         """The loaded base as the store identifies it (vocabulary extension included)."""
-        return registry.base_identity(model, model_id=self.profile.model.id, revision=self.base.revision)
+        return base_identity(model, model_id=self.profile.model.id, revision=self.base.revision)
 
     def publish(
         self,
-        store: registry.Registry,
+        store: Registry,
         adapter: str,
         *,
-        base: registry.BaseIdentity,
-        parent: registry.AdapterRef | None = None,
+        base: BaseIdentity,
+        parent: AdapterRef | None = None,
         **details: Any,
-    ) -> registry.AdapterVersion:
+    ) -> AdapterVersion:
         """Publish the saved adapter ``adapter`` of this run and remember which version it became."""
         version = store.publish(
             adapter,
@@ -97,12 +210,12 @@ class Run:
             **details,
         )
         record = {"name": version.name, "version": version.version, "registry": store.uri}
-        (self.training(adapter) / PUBLISHED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        self.published_record(adapter).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return version
 
-    def published(self, store: registry.Registry, adapter: str) -> registry.AdapterVersion:
+    def published(self, store: Registry, adapter: str) -> AdapterVersion:
         """The store version this run's ``adapter`` was published as, by the notebook that trained it."""
-        path = self.training(adapter) / PUBLISHED_FILE
+        path = self.published_record(adapter)
         if not path.is_file():
             raise ProfileError(f"{path} is missing: the notebook that trains {adapter!r} publishes it; run it first")
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -120,9 +233,9 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def read_resolved(run_dir: str | os.PathLike) -> Profile:
+def read_resolved(run_dir: str | os.PathLike | RunFolder) -> Profile:
     """The profile notebook 01 wrote into the run folder, validated again."""
-    path = Path(run_dir) / RESOLVED_PROFILE
+    path = folder(run_dir).resolved_profile
     if not path.is_file():
         raise ProfileError(f"{path} is missing: run notebook 01 for this run folder first")
     tree = json.loads(path.read_text(encoding="utf-8"))
@@ -133,6 +246,38 @@ def read_resolved(run_dir: str | os.PathLike) -> Profile:
         raise ProfileError(f"{path}: not a profile this version can read ({exc})") from None
     profile.source = source
     return profile
+
+
+def trained_base_identity(run: RunFolder, base_path: str, revision: str | None) -> BaseIdentity:
+    """The base an adapter of run folder ``run`` was trained on: the run's model, with its vocabulary extension.
+
+    Notebook 01 may extend the vocabulary (``run.vocab_extension``); every later load in the run
+    applies it, which changes the config (more rows, the extension's hash). The model is rebuilt
+    here on the meta device, so this costs no memory, and extended exactly as
+    ``modeling.load_base`` extends it.
+    """
+    try:
+        spec = store.loads_json(run.resolved_profile.read_text(encoding="utf-8"))["model"]
+        model_id, revision = str(spec["id"]), revision or spec.get("revision")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise store.RegistryError(f"{run.resolved_profile}: cannot read the run's model from it ({err})") from None
+    try:
+        ext = modeling.load_decision(run.vocab_extension)
+    except modeling.VocabError as err:
+        raise store.RegistryError(f"cannot tell which base this adapter was trained on: {err}") from None
+    try:
+        config = AutoConfig.from_pretrained(base_path, revision=revision)
+    except Exception as err:  # noqa: BLE001 - missing folder, offline hub, unknown architecture
+        raise store.RegistryError(
+            f"cannot read the config of base {base_path!r} (base_model_name_or_path of the adapter, in run "
+            f"{run}): {str(err).splitlines()[0]}; pass --base-config"
+        ) from None
+    if ext is None or not ext.words:
+        return store.identity_of_config(config, model_id=model_id, revision=revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    modeling.extend_model(model, ext)
+    return base_identity(model, model_id=model_id, revision=revision)
 
 
 def open_run(
@@ -150,13 +295,13 @@ def open_run(
     ``overrides`` are only compared with it, and keys that now differ are listed in
     ``profile_changes`` (and printed), because a run is one profile from its first notebook to its last.
     """
+    place = folder(run_dir)
     if fresh:
         profile = load_profile(profile_path, overrides)
-        folder = prepare_run_dir(run_dir, profile)
+        place.create(profile)
         base = modeling.ensure_base(profile, progress=progress)  # 01 decides on a vocabulary extension
-        return Run(profile, folder, base, modeling.load_tokenizer(base), [])
-    folder = Path(run_dir).expanduser().resolve()
-    profile = read_resolved(folder)
+        return Run(place.dir, profile, base, modeling.load_tokenizer(base), [])
+    profile = read_resolved(place)
     try:
         now = load_profile(profile_path, overrides, check_paths=False)
         changes = _differences(profile.model_dump(mode="json"), now.model_dump(mode="json"))
@@ -165,7 +310,8 @@ def open_run(
     if changes:
         print(
             f"note: the profile differs from the one this run started with in {', '.join(changes)}; "
-            f"using the run's ({folder / RESOLVED_PROFILE}). Start a new run folder to use the new values."
+            f"using the run's ({place.resolved_profile}). Start a new run folder to use the new values."
         )
-    base = modeling.ensure_base(profile, folder, progress=progress)  # with the vocabulary extension 01 recorded
-    return Run(profile, folder, base, modeling.load_tokenizer(base), changes)
+    # with the vocabulary extension 01 recorded
+    base = modeling.ensure_base(profile, modeling.load_decision(place.vocab_extension), progress=progress)
+    return Run(place.dir, profile, base, modeling.load_tokenizer(base), changes)

@@ -29,10 +29,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from modft_utils.errors import ModftError
+
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
-class UpstreamFixError(RuntimeError):
+class UpstreamFixError(ModftError, RuntimeError):
     """An adapter file or checkpoint that the workarounds here refuse; the message names it."""
 
 

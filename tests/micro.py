@@ -94,7 +94,7 @@ def store_bases(tmp_path_factory):
     """A tiny base on disk, two adapters for it, and an adapter for a wider base (the store tests' ``tiny``)."""
     from types import SimpleNamespace
 
-    from modft_utils.registry import base_identity
+    from modft_utils.store import base_identity
 
     root = tmp_path_factory.mktemp("tiny")
     base_dir = save_store_base(root / "base")

@@ -5,10 +5,10 @@ import torch
 from datasets import Dataset
 from transformers import default_data_collator
 
-from modft_utils import adapters, evaluate, modeling, train
+from modft_utils import adapters, evaluate, modeling
+from modft_utils.adapters import load_adapter
 from modft_utils.config import LoraSpec, TrainSpec
 from modft_utils.modeling import BaseRef
-from modft_utils.stack import load_adapter
 
 
 def _blocks(n=16, length=24, seed=0):
@@ -28,7 +28,7 @@ def _train(model, name, tmp_path, steps=3, seed=0):
     spec = TrainSpec(
         max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=seed
     )
-    return train.train_adapter(
+    return adapters.train_adapter(
         model, name, _blocks(), _blocks(4, seed=1), spec, tmp_path / name, default_data_collator, progress=False
     )
 
@@ -149,7 +149,7 @@ def test_training_is_deterministic(micro_profile, tmp_path):
             modeling.load_base(micro_profile, ref), "domain", modeling.lora_config(LoraSpec(r=4, alpha=8))
         )
         result = _train(model, "domain", tmp_path / str(i), steps=8)
-        losses.append([loss for _, loss in train.loss_curves(result.log_history)["train"]])
+        losses.append([loss for _, loss in adapters.loss_curves(result.log_history)["train"]])
     assert len(losses[0]) == 8
     torch.testing.assert_close(losses[0], losses[1])
     assert losses[0][-1] < losses[0][0]

@@ -5,15 +5,8 @@ import time
 
 import pytest
 
-from modft_utils.clean import (
-    CleanConfig,
-    StepReport,
-    clean_corpus,
-    clean_wikitext,
-    near_dedup,
-    report_table,
-    split_documents,
-)
+from modft_utils.data import CleanConfig, StepReport, clean_corpus, report_table
+from modft_utils.data.clean import clean_wikitext, near_dedup, split_documents
 
 # Rows exactly as the `datasets` wikitext-2-raw-v1 table holds them: one paragraph per row with a
 # leading space and a trailing "\n", blank rows as "".
@@ -327,7 +320,7 @@ def _synthetic_wikitext(n_chars: int, seed: int = 0) -> list[str]:
 
 
 def test_pipeline_is_fast_on_a_wikitext2_sized_corpus():
-    from modft_utils.pii import scrub_pii_with_spans
+    from modft_utils.data import scrub_pii_with_spans
 
     rows = _synthetic_wikitext(1_500_000)
 

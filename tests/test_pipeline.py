@@ -58,11 +58,11 @@ def test_tokenizer_extension_runs_through_every_notebook(pipeline):
     """The tiny profile's decision is to extend: 01 adds tokens, 02's domain adapter trains their rows."""
     from safetensors import safe_open
 
-    from modft_utils import vocab
+    from modft_utils import modeling, runs
 
     m = pipeline.metrics
     assert m["data.tokenizer.extend"] is True
-    ext = vocab.load_decision(pipeline.run_dir)
+    ext = modeling.load_decision(runs.folder(pipeline.run_dir).vocab_extension)
     assert m["data.tokenizer.added_tokens"] == len(ext.words) == 100  # the profile's tokenizer_max_new_tokens
     assert m["data.tokenizer.tokens_per_word_extended"] < m["data.tokens_per_word"] - 0.2
     domain = pipeline.run_dir / "adapters" / "domain" / "adapter" / "adapter_model.safetensors"

@@ -11,24 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from modft_utils import activations
-from modft_utils.basecfg import (
-    PlanError,
-    _meta_tensors,
-    _minimax_m2_tensors,
-    count_params,
-    count_params_meta,
-    read_model_config,
-)
 from modft_utils.cli import add_plan_command
 from modft_utils.config import load_profile
-from modft_utils.measure import measure_training_peak
-from modft_utils.plan import (
-    GiB,
-    nf4_bytes,
-    parse_bytes,
-    plan,
-)
+from modft_utils.modeling import PlanError, count_params, read_model_config
+from modft_utils.modeling.basecfg import _meta_tensors, _minimax_m2_tensors, count_params_meta
+from modft_utils.plan import activations, measure_training_peak, plan
+from modft_utils.plan.planner import GiB, nf4_bytes, parse_bytes
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def test_gpu_24gb_profile_fits_one_24gb_gpu_and_minimax_does_not(root):
 def test_gpu_24gb_base_architecture_takes_the_same_4bit_experts_path():
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from modft_utils.quant import has_4bit_experts, quantize_experts
+    from modft_utils.modeling import has_4bit_experts, quantize_experts
 
     torch.manual_seed(0)
     cfg = Qwen3MoeConfig(

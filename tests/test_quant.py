@@ -1,4 +1,4 @@
-"""4-bit experts (modft_utils.quant) on a tiny MiniMax-M2: storage, numerics, training, LoRA checks.
+"""4-bit experts (modft_utils.modeling.quant) on a tiny MiniMax-M2: storage, numerics, training, LoRA checks.
 
 The bounds below were measured on this model (seed 0) and are documented where they are asserted.
 """
@@ -12,14 +12,8 @@ pytest.importorskip("bitsandbytes")
 
 from micro import save_micro_base  # noqa: E402
 
-from modft_utils.quant import (  # noqa: E402
-    NF4Experts,
-    check_lora_targets,
-    has_4bit_experts,
-    quantizable_bytes,
-    quantize_experts,
-    weight_bytes,
-)
+from modft_utils.modeling import NF4Experts, check_lora_targets, has_4bit_experts, quantize_experts  # noqa: E402
+from modft_utils.modeling.quant import quantizable_bytes, weight_bytes  # noqa: E402
 from modft_utils.upstream_fixes import keep_cpu_4bit_exact  # noqa: E402
 
 LAYERS, EXPERTS, HIDDEN, FFN = 2, 8, 128, 128

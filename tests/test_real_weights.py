@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from modft_utils import config, gguf, runner
+from modft_utils import config, runner
+from modft_utils.modeling import gguf
 
 MICRO = {
     "data.sft_eval_size": 10,

@@ -26,9 +26,9 @@ from micro import STORE_BASE, micro_config
 from micro import load_store_base as _load_base
 from micro import store_logits as _logits
 
-from modft_utils import registry as R
-from modft_utils import stack
-from modft_utils.registry import (
+from modft_utils import adapters
+from modft_utils import store as R
+from modft_utils.store import (
     AdapterRef,
     IncompatibleAdapterError,
     IntegrityError,
@@ -184,7 +184,7 @@ def test_a_flipped_byte_is_named_by_verify_and_refused_by_load(tiny, tmp_path):
         R.verify_version(v)
     model = _load_base(tiny.base_dir)
     with pytest.raises(IntegrityError, match=r"adapter_model\.safetensors"):
-        stack.load_adapter(model, v, "domain", base=tiny.base_id)
+        adapters.load_adapter(model, v, "domain", base=tiny.base_id)
     assert _lora_layer_count(model) == 0
 
 
@@ -218,14 +218,14 @@ def test_loaded_adapters_give_the_logits_of_plain_peft(tiny, tmp_path):
     tv = _publish(reg, tiny, "task", src=tiny.task, parent=dv.ref)
 
     reference = PeftModel.from_pretrained(_load_base(tiny.base_dir), str(tiny.domain), adapter_name="domain")
-    ours = stack.load_adapter(_load_base(tiny.base_dir), dv, "domain", base=tiny.base_id)
+    ours = adapters.load_adapter(_load_base(tiny.base_dir), dv, "domain", base=tiny.base_id)
     assert isinstance(ours, PeftModel)
     assert not any(p.requires_grad for p in ours.parameters())
     assert torch.equal(_logits(ours), _logits(reference))
     assert not torch.equal(_logits(ours), tiny.base_logits), "the adapter should change the logits"
 
     # The second adapter goes into the PeftModel through load_adapter.
-    assert stack.load_adapter(ours, tv, "task", base=tiny.base_id, active_parent=dv.ref) is ours
+    assert adapters.load_adapter(ours, tv, "task", base=tiny.base_id, active_parent=dv.ref) is ours
     reference.load_adapter(str(tiny.task), adapter_name="task")
     for model in (ours, reference):
         model.base_model.set_adapter(["domain", "task"])
@@ -236,7 +236,7 @@ def test_an_adapter_from_another_base_is_refused_showing_both(tiny, tmp_path):
     v = _publish(Registry(tmp_path / "reg"), tiny, src=tiny.other, base=tiny.other_id)
     model = _load_base(tiny.base_dir)
     with pytest.raises(IncompatibleAdapterError, match="different base") as err:
-        stack.load_adapter(model, v, "domain", base=tiny.base_id)
+        adapters.load_adapter(model, v, "domain", base=tiny.base_id)
     assert tiny.other_id.config_sha256 in str(err.value) and tiny.base_id.config_sha256 in str(err.value)
     assert _lora_layer_count(model) == 0
 
@@ -253,14 +253,14 @@ def test_a_rank_mismatch_is_an_error_and_leaves_the_model_as_it_was(tiny, tmp_pa
 
     plain = _load_base(tiny.base_dir)
     with pytest.raises(IncompatibleAdapterError, match=r"adapter 'wrong' \(wrong@1\).*size mismatch"):
-        stack.load_adapter(plain, bad, "wrong", base=tiny.base_id)
+        adapters.load_adapter(plain, bad, "wrong", base=tiny.base_id)
     assert _lora_layer_count(plain) == 0 and not hasattr(plain, "peft_config")
     assert torch.equal(_logits(plain), tiny.base_logits)
 
-    model = stack.load_adapter(_load_base(tiny.base_dir), good, "domain", base=tiny.base_id)
+    model = adapters.load_adapter(_load_base(tiny.base_dir), good, "domain", base=tiny.base_id)
     before = _logits(model)
     with pytest.raises(IncompatibleAdapterError, match=r"adapter 'wrong'.*size mismatch"):
-        stack.load_adapter(model, bad, "wrong", base=tiny.base_id)
+        adapters.load_adapter(model, bad, "wrong", base=tiny.base_id)
     assert list(model.peft_config) == ["domain"]
     assert torch.equal(_logits(model), before)
 
@@ -270,7 +270,7 @@ def test_a_shape_mismatch_is_an_error_naming_the_adapter(tiny, tmp_path):
     v = _publish(Registry(tmp_path / "reg"), tiny, "mislabelled", src=tiny.other)
     model = _load_base(tiny.base_dir)
     with pytest.raises(IncompatibleAdapterError, match=r"adapter 'mislabelled' \(mislabelled@1\) does not fit"):
-        stack.load_adapter(model, v, "mislabelled", base=tiny.base_id)
+        adapters.load_adapter(model, v, "mislabelled", base=tiny.base_id)
     assert _lora_layer_count(model) == 0
 
 
@@ -293,10 +293,10 @@ def test_missing_or_unexpected_adapter_weights_are_errors_not_warnings(tiny, tmp
     missing_v, extra_v = _publish(reg, tiny, "partial", src=no_v), _publish(reg, tiny, "extra", src=extra)
 
     with pytest.raises(IncompatibleAdapterError, match=r"4 adapter weight\(s\) missing.*v_proj"):
-        stack.load_adapter(_load_base(tiny.base_dir), missing_v, "partial", base=tiny.base_id)
+        adapters.load_adapter(_load_base(tiny.base_dir), missing_v, "partial", base=tiny.base_id)
     model = _load_base(tiny.base_dir)
     with pytest.raises(IncompatibleAdapterError, match=r"1 unexpected in it.*k_proj"):
-        stack.load_adapter(model, extra_v, "extra", base=tiny.base_id)
+        adapters.load_adapter(model, extra_v, "extra", base=tiny.base_id)
     assert _lora_layer_count(model) == 0
 
 
@@ -308,17 +308,17 @@ def test_a_task_adapter_needs_the_parent_it_was_trained_on(tiny, tmp_path):
     reg.promote("domain", 2, reason="newer domain")
     assert task.manifest.parent == AdapterRef("domain", 1), "the alias is pinned at publish time"
 
-    model = stack.load_adapter(_load_base(tiny.base_dir), d1, "domain", base=tiny.base_id)
+    model = adapters.load_adapter(_load_base(tiny.base_dir), d1, "domain", base=tiny.base_id)
     for active in (None, d2.ref):
         with pytest.raises(IncompatibleAdapterError, match=r"trained on top of domain@1"):
-            stack.load_adapter(model, task, "task", base=tiny.base_id, active_parent=active)
+            adapters.load_adapter(model, task, "task", base=tiny.base_id, active_parent=active)
     assert list(model.peft_config) == ["domain"]
-    stack.load_adapter(model, task, "task", base=tiny.base_id, active_parent=d1.ref)
+    adapters.load_adapter(model, task, "task", base=tiny.base_id, active_parent=d1.ref)
     assert sorted(model.peft_config) == ["domain", "task"]
 
-    forced = stack.load_adapter(_load_base(tiny.base_dir), d2, "domain", base=tiny.base_id)
+    forced = adapters.load_adapter(_load_base(tiny.base_dir), d2, "domain", base=tiny.base_id)
     with pytest.warns(UserWarning, match="force_parent=True"):
-        stack.load_adapter(forced, task, "task", base=tiny.base_id, active_parent=d2.ref, force_parent=True)
+        adapters.load_adapter(forced, task, "task", base=tiny.base_id, active_parent=d2.ref, force_parent=True)
     assert sorted(forced.peft_config) == ["domain", "task"]
 
 
@@ -542,7 +542,7 @@ def test_a_memory_registry_works_through_the_same_code(tiny, tmp_path, memory_ro
 
     local = v.local_copy()
     assert local.is_relative_to(tmp_path / "cache")
-    ours = stack.load_adapter(_load_base(tiny.base_dir), v, "domain", base=tiny.base_id)
+    ours = adapters.load_adapter(_load_base(tiny.base_dir), v, "domain", base=tiny.base_id)
     reference = PeftModel.from_pretrained(_load_base(tiny.base_dir), str(tiny.domain), adapter_name="domain")
     assert torch.equal(_logits(ours), _logits(reference))
 

@@ -24,9 +24,9 @@ from test_registry import (
     _run_until_marker_then_kill,
 )
 
-from modft_utils import registry as R
-from modft_utils import stack
-from modft_utils.registry import Registry, RegistryError
+from modft_utils import adapters
+from modft_utils import store as R
+from modft_utils.store import Registry, RegistryError
 
 
 def _audit(root: Path, name: str) -> Path:
@@ -229,14 +229,14 @@ def extended_run(tiny, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from modft_utils import adapters, vocab
+    from modft_utils import adapters, modeling, runs
 
     run = tmp_path_factory.mktemp("run")
     (run / "profile.resolved.json").write_text(json.dumps({"name": "t", "model": {"id": "tiny", "revision": None}}))
-    ext = vocab.VocabExtension(64, ("Valkyria", "Gallia"), ((5, 9, 13), (6, 10, 14)))
-    vocab.save_decision(run, ext)
+    ext = modeling.VocabExtension(64, ("Valkyria", "Gallia"), ((5, 9, 13), (6, 10, 14)))
+    modeling.save_decision(runs.folder(run).vocab_extension, ext)
     model = _load_base(tiny.base_dir)
-    vocab.extend_model(model, ext)
+    modeling.extend_model(model, ext)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -247,18 +247,18 @@ def extended_run(tiny, tmp_path_factory):
 
 
 def test_cli_publish_takes_the_base_from_the_run_the_adapter_was_trained_in(tiny, tmp_path, extended_run, capsys):
-    from modft_utils import vocab
+    from modft_utils import modeling
 
     run, adapter, ext = extended_run
     uri = str(tmp_path / "reg")
     assert _cli("publish", "domain", str(adapter), "--registry", uri) == 0
     assert f"base from run folder {run}" in capsys.readouterr().out
     extended = _load_base(tiny.base_dir)
-    vocab.extend_model(extended, ext)
+    modeling.extend_model(extended, ext)
     identity = R.base_identity(extended, model_id="tiny")
     v = Registry(uri).resolve("domain")
     assert v.manifest.base == identity and v.manifest.base.config_sha256 != tiny.base_id.config_sha256
-    stack.load_adapter(extended, v, "domain", base=identity)  # loads: the recorded base is the real one
+    adapters.load_adapter(extended, v, "domain", base=identity)  # loads: the recorded base is the real one
 
     # A --base-config that contradicts the run folder is refused, naming both.
     assert (
@@ -272,7 +272,7 @@ def test_cli_publish_takes_the_base_from_the_run_the_adapter_was_trained_in(tiny
 
 @pytest.mark.parametrize("keep", ["record", "run folder"])
 def test_cli_publish_takes_the_base_from_either_source_alone(tiny, tmp_path, extended_run, capsys, keep):
-    from modft_utils import vocab
+    from modft_utils import modeling
 
     run, adapter, ext = extended_run
     if keep == "record":  # the adapter copied out of its run: its own base record remains
@@ -285,7 +285,7 @@ def test_cli_publish_takes_the_base_from_either_source_alone(tiny, tmp_path, ext
     assert _cli("publish", "domain", str(moved), "--registry", uri) == 0
     capsys.readouterr()
     extended = _load_base(tiny.base_dir)
-    vocab.extend_model(extended, ext)
+    modeling.extend_model(extended, ext)
     assert Registry(uri).resolve("domain").manifest.base.config_sha256 == R.base_identity(extended).config_sha256
     assert _cli("publish", "task", str(moved), "--registry", uri, "--base-config", str(tiny.base_dir)) == 1
     assert "is not the base this adapter was trained on" in capsys.readouterr().err

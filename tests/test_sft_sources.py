@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from modft_utils import config, data, tiny
+from modft_utils import config, data
+from modft_utils.modeling import tiny
 
 SAMPLE = "data/sample/squad"
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modft_utils.squad import (
-    QAExample,
-    SquadFormatError,
+from modft_utils.data import QAExample, SquadFormatError, squad_metrics
+from modft_utils.data.squad import (
     exact_match_score,
     f1_score,
     normalize_answer,
@@ -17,7 +16,6 @@ from modft_utils.squad import (
     reference_answers,
     rows_to_examples,
     split_by_title,
-    squad_metrics,
     subset,
     window_context,
 )

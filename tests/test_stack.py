@@ -5,10 +5,11 @@ import warnings
 import pytest
 import torch
 
-from modft_utils import adapters, evaluate, modeling, registry
+from modft_utils import adapters, evaluate, modeling
+from modft_utils.adapters import AdapterStack, ParentMismatchError, load_adapter
 from modft_utils.config import LoraSpec
 from modft_utils.modeling import BaseRef
-from modft_utils.stack import AdapterStack, ParentMismatchError, load_adapter
+from modft_utils.store import registry
 
 X = torch.randint(2, 96, (2, 12), generator=torch.Generator().manual_seed(0))
 

@@ -9,8 +9,10 @@ import json
 import pytest
 import yaml
 
-from modft_utils import config, data, evaluate, prompts, tasks
+from modft_utils import config, data, evaluate, runs
 from modft_utils.config import ProfileError
+from modft_utils.data import prompts, sources, tasks
+from modft_utils.evaluate import scores
 
 TURNS = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 
@@ -314,7 +316,7 @@ def test_sample_sets_are_prepared_scrubbed_and_counted(name, fmt, root, tmp_path
     import re
 
     prof = config.load_profile(root / "params" / f"{name}.yaml", {"data.max_sft_tokens": 4096})
-    run = config.prepare_run_dir(tmp_path / "run", prof)
+    run = runs.folder(tmp_path / "run").create(prof)
     sft = data.prepare_sft(prof, byte_tokenizer, run, progress=False)
     rep = sft.report
     rows_in = {"prompt_response": 461, "messages": 462}[fmt]
@@ -327,7 +329,7 @@ def test_sample_sets_are_prepared_scrubbed_and_counted(name, fmt, root, tmp_path
     assert rep.loaded["validation"]["examples"] == 91 and rep.overlapping_titles_removed == 0
     assert rep.train_examples == 458 and rep.eval_examples == 91 and rep.dropped_too_long == 0
     assert rep.pii_replacements > 0
-    written = (run / "data" / "sft_train.jsonl").read_text() + (run / "data" / "sft_eval.jsonl").read_text()
+    written = run.sft_train_rows.read_text() + run.sft_eval.read_text()
     assert not re.search(r"[\w.]+@[\w-]+\.example\.org|555-01\d\d", written)
     assert {f"data.sft.{fmt}.train.duplicate_ids", f"data.sft.{fmt}.dropped_too_long"} <= set(rep.metrics())
     shuffled = data.shuffled_answer_set(prof, run, byte_tokenizer)
@@ -353,7 +355,7 @@ def test_the_gate_metric_follows_the_format(tmp_path, root):
     rows = {"train_file": _jsonl(tmp_path / "t.jsonl", ALPACA), "validation_file": _jsonl(tmp_path / "v.jsonl", ALPACA)}
     prof = _profile(tmp_path, root, {"format": "prompt_response", **rows}, extra={"rollback.gate_metric": "auto"})
     assert prof.gate_metric() == "rouge_l"
-    assert tasks.gate_metric("squad", "auto") == "f1"
+    assert config.DEFAULT_GATE_METRIC["squad"] == "f1"
     with pytest.raises(
         ProfileError, match=r"rollback\.gate_metric 'rouge_l' is reported for prompt_response and messages"
     ):
@@ -374,7 +376,7 @@ def test_score_line_and_formats_do_not_mix():
         == "EM 10.0, F1 20.0, ROUGE-L 30.0, answer NLL 1.235"
     )
     with pytest.raises(ValueError, match="mix SFT formats"):
-        evaluate.example_format([{"format": "squad"}, {"format": "messages"}])
+        scores.example_format([{"format": "squad"}, {"format": "messages"}])
 
 
 def test_hub_squad_v2_rows_are_scored_as_v2():
@@ -385,9 +387,9 @@ def test_hub_squad_v2_rows_are_scored_as_v2():
         {"id": "1", "answers": {"text": ["x"], "answer_start": [0]}},
         {"id": "2", "answers": {"text": [], "answer_start": []}},
     ]
-    assert data._squad_version(Dataset.from_list(rows)) == "v2.0"
-    assert data._squad_version(Dataset.from_list(rows[:1])) == "v1.1"
-    assert data._squad_version(rows) == "v2.0"
+    assert sources.squad_version(Dataset.from_list(rows)) == "v2.0"
+    assert sources.squad_version(Dataset.from_list(rows[:1])) == "v1.1"
+    assert sources.squad_version(rows) == "v2.0"
 
 
 # ---------------------------------------------------------------- profiles

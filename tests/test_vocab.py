@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from modft_utils import adapters, config, coverage, evaluate, export, modeling, registry, vocab
-from modft_utils.stack import load_adapter
+from modft_utils import adapters, config, evaluate, modeling, runs, serve, store
+from modft_utils.adapters import load_adapter
+from modft_utils.data import coverage
 
 DOCS = [
     "The Thaenen council met at Maszaer. The Thaenen fishers sailed from Maszaer to the Thaenen Isles. " * 3,
@@ -24,7 +25,7 @@ def tiny(root, test_outputs):
 def extension(tiny):
     prof, base = tiny
     tok = modeling.load_tokenizer(base)
-    return vocab.choose_words(tok, coverage.word_counts(DOCS), max_words=3, min_count=3, min_pieces=3)
+    return modeling.choose_words(tok, coverage.word_counts(DOCS), max_words=3, min_count=3, min_pieces=3)
 
 
 def test_words_are_chosen_by_tokens_saved(tiny, extension):
@@ -51,8 +52,8 @@ def test_extended_tokenizer_makes_each_word_one_token_and_round_trips(tiny, exte
 
 def test_extension_refuses_another_tokenizer(tiny, extension):
     _, base = tiny
-    other = vocab.VocabExtension(extension.base_tokenizer_size + 7, extension.words, extension.pieces)
-    with pytest.raises(vocab.VocabError, match=f"{extension.base_tokenizer_size + 7} tokens"):
+    other = modeling.VocabExtension(extension.base_tokenizer_size + 7, extension.words, extension.pieces)
+    with pytest.raises(modeling.VocabError, match=f"{extension.base_tokenizer_size + 7} tokens"):
         modeling.load_tokenizer(base.extended(other))
 
 
@@ -61,8 +62,8 @@ def test_tampered_extension_file_is_refused(tmp_path, extension):
     raw = json.loads(path.read_text())
     raw["words"][0] = "Other"
     path.write_text(json.dumps(raw))
-    with pytest.raises(vocab.VocabError, match="x.json"):
-        vocab.VocabExtension.load(path)
+    with pytest.raises(modeling.VocabError, match="x.json"):
+        modeling.VocabExtension.load(path)
 
 
 def test_new_rows_are_the_mean_of_the_old_pieces_and_change_the_base_identity(tiny, extension):
@@ -78,7 +79,7 @@ def test_new_rows_are_the_mean_of_the_old_pieces_and_change_the_base_identity(ti
         for token_id, pieces in zip(extension.token_ids, extension.pieces):
             assert torch.equal(new[token_id], old[list(pieces)].mean(dim=0))
         assert torch.equal(new[: old.shape[0]][: extension.base_tokenizer_size], old[: extension.base_tokenizer_size])
-    ident = lambda m: registry.base_identity(m, model_id="tiny")  # noqa: E731
+    ident = lambda m: store.base_identity(m, model_id="tiny")  # noqa: E731
     assert ident(model).config_sha256 != ident(plain).config_sha256
     assert ident(model) == ident(modeling.load_base(prof, base.extended(extension)))
 
@@ -121,12 +122,12 @@ def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, exte
     adapters.activate(fresh, ["domain", "task"])
     assert evaluate.max_abs_diff(evaluate.logits(fresh, ids), stack) == 0.0
 
-    combined = export.export_combined(fresh, ["task", "domain"], tmp_path / "stack")
+    combined = serve.export_combined(fresh, ["task", "domain"], tmp_path / "stack")
     one = load_adapter(modeling.load_base(prof, xbase), combined, "stack")
     adapters.activate(one, ["stack"])
     assert evaluate.max_abs_diff(evaluate.logits(one, ids), stack) < 1e-4
-    merged = export.export_merged(
-        export.full_precision_loader(prof, xbase),
+    merged = serve.export_merged(
+        serve.full_precision_loader(prof, xbase),
         {"domain": tmp_path / "domain", "task": tmp_path / "task"},
         tmp_path / "merged",
         dtype=None,
@@ -138,12 +139,11 @@ def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, exte
 
 def test_decision_below_threshold_adds_nothing_and_removes_a_stale_extension(tiny, extension, tmp_path):
     prof, base = tiny
-    vocab.save_decision(tmp_path, extension)
+    modeling.save_decision(runs.folder(tmp_path).vocab_extension, extension)
     strict = prof.model_copy(update={"data": prof.data.model_copy(update={"tokenizer_extend_threshold": 50.0})})
     decision = coverage.decide_tokenizer(strict, base, DOCS, tmp_path)
     assert decision.extension is None and decision.coverage["extend"] is False
-    assert vocab.load_decision(tmp_path) is None
-    assert modeling.ensure_base(prof, tmp_path, progress=False).vocab_extension is None
+    assert modeling.load_decision(runs.folder(tmp_path).vocab_extension) is None
     assert decision.metrics()["data.tokenizer.added_tokens"] == 0
 
 
@@ -159,6 +159,6 @@ def test_decision_above_threshold_is_found_by_later_loads(tiny, tmp_path):
     decision = coverage.decide_tokenizer(eager, base, DOCS, tmp_path)
     assert len(decision.extension.words) == 2
     assert decision.coverage_extended["tokens_per_word"] < decision.coverage["tokens_per_word"]
-    later = modeling.ensure_base(prof, tmp_path, progress=False)
+    later = modeling.ensure_base(prof, modeling.load_decision(runs.folder(tmp_path).vocab_extension), progress=False)
     assert later.vocab_extension == decision.extension
     assert len(modeling.load_tokenizer(later)) == decision.extension.base_tokenizer_size + 2

@@ -2,7 +2,10 @@
 
 import pytest
 
-from modft_utils import adapters, config, evaluate, modeling, registry, stack, widgets
+from modft_utils import adapters, config, evaluate, modeling
+from modft_utils.adapters import stack
+from modft_utils.evaluate import scores
+from modft_utils.store import registry
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def explorer(tiny, published):
     model = stack.load_adapter(modeling.load_base(prof, base), folders[1], "domain")
     model = stack.load_adapter(model, folders[3], "task")
     adapters.activate(model, ["domain"])
-    panel = widgets.stack_explorer(
+    panel = evaluate.stack_explorer(
         model,
         tok,
         ["Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:"],
@@ -106,36 +109,36 @@ def test_generate_shows_every_sub_stack_with_the_differences_marked(explorer):
 def test_fit_prompt_keeps_the_end_and_says_what_it_cut(tiny):
     _, _, tok = tiny
     prompt = "Context: " + "the harbour of Maszaer " * 200 + "\nQuestion: Where?\nAnswer:"
-    assert evaluate.fit_prompt(tok, "Question: Where?\nAnswer:", window=64, max_new_tokens=8) == (
+    assert scores.fit_prompt(tok, "Question: Where?\nAnswer:", window=64, max_new_tokens=8) == (
         "Question: Where?\nAnswer:",
         None,
     )
-    cut, note = evaluate.fit_prompt(tok, prompt, window=64, max_new_tokens=8)
+    cut, note = scores.fit_prompt(tok, prompt, window=64, max_new_tokens=8)
     n = len(tok(prompt, add_special_tokens=False)["input_ids"])
     kept = len(tok(cut, add_special_tokens=False)["input_ids"])
     assert kept <= 56 and cut.endswith("\nQuestion: Where?\nAnswer:") and prompt.endswith(cut.lstrip())
     assert note.startswith(f"prompt truncated: {n} tokens do not fit the model window of 64 with 8 left for the answer")
     assert n - 56 <= int(note.split("the first ")[1].split()[0]) <= n - kept
     with pytest.raises(ValueError, match="no room"):
-        evaluate.fit_prompt(tok, prompt, window=8, max_new_tokens=8)
+        scores.fit_prompt(tok, prompt, window=8, max_new_tokens=8)
 
 
 def test_diff_tokens_marks_only_what_changed():
-    assert evaluate.diff_tokens(["The", " harbour", " of", " Maszaer"], ["The", " port", " of", " Maszaer", "."]) == [
+    assert scores.diff_tokens(["The", " harbour", " of", " Maszaer"], ["The", " port", " of", " Maszaer", "."]) == [
         ("The", False),
         (" port", True),
         (" of", False),
         (" Maszaer", False),
         (".", True),
     ]
-    assert evaluate.diff_tokens([], ["a"]) == [("a", True)]
+    assert scores.diff_tokens([], ["a"]) == [("a", True)]
 
 
 def test_compare_answers_reports_a_refused_stack_in_its_column(tiny, explorer):
     _, _, tok = tiny
     panel, _ = explorer
     stack = panel.parts["stack"]
-    result = evaluate.compare_answers(
+    result = scores.compare_answers(
         stack.compose,
         tok,
         "Question: Where?\nAnswer:",
@@ -145,13 +148,13 @@ def test_compare_answers_reports_a_refused_stack_in_its_column(tiny, explorer):
     )
     assert result["answers"][0]["error"] is None and result["note"] is None
     assert "task@2 was trained on domain@2" in result["answers"][1]["error"]
-    assert "not run: task@2" in widgets.render_answers(result)
+    assert "not run: task@2" in evaluate.render_answers(result)
 
 
 def test_rollback_panel_asks_before_it_moves_the_alias(published):
     store, _, _ = published
     store.promote("task", 2, reason="panel test")
-    panel = widgets.rollback_panel(store, "task", actor="tester")
+    panel = evaluate.rollback_panel(store, "task", actor="tester")
     parts = panel.parts
     assert "modft-current'>v2<" in parts["info"].value and "task@2" in parts["info"].value
     parts["rollback"].click()

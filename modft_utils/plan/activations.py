@@ -1,0 +1,129 @@
+"""What autograd keeps per token during a QLoRA training step, for the memory planner.
+
+Every tensor a MiniMax-M2 decoder layer saves for backward, itemised from a saved-tensor hook on the
+tiny model (sdpa and eager attention; eager, grouped_mm and batched_mm experts), as a closed form in
+the architecture's numbers (:class:`Arch`), plus the loss's peak per token. ``tests/test_plan.py``
+checks the forms against the hook on real layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modft_utils.modeling import Tensor, basecfg
+
+
+@dataclass(frozen=True)
+class Arch:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int  # 0: a dense MLP of width ffn
+    top_k: int
+    ffn: int
+    vocab: int
+    qk_norm: bool
+
+
+def arch(config, tensors: list[Tensor]) -> Arch:
+    experts = (
+        getattr(config, "num_local_experts", None)
+        or getattr(config, "num_experts", None)
+        or getattr(config, "n_routed_experts", None)
+        or 0
+    )
+    ffn = getattr(config, "moe_intermediate_size", None) if experts else None
+    return Arch(
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim=basecfg.head_dim(config),
+        experts=int(experts),
+        top_k=int(getattr(config, "num_experts_per_tok", 1) or 1) if experts else 1,
+        ffn=int(ffn or config.intermediate_size),
+        vocab=config.vocab_size,
+        qk_norm=any(".q_norm." in t.name for t in tensors),
+    )
+
+
+def layer_activation_bytes(arch: Arch, *, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str) -> int:
+    """Bytes autograd saves per token in one decoder layer (frozen 4-bit base, LoRA trained).
+
+    Itemised from a saved-tensor hook on the tiny MiniMax-M2 (fp32), then priced per dtype: RMSNorm
+    upcasts to fp32 and saves that copy, the router's sigmoid is fp32, sdpa's log-sum-exp is fp32.
+    ``s`` is the compute dtype's size.
+    """
+    h, q, kv, nh = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim, arch.heads
+    b = 2 * (4 * h + 4)  # input and post-attention RMSNorm: fp32 input copy + rsqrt
+    if arch.qk_norm:
+        b += 4 * (q + kv) + 2 * 4  # q_norm/k_norm on the projections, same fp32 saving
+    b += s * q  # rotated q
+    if attn == "eager":
+        expanded = q if arch.heads != arch.kv_heads else kv  # repeat_kv copies k and v to all heads
+        b += 2 * s * expanded
+        b += 4 * nh * seq + (s * nh * seq if s < 4 else 0)  # softmax probs in fp32 (+ cast copy)
+    else:  # sdpa (flash / memory-efficient): q, k, v, output and a per-head log-sum-exp
+        b += 2 * s * kv + s * q + 4 * nh
+    b += s * q  # o_proj input (the contiguous attention output)
+    b += s * h  # normed input of q/k/v (kept for the LoRA A gradient and by bnb's 4-bit matmul)
+    b += s * lora_rank_sum  # each LoRA's A output
+    b += 2 * 4  # cos/sin slices, masks: measured 2 fp32 per token
+    if arch.experts:
+        k, f = arch.top_k, arch.ffn
+        b += 4 * (arch.experts + 1)  # router probabilities (fp32) and top-k bookkeeping
+        if experts_impl == "nf4":  # modft_utils.modeling.quant's fused SiLU experts: gate and up kept, not silu(gate)
+            per_slot = s * (2 * f + 2 * h) + 32  # measured: the eager figure less one ffn-wide tensor
+        elif experts_impl == "eager":
+            per_slot = s * (3 * f + 2 * h) + 32  # gate_up out, act out, gathered input, down out; indices
+        elif experts_impl == "batched_mm":
+            per_slot = s * (3 * f * h + 3 * f + 2 * h) + 32  # it gathers each token's expert weights
+        else:  # grouped_mm, transformers' default
+            per_slot = s * (3 * f + h) + 40
+        b += k * per_slot
+    else:
+        b += s * (4 * arch.ffn + h)  # dense SwiGLU (not calibrated: MiniMax-M2 has no dense layers)
+    return b
+
+
+def loss_peak_bytes_per_token(arch: Arch, s: int) -> int:
+    """The loss's peak at the start of backward: fp32 log-softmax, its gradient and the logits' gradient.
+
+    transformers upcasts the logits to fp32 for the loss; with a 16-bit compute dtype the fp32
+    gradient is also cast back (2 more bytes). Labels are int64, shifted once.
+    """
+    return arch.vocab * (12 + (2 if s < 4 else 0)) + 16
+
+
+@dataclass
+class Activations:
+    full: int
+    checkpointed: int
+    per_layer: int  # bytes for the whole step, one layer, no checkpointing
+    boundary: int  # bytes for the whole step, one layer's checkpointed input
+    loss_peak: int
+    final: int
+
+
+def activations(
+    arch: Arch, *, batch: int, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str
+) -> Activations:
+    """Activation memory for ``batch`` sequences of ``seq`` tokens, with and without checkpointing.
+
+    Without checkpointing every layer's saved tensors are alive when backward starts, and the loss's
+    peak (log-softmax + two gradients of vocab size) comes on top. With checkpointing only each
+    layer's input survives the forward; backward recomputes one layer at a time, whose saved tensors
+    and their gradients (about as large again) are alive together.
+    """
+    n = batch * seq
+    per_layer = n * layer_activation_bytes(
+        arch, seq=seq, s=s, lora_rank_sum=lora_rank_sum, attn=attn, experts_impl=experts_impl
+    )
+    boundary = n * s * arch.hidden
+    final = n * (4 * arch.hidden + 4)  # final RMSNorm
+    loss = n * loss_peak_bytes_per_token(arch, s)
+    full = arch.layers * per_layer + final + max(loss, per_layer)
+    ckpt = arch.layers * boundary + final + max(loss, 2 * per_layer)
+    return Activations(full, ckpt, per_layer, boundary, loss, final)
