@@ -1,7 +1,7 @@
 """Every workaround for a bug or gap in a library we use, in one place.
 
 Each entry names the library version it was seen on and what goes wrong without it, and
-``tests/test_upstream_fixes.py`` holds a *canary* per entry: a test that reproduces the upstream
+``tests/canaries/test_upstream_fixes.py`` holds a *canary* per entry: a test that reproduces the upstream
 behaviour without our fix and fails once upstream changes it. After upgrading peft, bitsandbytes or
 transformers, a failing canary says which fix to delete (and its callers to simplify).
 

@@ -49,7 +49,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     Not xdist's own ``--dist loadgroup``: its ``xdist_group`` marks rewrite ``item._nodeid``, which
     pytest 9.2 no longer reads (pytest-dev/pytest-xdist#1386), so every test became a unit of its own
-    and the notebook cells were spread over both workers. A canary in tests/test_upstream_fixes.py
+    and the notebook cells were spread over both workers. A canary in tests/canaries/test_upstream_fixes.py
     fails once that is fixed.
     """
     from xdist.scheduler import LoadScopeScheduling

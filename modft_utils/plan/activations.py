@@ -2,7 +2,7 @@
 
 Every tensor a MiniMax-M2 decoder layer saves for backward, itemised from a saved-tensor hook on the
 tiny model (sdpa and eager attention; eager, grouped_mm and batched_mm experts), as a closed form in
-the architecture's numbers (:class:`Arch`), plus the loss's peak per token. ``tests/test_plan.py``
+the architecture's numbers (:class:`Arch`), plus the loss's peak per token. ``tests/unit/plan/test_plan.py``
 checks the forms against the hook on real layers.
 """
 

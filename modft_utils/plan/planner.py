@@ -7,7 +7,7 @@ whether the sum fits ``gpus`` GPUs of ``gpu_memory`` each. When it does not, it 
 changes that make it fit by the same arithmetic (gradient checkpointing, fewer tokens per step,
 more GPUs, CPU offload, a smaller base).
 
-Where the numbers come from (all checked in ``tests/test_plan.py``):
+Where the numbers come from (all checked in ``tests/unit/plan/test_plan.py``):
 
 * Parameter counts: closed form for ``minimax_m2`` configs, equal to instantiating the model on the
   meta device (no memory); other architectures are counted on the meta device directly.

@@ -18,7 +18,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOT = Path(__file__).resolve().parents[1] / "outputs" / "screenshots" / "stack_explorer.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "outputs" / "screenshots" / "stack_explorer.png"
 
 
 def _missing() -> str | None:

@@ -37,7 +37,7 @@ from modft_utils.store import (
     RegistryError,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 

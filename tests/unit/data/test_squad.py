@@ -20,7 +20,7 @@ from modft_utils.data.squad import (
     window_context,
 )
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample"
 CONTEXT = "The Guild of Saltwrights was founded in 1243 by Mira Calde at Vessport."
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import phonenumbers
 import pytest
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample"
 GENERATOR = "make_sample_data.py"
 
 
