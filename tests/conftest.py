@@ -15,11 +15,17 @@ THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // WORKERS)
 if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS_PER_WORKER)
 
+import functools  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path, PurePosixPath  # noqa: E402
 
+import guard  # noqa: E402
 import pytest  # noqa: E402
 
+_OUTPUTS_BEFORE = pytest.StashKey[dict]()
+
 ROOT = Path(__file__).resolve().parent.parent
+USER_OUTPUTS = ROOT / "outputs"
 
 
 # What shares a costly session or module fixture runs on one worker, as one unit. The notebook chain
@@ -65,6 +71,26 @@ def pytest_xdist_make_scheduler(config, log):
     return ByWorkUnit(config, log)
 
 
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a plain run), not each xdist worker
+        session.config.stash[_OUTPUTS_BEFORE] = guard.snapshot(USER_OUTPUTS)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when any test read-wrote the user's outputs/ (see tests/guard.py)."""
+    before = session.config.stash.get(_OUTPUTS_BEFORE, None)
+    if before is None:
+        return
+    changed = guard.changes(before, guard.snapshot(USER_OUTPUTS))
+    if changed:
+        print(
+            f"\nThe suite changed the user's {USER_OUTPUTS} (a test ran a profile without the `isolated` "
+            "store, cache and runs):\n  " + "\n  ".join(changed),
+            file=sys.stderr,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_configure(config):
     if WORKERS > 1:
         import torch
@@ -104,6 +130,51 @@ def test_outputs(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def isolated(tmp_path, test_outputs) -> dict[str, str]:
+    """Profile overrides that keep a test's store and runs in its temporary folder and its bases in the
+    suite's shared cache: pass them to every profile a test runs (``isolated_args`` for the CLI)."""
+    return {
+        "registry": str(tmp_path / "registry"),
+        "runs_dir": str(tmp_path / "runs"),
+        "cache_dir": str(test_outputs / "cache"),
+    }
+
+
+@pytest.fixture
+def isolated_args(isolated) -> list[str]:
+    """The same overrides as ``modft run`` arguments (``--set key=value``)."""
+    return [arg for key, value in isolated.items() for arg in ("--set", f"{key}={value}")]
+
+
+class TinyProfile:
+    """params/tiny.yaml as the notebooks get it: the profile now, its base and tokenizer when first asked
+    for (the base is built once, in the suite's cache, and only by tests that use it)."""
+
+    def __init__(self, root: Path, cache: Path):
+        from modft_utils.config import load_profile
+
+        self.profile = load_profile(root / "params" / "tiny.yaml", {"cache_dir": str(cache)})
+
+    @functools.cached_property
+    def base(self):
+        from modft_utils import modeling
+
+        return modeling.ensure_base(self.profile, progress=False)
+
+    @functools.cached_property
+    def tokenizer(self):
+        from modft_utils import modeling
+
+        return modeling.load_tokenizer(self.base)
+
+
+@pytest.fixture(scope="session")
+def tiny(root, test_outputs) -> TinyProfile:
+    """The tiny profile, its base and tokenizer: ``tiny.profile``, ``tiny.base``, ``tiny.tokenizer``."""
+    return TinyProfile(root, test_outputs / "cache")
+
+
 @pytest.fixture(scope="session")
 def micro_base_dir(tmp_path_factory) -> Path:
     """The micro MiniMax-M2 (native architecture, fused experts) at its default shape: seconds to build."""
@@ -113,7 +184,7 @@ def micro_base_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def micro_store(tmp_path_factory):
     """The store tests' micro base, adapters for it and a wider base's adapter (tests/micro.py)."""
     from micro import store_bases
 
