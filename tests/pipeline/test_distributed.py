@@ -16,10 +16,11 @@ from modft_utils import runner
 
 
 @pytest.mark.slow
-def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path):
+def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path, isolated):
     profile = root / "params" / "tiny.yaml"
     run = tmp_path / "run"
-    runner.run_notebooks(profile, run_dir=run, notebooks=["01"], progress=False)
+    small = {"dapt.train.max_steps": 4, "dapt.train.eval_steps": 4, "dapt.eval_blocks": 8}
+    runner.run_notebooks(profile, run_dir=run, notebooks=["01"], overrides={**isolated, **small}, progress=False)
     torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent)) or "torchrun"
     proc = subprocess.run(
         [
@@ -36,12 +37,7 @@ def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path):
             "--run-dir",
             str(run),
             "--quiet",
-            "--set",
-            "dapt.train.max_steps=4",
-            "--set",
-            "dapt.train.eval_steps=4",
-            "--set",
-            "dapt.eval_blocks=8",
+            *(arg for key, value in {**isolated, **small}.items() for arg in ("--set", f"{key}={value}")),
         ],
         capture_output=True,
         text=True,
@@ -61,7 +57,7 @@ def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path):
     } <= {p.name for p in adapter.iterdir()}
 
 
-def test_notebooks_that_write_shared_files_refuse_a_parallel_launch(root, tmp_path):
+def test_notebooks_that_write_shared_files_refuse_a_parallel_launch(root, tmp_path, isolated_args):
     env = {**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "2"}
     proc = subprocess.run(
         [
@@ -76,6 +72,7 @@ def test_notebooks_that_write_shared_files_refuse_a_parallel_launch(root, tmp_pa
             "02",
             "--run-dir",
             str(tmp_path / "run"),
+            *isolated_args,
         ],
         capture_output=True,
         text=True,

@@ -34,6 +34,27 @@ def test_every_metric_is_recorded(pipeline):
     assert on_disk == pipeline.metrics
 
 
+# The tiny profile's losses and perplexities as of 2026-12-02, pinned so a change that alters the numbers
+# is seen here (seeded CPU runs in fp32; the tolerance covers summation order across thread counts).
+# A change meant to move them updates them here, saying why in its commit.
+PINNED = {
+    "dapt.train_loss": 6.6942566,
+    "dapt.final_eval_loss": 5.7766843,
+    "dapt.ppl_base": 129405.27,
+    "dapt.ppl_domain": 322.68762,
+    "sft.train_loss": 5.7354745,
+    "sft.answer_nll_domain": 7.5163895,
+    "sft.answer_nll_stack": 5.5871426,
+    "rollback.candidate_answer_nll": 6.1918176,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(PINNED))
+def test_tiny_profile_numbers_are_pinned(pipeline, key):
+    assert pipeline.metrics[key] == pytest.approx(PINNED[key], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_outputs_are_in_the_run_folder(pipeline):
     run = pipeline.run_dir  # executed notebooks in run/notebooks: test_real_weights (modft run writes them)
@@ -116,7 +137,9 @@ def test_rollback_invariants_are_exact(pipeline):
     m = pipeline.metrics
     assert m["rollback.max_abs_logit_diff_task_off"] == 0.0
     assert m["rollback.max_abs_logit_diff_all_off"] == 0.0
-    assert 0 < m["compose.switch_ms"] < 50
+    # Recorded for people; how it compares with a reload is the benchmark's stack-switch row, and that
+    # switching is flags only (no tensor moves, no reload) is test_stack's test_switching_is_flags_only.
+    assert m["compose.switch_ms"] > 0
 
 
 def test_bad_profile_fails_before_any_notebook(root, tmp_path):
@@ -135,7 +158,7 @@ def test_bad_profile_fails_before_any_notebook(root, tmp_path):
     assert not (tmp_path / "run" / "notebooks").exists()
 
 
-def test_malformed_data_file_is_named_before_any_notebook(root, tmp_path):
+def test_malformed_data_file_is_named_before_any_notebook(root, tmp_path, isolated_args):
     junk = tmp_path / "junk.jsonl"
     junk.write_text('{"text": "fine"}\n{not json\n')
     proc = subprocess.run(
@@ -148,6 +171,7 @@ def test_malformed_data_file_is_named_before_any_notebook(root, tmp_path):
             str(root / "params" / "tiny.yaml"),
             "--run-dir",
             str(tmp_path / "run"),
+            *isolated_args,
             "--set",
             f"data.dapt.train_file={junk}",
         ],
@@ -160,7 +184,7 @@ def test_malformed_data_file_is_named_before_any_notebook(root, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_failed_notebook_is_named_and_kept(root, tmp_path):
+def test_failed_notebook_is_named_and_kept(root, tmp_path, isolated_args):
     # 02 in a run folder where 01 never ran: it fails inside the kernel, naming what is missing.
     proc = subprocess.run(
         [
@@ -172,6 +196,7 @@ def test_failed_notebook_is_named_and_kept(root, tmp_path):
             str(root / "params" / "tiny.yaml"),
             "--run-dir",
             str(tmp_path / "run"),
+            *isolated_args,
             "--notebooks",
             "02",
             "--quiet",

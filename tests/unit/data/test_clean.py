@@ -1,7 +1,6 @@
 """Wikitext detokenization, document splitting and the reported cleaning pipeline."""
 
 import random
-import time
 
 import pytest
 
@@ -319,7 +318,9 @@ def _synthetic_wikitext(n_chars: int, seed: int = 0) -> list[str]:
     return rows
 
 
-def test_pipeline_is_fast_on_a_wikitext2_sized_corpus():
+def test_pipeline_runs_a_wikitext2_sized_corpus_through_every_step():
+    """A wikitext-2-sized corpus goes through every step, each step's output being the next one's input.
+    Its speed is the benchmark's "data prep" row (benchmarks/RESULTS.md), not a timed test."""
     from modft_utils.data import scrub_pii_with_spans
 
     rows = _synthetic_wikitext(1_500_000)
@@ -328,9 +329,8 @@ def test_pipeline_is_fast_on_a_wikitext2_sized_corpus():
         new, spans = scrub_pii_with_spans(text)
         return new, len(spans)
 
-    t0 = time.perf_counter()
     docs, reports = clean_corpus(rows, CleanConfig(), scrub)
-    elapsed = time.perf_counter() - t0
     assert reports[0].chars_in >= 1_500_000 and len(docs) == reports[0].rows_out  # all distinct, all long
-    # About 1.5 s on the 2-core reference machine; the bound leaves room for a slower CI.
-    assert elapsed < 8, f"clean_corpus took {elapsed:.1f} s on 1.5 MB"
+    for step, after in zip(reports, reports[1:]):
+        assert step.rows_out == after.rows_in and step.chars_out == after.chars_in, (step.step, after.step)
+    assert reports[-1].rows_out == len(docs) and reports[-1].chars_out == sum(len(d) for d in docs)
