@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from modft_utils import adapters, config, evaluate, modeling, runs, serve, store
+from modft_utils import adapters, evaluate, modeling, runs, serve, store
 from modft_utils.adapters import load_adapter
 from modft_utils.data import coverage
 
@@ -16,20 +16,14 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(root, test_outputs):
-    prof = config.load_profile(root / "params" / "tiny.yaml", {"cache_dir": str(test_outputs / "cache")})
-    return prof, modeling.ensure_base(prof, progress=False)
-
-
-@pytest.fixture(scope="module")
 def extension(tiny):
-    prof, base = tiny
+    base = tiny.base
     tok = modeling.load_tokenizer(base)
     return modeling.choose_words(tok, coverage.word_counts(DOCS), max_words=3, min_count=3, min_pieces=3)
 
 
 def test_words_are_chosen_by_tokens_saved(tiny, extension):
-    _, base = tiny
+    base = tiny.base
     tok = modeling.load_tokenizer(base)
     counts = coverage.word_counts(DOCS)
     saved = {w: (len(tok(" " + w, add_special_tokens=False)["input_ids"]) - 1) * c for w, c in counts.items() if c >= 3}
@@ -40,7 +34,7 @@ def test_words_are_chosen_by_tokens_saved(tiny, extension):
 
 
 def test_extended_tokenizer_makes_each_word_one_token_and_round_trips(tiny, extension):
-    _, base = tiny
+    base = tiny.base
     plain, extended = modeling.load_tokenizer(base), modeling.load_tokenizer(base.extended(extension))
     for word, token_id in zip(extension.words, extension.token_ids):
         assert extended(" " + word, add_special_tokens=False)["input_ids"] == [token_id]
@@ -51,7 +45,7 @@ def test_extended_tokenizer_makes_each_word_one_token_and_round_trips(tiny, exte
 
 
 def test_extension_refuses_another_tokenizer(tiny, extension):
-    _, base = tiny
+    base = tiny.base
     other = modeling.VocabExtension(extension.base_tokenizer_size + 7, extension.words, extension.pieces)
     with pytest.raises(modeling.VocabError, match=f"{extension.base_tokenizer_size + 7} tokens"):
         modeling.load_tokenizer(base.extended(other))
@@ -67,7 +61,7 @@ def test_tampered_extension_file_is_refused(tmp_path, extension):
 
 
 def test_new_rows_are_the_mean_of_the_old_pieces_and_change_the_base_identity(tiny, extension):
-    prof, base = tiny
+    prof, base = tiny.profile, tiny.base
     plain = modeling.load_base(prof, base)
     model = modeling.load_base(prof, base.extended(extension))
     rows_needed = extension.base_tokenizer_size + len(extension.words)
@@ -85,7 +79,7 @@ def test_new_rows_are_the_mean_of_the_old_pieces_and_change_the_base_identity(ti
 
 
 def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, extension, tmp_path, random_adapter):
-    prof, base = tiny
+    prof, base = tiny.profile, tiny.base
     xbase = base.extended(extension)
     tok = modeling.load_tokenizer(xbase)
     model = modeling.load_base(prof, xbase)
@@ -138,7 +132,7 @@ def test_domain_adapter_trains_the_new_rows_and_the_stack_stays_exact(tiny, exte
 
 
 def test_decision_below_threshold_adds_nothing_and_removes_a_stale_extension(tiny, extension, tmp_path):
-    prof, base = tiny
+    prof, base = tiny.profile, tiny.base
     modeling.save_decision(runs.folder(tmp_path).vocab_extension, extension)
     strict = prof.model_copy(update={"data": prof.data.model_copy(update={"tokenizer_extend_threshold": 50.0})})
     decision = coverage.decide_tokenizer(strict, base, DOCS, tmp_path)
@@ -148,7 +142,7 @@ def test_decision_below_threshold_adds_nothing_and_removes_a_stale_extension(tin
 
 
 def test_decision_above_threshold_is_found_by_later_loads(tiny, tmp_path):
-    prof, base = tiny
+    prof, base = tiny.profile, tiny.base
     eager = prof.model_copy(
         update={
             "data": prof.data.model_copy(

@@ -20,11 +20,6 @@ from modft_utils.plan.planner import GiB, nf4_bytes, parse_bytes
 
 
 @pytest.fixture(scope="module")
-def tiny(root):
-    return load_profile(root / "params" / "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
 def minimax(root):
     return load_profile(root / "params" / "minimax_m2.yaml")
 
@@ -35,7 +30,7 @@ def tiny_4bit(tmp_path_factory, tiny):
     way QLoRA loads it (stock BitsAndBytesConfig, fp32 compute on CPU)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MiniMaxM2Config, MiniMaxM2ForCausalLM
 
-    t = tiny.model.tiny
+    t = tiny.profile.model.tiny
     cfg = MiniMaxM2Config(
         hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size,
@@ -143,7 +138,7 @@ def test_bundled_minimax_config_is_the_published_one(minimax):
 
 @pytest.mark.parametrize("which", ["tiny", "minimax"])
 def test_closed_form_counts_equal_meta_device(which, tiny, minimax):
-    cfg = read_model_config(tiny if which == "tiny" else minimax)
+    cfg = read_model_config(tiny.profile if which == "tiny" else minimax)
     assert count_params(cfg) == count_params_meta(cfg)
     closed = {t.name: (t.shape, t.part, t.kind) for t in _minimax_m2_tensors(cfg)}
     meta = {t.name: (t.shape, t.part, t.kind) for t in _meta_tensors(cfg)}
@@ -158,8 +153,8 @@ def test_minimax_counts(minimax):
 
 
 def test_tiny_config_follows_modeling_tiny_config(tiny):
-    cfg = read_model_config(tiny)
-    t = tiny.model.tiny
+    cfg = read_model_config(tiny.profile)
+    t = tiny.profile.model.tiny
     assert cfg.model_type == "minimax_m2" and cfg.vocab_size == t.vocab_size
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_local_experts) == (
         t.hidden_size,
@@ -172,7 +167,7 @@ def test_unreadable_config_is_named(tmp_path, tiny):
     bad = tmp_path / "base"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    profile = tiny.model_copy(update={"model": tiny.model.model_copy(update={"id": str(bad)})})
+    profile = tiny.profile.model_copy(update={"model": tiny.profile.model.model_copy(update={"id": str(bad)})})
     with pytest.raises(PlanError, match=r"base/config\.json"):
         read_model_config(profile)
     with pytest.raises(PlanError, match="no config.json"):
@@ -181,13 +176,15 @@ def test_unreadable_config_is_named(tmp_path, tiny):
     unknown = tmp_path / "odd.json"
     unknown.write_text(json.dumps({"model_type": "no_such_architecture"}))
     with pytest.raises(PlanError, match=r"odd\.json.*model_type"):
-        read_model_config(tiny, config_path=unknown)
+        read_model_config(tiny.profile, config_path=unknown)
     with pytest.raises(PlanError, match="does not exist"):
-        read_model_config(tiny, config_path=tmp_path / "absent.json")
+        read_model_config(tiny.profile, config_path=tmp_path / "absent.json")
 
 
 def test_unknown_hub_id_offline_says_pass_a_config(tiny):
-    profile = tiny.model_copy(update={"model": tiny.model.model_copy(update={"id": "nobody-here/no-such-model"})})
+    profile = tiny.profile.model_copy(
+        update={"model": tiny.profile.model.model_copy(update={"id": "nobody-here/no-such-model"})}
+    )
     with pytest.raises(PlanError, match=r"'nobody-here/no-such-model'.*--config"):
         read_model_config(profile)
 
@@ -200,7 +197,7 @@ def test_tiny_weights_match_a_real_4bit_load(tiny, tiny_4bit):
     experts = [p for n, p in tiny_4bit.named_parameters() if ".experts." in n]
     assert experts and all(p.dtype == torch.float32 for p in experts)  # stock bnb leaves them unquantized
     footprint = tiny_4bit.get_memory_footprint()
-    stock = plan(tiny, experts_4bit=False)
+    stock = plan(tiny.profile, experts_4bit=False)
     assert stock.weight_bytes == pytest.approx(footprint, rel=0.15)
     # Exactly: the footprint (parameters + buffers) plus the quant states it does not count.
     assert stock.weight_bytes == footprint + _quant_state_bytes(tiny_4bit)
@@ -236,12 +233,12 @@ def test_lora_counts_match_peft(tiny, tiny_4bit):
 
     from modft_utils.modeling import lora_config
 
-    peft_model = get_peft_model(tiny_4bit, lora_config(tiny.dapt.lora))
+    peft_model = get_peft_model(tiny_4bit, lora_config(tiny.profile.dapt.lora))
     try:
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        dapt = plan(tiny, stage="dapt")
+        dapt = plan(tiny.profile, stage="dapt")
         assert dapt.trainable_params == dapt.lora_params == trainable
-        sft = plan(tiny, stage="sft")  # the frozen domain adapter stays loaded during SFT
+        sft = plan(tiny.profile, stage="sft")  # the frozen domain adapter stays loaded during SFT
         assert sft.lora_params == 2 * trainable and sft.trainable_params == trainable
         assert sft.grad_bytes == 4 * trainable and sft.optimizer_bytes >= 8 * trainable
     finally:
@@ -278,17 +275,19 @@ def test_activation_itemisation_matches_saved_tensors(tiny, tiny_4bit, attn, exp
 
     from modft_utils.modeling import lora_config
 
-    model = get_peft_model(tiny_4bit, lora_config(tiny.dapt.lora))
+    model = get_peft_model(tiny_4bit, lora_config(tiny.profile.dapt.lora))
     try:
         model.base_model.model.set_attn_implementation(attn)
         model.base_model.model.set_experts_implementation(experts)
         model.train()
         batch, seq = 4, 96
-        ids = torch.randint(2, tiny.model.tiny.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(
+            2, tiny.profile.model.tiny.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0)
+        )
         measured = _saved_bytes(model, ids)
-        cfg = read_model_config(tiny)
+        cfg = read_model_config(tiny.profile)
         arch = activations.arch(cfg, _minimax_m2_tensors(cfg))
-        r_sum = tiny.dapt.lora.r * len(tiny.dapt.lora.target_modules)
+        r_sum = tiny.profile.dapt.lora.r * len(tiny.profile.dapt.lora.target_modules)
         per_token = (
             arch.layers
             * activations.layer_activation_bytes(
@@ -308,7 +307,7 @@ def test_activation_itemisation_matches_saved_tensors(tiny, tiny_4bit, attn, exp
 
 
 def test_checkpointing_needs_less_activation_memory(tiny, minimax):
-    for profile in (tiny, minimax):
+    for profile in (tiny.profile, minimax):
         for stage in ("dapt", "sft"):
             p = plan(profile, stage=stage)
             assert 0 < p.activation_bytes_checkpointed < p.activation_bytes
@@ -348,29 +347,29 @@ def test_minimax_does_not_fit_24gib(minimax):
 
 
 # --------------------------------------------------------------------------------------------------
-# Suggestions on the tiny profile, checked by applying them
+# Suggestions on the tiny.profile profile, checked by applying them
 
 
 def test_suggestions_make_it_fit(tiny, root):
-    base = plan(tiny, stage="sft")
+    base = plan(tiny.profile, stage="sft")
     assert base.fits and not base.suggestions and not base.gradient_checkpointing
     ckpt_profile = load_profile(root / "params" / "tiny.yaml", {"sft.train.gradient_checkpointing": True})
     with_ckpt = plan(ckpt_profile, stage="sft")
 
     # A GPU between the two totals: checkpointing alone is the cheapest change.
     gpu = (with_ckpt.total_bytes + base.total_bytes) // 2
-    tight = plan(tiny, stage="sft", gpu_memory=gpu)
+    tight = plan(tiny.profile, stage="sft", gpu_memory=gpu)
     assert not tight.fits
     assert len(tight.suggestions) == 1 and "sft.train.gradient_checkpointing: true" in tight.suggestions[0]
     assert plan(ckpt_profile, stage="sft", gpu_memory=gpu).fits
 
     # Smaller still: fewer tokens per step (with checkpointing), the same tokens per optimizer step.
     gpu = with_ckpt.total_bytes - 1
-    tighter = plan(tiny, stage="sft", gpu_memory=gpu)
+    tighter = plan(tiny.profile, stage="sft", gpu_memory=gpu)
     assert not tighter.fits and "batch_size" in tighter.suggestions[0]
     batch = int(tighter.suggestions[0].split("sft.train.batch_size: ")[1].split(",")[0])
     accum = int(tighter.suggestions[0].split("sft.train.grad_accum: ")[1].split(";")[0].split(" ")[0])
-    assert batch < tiny.sft.train.batch_size and batch * accum >= tiny.sft.train.batch_size
+    assert batch < tiny.profile.sft.train.batch_size and batch * accum >= tiny.profile.sft.train.batch_size
     fixed = load_profile(
         root / "params" / "tiny.yaml",
         {"sft.train.gradient_checkpointing": True, "sft.train.batch_size": batch, "sft.train.grad_accum": accum},
@@ -437,9 +436,9 @@ def measured(root, tiny):
 
     small = load_profile(root / "params" / "tiny.yaml", {"sft.train.batch_size": 1, "data.max_sft_tokens": 32})
     with ThreadPoolExecutor(2) as pool:
-        full = pool.submit(measure_training_peak, tiny, stage="sft")
+        full = pool.submit(measure_training_peak, tiny.profile, stage="sft")
         tiny_run = pool.submit(measure_training_peak, small, stage="sft")
-        return {"profile": (tiny, full.result()), "small": (small, tiny_run.result())}
+        return {"profile": (tiny.profile, full.result()), "small": (small, tiny_run.result())}
 
 
 def test_training_peak_matches_the_plan(measured):

@@ -1,6 +1,6 @@
 """The adapter registry: bad inputs are refused by name, versions never change, aliases move with a record.
 
-Every test builds on a real (tiny) MiniMax-M2 base and real PEFT adapters saved with
+Every test builds on a real (micro_store) MiniMax-M2 base and real PEFT adapters saved with
 ``save_pretrained``, so loading goes through the same PEFT code the workbook uses. torch,
 transformers and peft are imported inside helpers: the concurrency test starts fresh interpreters
 that import this module, and they only need the registry.
@@ -48,12 +48,12 @@ def _lora_layer_count(model) -> int:
     return sum(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
-def _publish(reg: Registry, tiny, name: str = "domain", src: Path | None = None, **kw):
-    kw.setdefault("base", tiny.base_id)
+def _publish(reg: Registry, micro_store, name: str = "domain", src: Path | None = None, **kw):
+    kw.setdefault("base", micro_store.base_id)
     kw.setdefault("parent", None)
     return reg.publish(
         name,
-        src or tiny.domain,
+        src or micro_store.domain,
         params={"lora_r": 4},
         data_fingerprint="sha256:feed",
         metrics={"eval_loss": 1.25},
@@ -61,9 +61,9 @@ def _publish(reg: Registry, tiny, name: str = "domain", src: Path | None = None,
     )
 
 
-def _domains(tiny) -> list[Path]:
+def _domains(micro_store) -> list[Path]:
     """Three domain adapters with different weights."""
-    return [tiny.domain, *tiny.more]
+    return [micro_store.domain, *micro_store.more]
 
 
 def _copy_adapter(src: Path, dst: Path) -> Path:
@@ -85,15 +85,15 @@ def _flip_last_byte(path: Path) -> None:
 # --------------------------------------------------------------------------- publishing
 
 
-def test_versions_are_numbered_and_never_change(tiny, tmp_path):
+def test_versions_are_numbered_and_never_change(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    v1 = _publish(reg, tiny, note="first")
+    v1 = _publish(reg, micro_store, note="first")
     assert (v1.name, v1.version) == ("domain", 1)
     assert sorted(p.name for p in v1.path.iterdir()) == [CONFIG, WEIGHTS, "manifest.json"]
-    assert (v1.path / WEIGHTS).read_bytes() == (tiny.domain / WEIGHTS).read_bytes()
+    assert (v1.path / WEIGHTS).read_bytes() == (micro_store.domain / WEIGHTS).read_bytes()
     m = v1.manifest
-    assert m.files == {f: hashlib.sha256((tiny.domain / f).read_bytes()).hexdigest() for f in (CONFIG, WEIGHTS)}
-    assert m.base == tiny.base_id and m.parent is None
+    assert m.files == {f: hashlib.sha256((micro_store.domain / f).read_bytes()).hexdigest() for f in (CONFIG, WEIGHTS)}
+    assert m.base == micro_store.base_id and m.parent is None
     assert (m.params, m.data_fingerprint, m.metrics, m.note) == (
         {"lora_r": 4},
         "sha256:feed",
@@ -104,8 +104,8 @@ def test_versions_are_numbered_and_never_change(tiny, tmp_path):
     assert "@" in m.created_by and m.created_at.endswith("+00:00")
     before = _file_hashes(v1.path)
 
-    assert _publish(reg, tiny, src=tiny.more[0]).version == 2
-    assert _publish(reg, tiny, src=tiny.task).version == 3
+    assert _publish(reg, micro_store, src=micro_store.more[0]).version == 2
+    assert _publish(reg, micro_store, src=micro_store.task).version == 3
     reg.promote("domain", 3, reason="better")
     assert reg.versions("domain") == [1, 2, 3]
     assert _file_hashes(v1.path) == before
@@ -142,38 +142,38 @@ BAD_FOLDERS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FOLDERS))
-def test_publish_refuses_a_bad_adapter_folder_naming_the_file(tiny, tmp_path, case):
+def test_publish_refuses_a_bad_adapter_folder_naming_the_file(micro_store, tmp_path, case):
     spoil, named = BAD_FOLDERS[case]
-    folder = _copy_adapter(tiny.domain, tmp_path / "adapter")
+    folder = _copy_adapter(micro_store.domain, tmp_path / "adapter")
     spoil(folder)
     reg = Registry(tmp_path / "reg")
     with pytest.raises(InvalidAdapterError, match=named.replace(".", r"\.")):
-        _publish(reg, tiny, src=folder)
+        _publish(reg, micro_store, src=folder)
     assert reg.names() == []
     assert not list((tmp_path / "reg").rglob(".staging-*"))
 
 
-def test_publish_points_at_the_adapter_subfolder_peft_made(tiny, tmp_path):
+def test_publish_points_at_the_adapter_subfolder_peft_made(micro_store, tmp_path):
     # save_pretrained of an adapter not named "default" writes into a subfolder named after it.
-    _copy_adapter(tiny.domain, tmp_path / "out" / "domain")
+    _copy_adapter(micro_store.domain, tmp_path / "out" / "domain")
     with pytest.raises(InvalidAdapterError, match=r"subfolder.*'domain'"):
-        _publish(Registry(tmp_path / "reg"), tiny, src=tmp_path / "out")
+        _publish(Registry(tmp_path / "reg"), micro_store, src=tmp_path / "out")
 
 
-def test_publish_refuses_an_unknown_parent(tiny, tmp_path):
+def test_publish_refuses_an_unknown_parent(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    _publish(reg, tiny)
+    _publish(reg, micro_store)
     with pytest.raises(RegistryError, match=r"domain@4 does not exist"):
-        _publish(reg, tiny, "task", src=tiny.task, parent=AdapterRef("domain", 4))
+        _publish(reg, micro_store, "task", src=micro_store.task, parent=AdapterRef("domain", 4))
     assert reg.versions("task") == []
 
 
 # --------------------------------------------------------------------------- integrity
 
 
-def test_a_flipped_byte_is_named_by_verify_and_refused_by_load(tiny, tmp_path):
+def test_a_flipped_byte_is_named_by_verify_and_refused_by_load(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    v = _publish(reg, tiny)
+    v = _publish(reg, micro_store)
     assert reg.verify() == []
     _flip_last_byte(v.path / WEIGHTS)
 
@@ -182,15 +182,15 @@ def test_a_flipped_byte_is_named_by_verify_and_refused_by_load(tiny, tmp_path):
     assert "sha256 mismatch" in problems[0].issue
     with pytest.raises(IntegrityError, match=r"domain@1: adapter_model\.safetensors: sha256 mismatch"):
         R.verify_version(v)
-    model = _load_base(tiny.base_dir)
+    model = _load_base(micro_store.base_dir)
     with pytest.raises(IntegrityError, match=r"adapter_model\.safetensors"):
-        adapters.load_adapter(model, v, "domain", base=tiny.base_id)
+        adapters.load_adapter(model, v, "domain", base=micro_store.base_id)
     assert _lora_layer_count(model) == 0
 
 
-def test_verify_reports_missing_extra_and_unreadable_files(tiny, tmp_path):
+def test_verify_reports_missing_extra_and_unreadable_files(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    v1, v2, v3 = (_publish(reg, tiny, src=src) for src in _domains(tiny))
+    v1, v2, v3 = (_publish(reg, micro_store, src=src) for src in _domains(micro_store))
     (v1.path / CONFIG).unlink()
     (v2.path / "notes.txt").write_text("hand-added")
     (v2.path / "adapter_model.bin").write_bytes(b"pickle")
@@ -209,68 +209,70 @@ def test_verify_reports_missing_extra_and_unreadable_files(tiny, tmp_path):
 # --------------------------------------------------------------------------- loading
 
 
-def test_loaded_adapters_give_the_logits_of_plain_peft(tiny, tmp_path):
+def test_loaded_adapters_give_the_logits_of_plain_peft(micro_store, tmp_path):
     import torch
     from peft import PeftModel
 
     reg = Registry(tmp_path / "reg")
-    dv = _publish(reg, tiny)
-    tv = _publish(reg, tiny, "task", src=tiny.task, parent=dv.ref)
+    dv = _publish(reg, micro_store)
+    tv = _publish(reg, micro_store, "task", src=micro_store.task, parent=dv.ref)
 
-    reference = PeftModel.from_pretrained(_load_base(tiny.base_dir), str(tiny.domain), adapter_name="domain")
-    ours = adapters.load_adapter(_load_base(tiny.base_dir), dv, "domain", base=tiny.base_id)
+    reference = PeftModel.from_pretrained(
+        _load_base(micro_store.base_dir), str(micro_store.domain), adapter_name="domain"
+    )
+    ours = adapters.load_adapter(_load_base(micro_store.base_dir), dv, "domain", base=micro_store.base_id)
     assert isinstance(ours, PeftModel)
     assert not any(p.requires_grad for p in ours.parameters())
     assert torch.equal(_logits(ours), _logits(reference))
-    assert not torch.equal(_logits(ours), tiny.base_logits), "the adapter should change the logits"
+    assert not torch.equal(_logits(ours), micro_store.base_logits), "the adapter should change the logits"
 
     # The second adapter goes into the PeftModel through load_adapter.
-    assert adapters.load_adapter(ours, tv, "task", base=tiny.base_id, active_parent=dv.ref) is ours
-    reference.load_adapter(str(tiny.task), adapter_name="task")
+    assert adapters.load_adapter(ours, tv, "task", base=micro_store.base_id, active_parent=dv.ref) is ours
+    reference.load_adapter(str(micro_store.task), adapter_name="task")
     for model in (ours, reference):
         model.base_model.set_adapter(["domain", "task"])
     assert torch.equal(_logits(ours), _logits(reference))
 
 
-def test_an_adapter_from_another_base_is_refused_showing_both(tiny, tmp_path):
-    v = _publish(Registry(tmp_path / "reg"), tiny, src=tiny.other, base=tiny.other_id)
-    model = _load_base(tiny.base_dir)
+def test_an_adapter_from_another_base_is_refused_showing_both(micro_store, tmp_path):
+    v = _publish(Registry(tmp_path / "reg"), micro_store, src=micro_store.other, base=micro_store.other_id)
+    model = _load_base(micro_store.base_dir)
     with pytest.raises(IncompatibleAdapterError, match="different base") as err:
-        adapters.load_adapter(model, v, "domain", base=tiny.base_id)
-    assert tiny.other_id.config_sha256 in str(err.value) and tiny.base_id.config_sha256 in str(err.value)
+        adapters.load_adapter(model, v, "domain", base=micro_store.base_id)
+    assert micro_store.other_id.config_sha256 in str(err.value) and micro_store.base_id.config_sha256 in str(err.value)
     assert _lora_layer_count(model) == 0
 
 
-def test_a_rank_mismatch_is_an_error_and_leaves_the_model_as_it_was(tiny, tmp_path):
+def test_a_rank_mismatch_is_an_error_and_leaves_the_model_as_it_was(micro_store, tmp_path):
     import torch
 
-    folder = _copy_adapter(tiny.domain, tmp_path / "rank8")
+    folder = _copy_adapter(micro_store.domain, tmp_path / "rank8")
     config = json.loads((folder / CONFIG).read_text())
     config["r"] = 8  # the weights are rank 4
     (folder / CONFIG).write_text(json.dumps(config))
     reg = Registry(tmp_path / "reg")
-    good, bad = _publish(reg, tiny), _publish(reg, tiny, "wrong", src=folder)
+    good, bad = _publish(reg, micro_store), _publish(reg, micro_store, "wrong", src=folder)
 
-    plain = _load_base(tiny.base_dir)
+    plain = _load_base(micro_store.base_dir)
     with pytest.raises(IncompatibleAdapterError, match=r"adapter 'wrong' \(wrong@1\).*size mismatch"):
-        adapters.load_adapter(plain, bad, "wrong", base=tiny.base_id)
+        adapters.load_adapter(plain, bad, "wrong", base=micro_store.base_id)
     assert _lora_layer_count(plain) == 0 and not hasattr(plain, "peft_config")
-    assert torch.equal(_logits(plain), tiny.base_logits)
+    assert torch.equal(_logits(plain), micro_store.base_logits)
 
-    model = adapters.load_adapter(_load_base(tiny.base_dir), good, "domain", base=tiny.base_id)
+    model = adapters.load_adapter(_load_base(micro_store.base_dir), good, "domain", base=micro_store.base_id)
     before = _logits(model)
     with pytest.raises(IncompatibleAdapterError, match=r"adapter 'wrong'.*size mismatch"):
-        adapters.load_adapter(model, bad, "wrong", base=tiny.base_id)
+        adapters.load_adapter(model, bad, "wrong", base=micro_store.base_id)
     assert list(model.peft_config) == ["domain"]
     assert torch.equal(_logits(model), before)
 
 
-def test_a_shape_mismatch_is_an_error_naming_the_adapter(tiny, tmp_path):
+def test_a_shape_mismatch_is_an_error_naming_the_adapter(micro_store, tmp_path):
     # An adapter for the wider base, published under this base's identity (a mislabelled upload).
-    v = _publish(Registry(tmp_path / "reg"), tiny, "mislabelled", src=tiny.other)
-    model = _load_base(tiny.base_dir)
+    v = _publish(Registry(tmp_path / "reg"), micro_store, "mislabelled", src=micro_store.other)
+    model = _load_base(micro_store.base_dir)
     with pytest.raises(IncompatibleAdapterError, match=r"adapter 'mislabelled' \(mislabelled@1\) does not fit"):
-        adapters.load_adapter(model, v, "mislabelled", base=tiny.base_id)
+        adapters.load_adapter(model, v, "mislabelled", base=micro_store.base_id)
     assert _lora_layer_count(model) == 0
 
 
@@ -283,52 +285,54 @@ def _rewrite_weights(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
-def test_missing_or_unexpected_adapter_weights_are_errors_not_warnings(tiny, tmp_path):
+def test_missing_or_unexpected_adapter_weights_are_errors_not_warnings(micro_store, tmp_path):
     import torch
 
-    no_v = _rewrite_weights(tiny.domain, tmp_path / "no_v", lambda t: {k: v for k, v in t.items() if "v_proj" not in k})
+    no_v = _rewrite_weights(
+        micro_store.domain, tmp_path / "no_v", lambda t: {k: v for k, v in t.items() if "v_proj" not in k}
+    )
     extra_key = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"
-    extra = _rewrite_weights(tiny.domain, tmp_path / "extra", lambda t: {**t, extra_key: torch.zeros(4, 32)})
+    extra = _rewrite_weights(micro_store.domain, tmp_path / "extra", lambda t: {**t, extra_key: torch.zeros(4, 32)})
     reg = Registry(tmp_path / "reg")
-    missing_v, extra_v = _publish(reg, tiny, "partial", src=no_v), _publish(reg, tiny, "extra", src=extra)
+    missing_v, extra_v = _publish(reg, micro_store, "partial", src=no_v), _publish(reg, micro_store, "extra", src=extra)
 
     with pytest.raises(IncompatibleAdapterError, match=r"4 adapter weight\(s\) missing.*v_proj"):
-        adapters.load_adapter(_load_base(tiny.base_dir), missing_v, "partial", base=tiny.base_id)
-    model = _load_base(tiny.base_dir)
+        adapters.load_adapter(_load_base(micro_store.base_dir), missing_v, "partial", base=micro_store.base_id)
+    model = _load_base(micro_store.base_dir)
     with pytest.raises(IncompatibleAdapterError, match=r"1 unexpected in it.*k_proj"):
-        adapters.load_adapter(model, extra_v, "extra", base=tiny.base_id)
+        adapters.load_adapter(model, extra_v, "extra", base=micro_store.base_id)
     assert _lora_layer_count(model) == 0
 
 
-def test_a_task_adapter_needs_the_parent_it_was_trained_on(tiny, tmp_path):
+def test_a_task_adapter_needs_the_parent_it_was_trained_on(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    d1, d2 = _publish(reg, tiny), _publish(reg, tiny, src=tiny.more[0])
+    d1, d2 = _publish(reg, micro_store), _publish(reg, micro_store, src=micro_store.more[0])
     reg.promote("domain", 1, reason="first domain")
-    task = _publish(reg, tiny, "task", src=tiny.task, parent="domain@production")
+    task = _publish(reg, micro_store, "task", src=micro_store.task, parent="domain@production")
     reg.promote("domain", 2, reason="newer domain")
     assert task.manifest.parent == AdapterRef("domain", 1), "the alias is pinned at publish time"
 
-    model = adapters.load_adapter(_load_base(tiny.base_dir), d1, "domain", base=tiny.base_id)
+    model = adapters.load_adapter(_load_base(micro_store.base_dir), d1, "domain", base=micro_store.base_id)
     for active in (None, d2.ref):
         with pytest.raises(IncompatibleAdapterError, match=r"trained on top of domain@1"):
-            adapters.load_adapter(model, task, "task", base=tiny.base_id, active_parent=active)
+            adapters.load_adapter(model, task, "task", base=micro_store.base_id, active_parent=active)
     assert list(model.peft_config) == ["domain"]
-    adapters.load_adapter(model, task, "task", base=tiny.base_id, active_parent=d1.ref)
+    adapters.load_adapter(model, task, "task", base=micro_store.base_id, active_parent=d1.ref)
     assert sorted(model.peft_config) == ["domain", "task"]
 
-    forced = adapters.load_adapter(_load_base(tiny.base_dir), d2, "domain", base=tiny.base_id)
+    forced = adapters.load_adapter(_load_base(micro_store.base_dir), d2, "domain", base=micro_store.base_id)
     with pytest.warns(UserWarning, match="force_parent=True"):
-        adapters.load_adapter(forced, task, "task", base=tiny.base_id, active_parent=d2.ref, force_parent=True)
+        adapters.load_adapter(forced, task, "task", base=micro_store.base_id, active_parent=d2.ref, force_parent=True)
     assert sorted(forced.peft_config) == ["domain", "task"]
 
 
 # --------------------------------------------------------------------------- aliases
 
 
-def test_promote_rollback_and_resolve(tiny, tmp_path):
+def test_promote_rollback_and_resolve(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    for src in _domains(tiny):
-        _publish(reg, tiny, src=src)
+    for src in _domains(micro_store):
+        _publish(reg, micro_store, src=src)
     assert reg.resolve("domain").version == 3, "no production alias yet: latest"
     reg.promote("domain", 1, reason="baseline")
     assert reg.resolve("domain").version == 1
@@ -378,19 +382,19 @@ def test_promote_rollback_and_resolve(tiny, tmp_path):
         (lambda reg: reg.resolve("domain@1.5"), r"cannot read"),
     ],
 )
-def test_bad_alias_operations_are_refused(tiny, tmp_path, call, message):
+def test_bad_alias_operations_are_refused(micro_store, tmp_path, call, message):
     reg = Registry(tmp_path / "reg")
-    _publish(reg, tiny)
+    _publish(reg, micro_store)
     with pytest.raises(RegistryError, match=message):
         call(reg)
     assert reg.aliases("domain") == {}
     assert reg.names() == ["domain"] and not (tmp_path / "reg" / "nope").exists()
 
 
-def test_an_alias_to_a_missing_version_names_alias_and_version(tiny, tmp_path, capsys):
+def test_an_alias_to_a_missing_version_names_alias_and_version(micro_store, tmp_path, capsys):
     reg = Registry(tmp_path / "reg")
-    _publish(reg, tiny)
-    _publish(reg, tiny, src=tiny.more[0])
+    _publish(reg, micro_store)
+    _publish(reg, micro_store, src=micro_store.more[0])
     (tmp_path / "reg" / "domain" / "aliases.json").write_text('{"production": 7}')  # a hand edit
     with pytest.raises(
         RegistryError,
@@ -411,10 +415,10 @@ def _promote_many(root: str, version: int, count: int, barrier) -> None:
         reg.promote("domain", version, reason=f"worker {version} move {i}", actor=f"worker{version}")
 
 
-def test_concurrent_promotions_are_all_recorded_in_order(tiny, tmp_path):
+def test_concurrent_promotions_are_all_recorded_in_order(micro_store, tmp_path):
     reg = Registry(tmp_path / "reg")
-    _publish(reg, tiny)
-    _publish(reg, tiny, src=tiny.more[0])
+    _publish(reg, micro_store)
+    _publish(reg, micro_store, src=micro_store.more[0])
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     workers = [ctx.Process(target=_promote_many, args=(str(tmp_path / "reg"), v, 10, barrier)) for v in (1, 2)]
@@ -437,7 +441,7 @@ def test_concurrent_promotions_are_all_recorded_in_order(tiny, tmp_path):
 
 _SLOW_PUBLISH = """
 import json, pathlib, sys, time
-from modft_utils import registry
+from modft_utils.store import registry
 root, adapter_dir, marker, base = sys.argv[1:5]
 copy = registry._copy_file
 def slow_copy(src, fs, dst):
@@ -451,7 +455,7 @@ registry.Registry(root).publish("domain", adapter_dir, base=registry.BaseIdentit
 
 _HOLD_LOCK = """
 import pathlib, sys, time
-from modft_utils import registry
+from modft_utils.store import registry
 root, marker = sys.argv[1:3]
 with registry.Registry(root)._lock("domain"):
     pathlib.Path(marker).write_text("locked")
@@ -477,15 +481,15 @@ def _run_until_marker_then_kill(script: str, marker: Path, *args: str) -> str:
     return marker.read_text()
 
 
-def test_a_publish_killed_midway_leaves_no_trace_readers_see(tiny, tmp_path):
+def test_a_publish_killed_midway_leaves_no_trace_readers_see(micro_store, tmp_path):
     root = tmp_path / "reg"
     reg = Registry(root)
-    kept = [_publish(reg, tiny), _publish(reg, tiny, src=tiny.task)]
+    kept = [_publish(reg, micro_store), _publish(reg, micro_store, src=micro_store.task)]
     hashes = [_file_hashes(v.path) for v in kept]
 
-    base = json.dumps(dataclasses.asdict(tiny.base_id))
+    base = json.dumps(dataclasses.asdict(micro_store.base_id))
     half_written = _run_until_marker_then_kill(
-        _SLOW_PUBLISH, tmp_path / "copied", str(root), str(tiny.domain), "MARKER", base
+        _SLOW_PUBLISH, tmp_path / "copied", str(root), str(micro_store.domain), "MARKER", base
     )
     assert ".staging-" in half_written and Path(half_written).exists()
     assert reg.versions("domain") == [1, 2]
@@ -493,16 +497,16 @@ def test_a_publish_killed_midway_leaves_no_trace_readers_see(tiny, tmp_path):
     assert reg.resolve("domain").version == 2
     assert reg.verify() == []
 
-    assert _publish(reg, tiny, src=tiny.more[0]).version == 3
+    assert _publish(reg, micro_store, src=micro_store.more[0]).version == 3
     assert not list((root / "domain").glob(".staging-*")), "the dead publish's staging folder is cleaned"
     assert [_file_hashes(v.path) for v in kept] == hashes
     assert reg.verify() == []
 
 
-def test_a_lock_held_by_a_killed_process_does_not_block(tiny, tmp_path):
+def test_a_lock_held_by_a_killed_process_does_not_block(micro_store, tmp_path):
     root = tmp_path / "reg"
     reg = Registry(root, lock_timeout=10)
-    _publish(reg, tiny)
+    _publish(reg, micro_store)
     _run_until_marker_then_kill(_HOLD_LOCK, tmp_path / "locked", str(root), "MARKER")
     start = time.monotonic()
     reg.promote("domain", 1, reason="after the crash")
@@ -524,7 +528,7 @@ def memory_root():
         fs.rm(root, recursive=True)
 
 
-def test_a_memory_registry_works_through_the_same_code(tiny, tmp_path, memory_root, monkeypatch):
+def test_a_memory_registry_works_through_the_same_code(micro_store, tmp_path, memory_root, monkeypatch):
     import fsspec
     import torch
     from peft import PeftModel
@@ -532,9 +536,9 @@ def test_a_memory_registry_works_through_the_same_code(tiny, tmp_path, memory_ro
     monkeypatch.setenv("MODFT_REGISTRY_CACHE", str(tmp_path / "cache"))
     fs = fsspec.filesystem("memory")
     reg = Registry(memory_root)
-    v = _publish(reg, tiny)
+    v = _publish(reg, micro_store)
     assert v.path is None and v.uri.startswith("memory://")
-    assert _publish(reg, tiny, src=tiny.more[0]).version == 2
+    assert _publish(reg, micro_store, src=micro_store.more[0]).version == 2
     reg.promote("domain", 2, reason="r")
     reg.promote("domain", 1, reason="r")
     assert reg.rollback("domain", reason="r")["to"] == 2
@@ -542,14 +546,16 @@ def test_a_memory_registry_works_through_the_same_code(tiny, tmp_path, memory_ro
 
     local = v.local_copy()
     assert local.is_relative_to(tmp_path / "cache")
-    ours = adapters.load_adapter(_load_base(tiny.base_dir), v, "domain", base=tiny.base_id)
-    reference = PeftModel.from_pretrained(_load_base(tiny.base_dir), str(tiny.domain), adapter_name="domain")
+    ours = adapters.load_adapter(_load_base(micro_store.base_dir), v, "domain", base=micro_store.base_id)
+    reference = PeftModel.from_pretrained(
+        _load_base(micro_store.base_dir), str(micro_store.domain), adapter_name="domain"
+    )
     assert torch.equal(_logits(ours), _logits(reference))
 
     # A publish that died before its manifest: invisible, and its number is reused.
     fs.pipe(f"{memory_root}/domain/versions/3/{CONFIG}", b"{}")
     assert reg.versions("domain") == [1, 2] and reg.resolve("domain@latest").version == 2
-    v3 = _publish(reg, tiny, src=tiny.task)
+    v3 = _publish(reg, micro_store, src=micro_store.task)
     assert v3.version == 3
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{memory_root}/domain/versions/3", detail=False)) == [
         CONFIG,
@@ -564,12 +570,12 @@ def test_a_memory_registry_works_through_the_same_code(tiny, tmp_path, memory_ro
         R.verify_version(v)
 
 
-def test_a_remote_lock_is_waited_for_and_broken_when_stale(tiny, memory_root):
+def test_a_remote_lock_is_waited_for_and_broken_when_stale(micro_store, memory_root):
     import fsspec
 
     fs = fsspec.filesystem("memory")
     reg = Registry(memory_root, lock_timeout=0.3, stale_lock_s=60)
-    _publish(reg, tiny)
+    _publish(reg, micro_store)
     lock = f"{memory_root}/domain/.lock"
     fs.pipe(lock, json.dumps({"token": "other", "owner": "someone@elsewhere", "at": time.time()}).encode())
     with pytest.raises(RegistryError, match=r"could not take lock .*\.lock"):
@@ -582,23 +588,23 @@ def test_a_remote_lock_is_waited_for_and_broken_when_stale(tiny, memory_root):
 # --------------------------------------------------------------------------- identity and CLI
 
 
-def test_base_identity_ignores_how_the_base_was_loaded(tiny):
+def test_base_identity_ignores_how_the_base_was_loaded(micro_store):
     import torch
     from transformers import MiniMaxM2ForCausalLM
 
     fresh = MiniMaxM2ForCausalLM(micro_config(**STORE_BASE))
-    in_bf16 = MiniMaxM2ForCausalLM.from_pretrained(tiny.base_dir, dtype=torch.bfloat16)
-    from_file = R.base_identity_from_config_file(tiny.base_dir / "config.json", model_id="x")
+    in_bf16 = MiniMaxM2ForCausalLM.from_pretrained(micro_store.base_dir, dtype=torch.bfloat16)
+    from_file = R.base_identity_from_config_file(micro_store.base_dir / "config.json", model_id="x")
     assert {
         R.base_identity(fresh).config_sha256,
         R.base_identity(in_bf16).config_sha256,
         from_file.config_sha256,
-    } == {tiny.base_id.config_sha256}
-    assert tiny.base_id.model_id == str(tiny.base_dir)
+    } == {micro_store.base_id.config_sha256}
+    assert micro_store.base_id.model_id == str(micro_store.base_dir)
     changed = micro_config(**STORE_BASE)
     changed.rms_norm_eps = 1e-5
-    assert R.base_identity(MiniMaxM2ForCausalLM(changed)).config_sha256 != tiny.base_id.config_sha256
-    assert tiny.other_id.config_sha256 != tiny.base_id.config_sha256
+    assert R.base_identity(MiniMaxM2ForCausalLM(changed)).config_sha256 != micro_store.base_id.config_sha256
+    assert micro_store.other_id.config_sha256 != micro_store.base_id.config_sha256
 
 
 def _cli(*argv: str) -> int:
@@ -607,7 +613,7 @@ def _cli(*argv: str) -> int:
     return main(["registry", *argv])
 
 
-def test_cli_publish_list_show_promote_rollback_verify(tiny, tmp_path, capsys):
+def test_cli_publish_list_show_promote_rollback_verify(micro_store, tmp_path, capsys):
     uri = str(tmp_path / "reg")
     assert _cli("list", "--registry", uri) == 0
     assert "is empty" in capsys.readouterr().out
@@ -617,7 +623,7 @@ def test_cli_publish_list_show_promote_rollback_verify(tiny, tmp_path, capsys):
         _cli(
             "publish",
             "domain",
-            str(tiny.domain),
+            str(micro_store.domain),
             "--registry",
             uri,
             "--metrics",
@@ -632,18 +638,18 @@ def test_cli_publish_list_show_promote_rollback_verify(tiny, tmp_path, capsys):
         _cli(
             "publish",
             "task",
-            str(tiny.task),
+            str(micro_store.task),
             "--registry",
             uri,
             "--parent",
             "domain@1",
             "--base-config",
-            str(tiny.base_dir / "config.json"),
+            str(micro_store.base_dir / "config.json"),
         )
         == 0
     )
     reg = Registry(uri)
-    assert reg.resolve("domain").manifest.base.config_sha256 == tiny.base_id.config_sha256
+    assert reg.resolve("domain").manifest.base.config_sha256 == micro_store.base_id.config_sha256
     assert reg.resolve("task").manifest.parent == AdapterRef("domain", 1)
     assert _cli("promote", "domain", "1", "--reason", "baseline", "--registry", uri) == 0
     assert "domain@production: - -> 1" in capsys.readouterr().out
@@ -684,9 +690,9 @@ def test_cli_publish_list_show_promote_rollback_verify(tiny, tmp_path, capsys):
     assert _cli("verify", "task", "--registry", uri) == 0
     capsys.readouterr()
 
-    assert _cli("publish", "domain", str(tiny.domain), "--registry", uri, "--metrics", "not json") == 1
+    assert _cli("publish", "domain", str(micro_store.domain), "--registry", uri, "--metrics", "not json") == 1
     assert "--metrics: not JSON" in capsys.readouterr().err
-    elsewhere = _copy_adapter(tiny.domain, tmp_path / "hub_adapter")
+    elsewhere = _copy_adapter(micro_store.domain, tmp_path / "hub_adapter")
     config = json.loads((elsewhere / CONFIG).read_text())
     config["base_model_name_or_path"] = "org/some-hub-model"
     (elsewhere / CONFIG).write_text(json.dumps(config))

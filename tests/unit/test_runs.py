@@ -1,0 +1,106 @@
+"""runs: the run folder's one owner. Its named places, the profile a run keeps from 01 to 05, and what
+it records of its publishes (the first call of every notebook is ``runs.open_run``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modft_utils import runs, store
+from modft_utils.config import ProfileError
+from modft_utils.data import DataError
+
+
+@pytest.fixture
+def opened(root, tmp_path, isolated):
+    """A run opened fresh on the tiny profile, as notebook 01 opens it."""
+    return runs.open_run(root / "params" / "tiny.yaml", tmp_path / "run", isolated, fresh=True, progress=False)
+
+
+def test_places_are_named_under_the_folder(tmp_path):
+    place = runs.folder(tmp_path / "run")
+    assert place.dir == (tmp_path / "run").resolve()
+    named = [
+        place.resolved_profile,
+        place.data,
+        place.dapt_blocks("train"),
+        place.sft_train,
+        place.sft_eval,
+        place.closed_book,
+        place.vocab_extension,
+        place.figures,
+        place.exports,
+        place.notebooks(),
+        place.notebooks(1),
+        place.adapter("task"),
+        place.published_record("task"),
+    ]
+    assert all(p.is_relative_to(place.dir) for p in named)
+    assert len(set(named)) == len(named)  # no two things share a place
+    assert place.adapter("task").parent == place.training("task")
+    assert runs.folder(place) is place
+
+
+def test_create_writes_the_resolved_profile_that_read_resolved_returns(tiny, tmp_path):
+    place = runs.folder(tmp_path / "run").create(tiny.profile)
+    assert all(p.is_dir() for p in (place.data, place.figures, place.notebooks(), place.dir / "adapters"))
+    again = runs.read_resolved(place)
+    assert again.model_dump() == tiny.profile.model_dump()
+    assert again.source == tiny.profile.source
+
+
+def test_a_missing_resolved_profile_says_run_01_first(tmp_path):
+    with pytest.raises(ProfileError, match=r"profile\.resolved\.json is missing: run notebook 01"):
+        runs.read_resolved(tmp_path)
+
+
+def test_require_names_the_notebook_that_writes_a_missing_file(tmp_path):
+    place = runs.folder(tmp_path)
+    with pytest.raises(DataError, match=r"sft_eval\.jsonl is missing: run notebook 01_data_prep"):
+        place.require(place.sft_eval)
+    with pytest.raises(DataError, match=r"dapt_train is missing: run notebook 01_data_prep"):
+        place.load_dataset(place.dapt_blocks("train"))
+
+
+def test_an_adapter_finds_the_run_folder_it_sits_in(tiny, tmp_path):
+    place = runs.folder(tmp_path / "run").create(tiny.profile)
+    place.adapter("domain").mkdir(parents=True)
+    assert runs.folder_of_adapter(place.adapter("domain")).dir == place.dir
+    (tmp_path / "loose").mkdir()
+    assert runs.folder_of_adapter(tmp_path / "loose") is None
+
+
+def test_later_notebooks_keep_the_runs_profile_and_name_what_changed(opened, root, isolated, capsys):
+    later = runs.open_run(root / "params" / "tiny.yaml", opened.dir, {**isolated, "dapt.lora.r": 2}, progress=False)
+    assert later.profile.dapt.lora.r == opened.profile.dapt.lora.r != 2
+    assert later.profile_changes == ["dapt.lora.r"]
+    assert "differs from the one this run started with in dapt.lora.r" in capsys.readouterr().out
+    same = runs.open_run(root / "params" / "tiny.yaml", opened.dir, isolated, progress=False)
+    assert same.profile_changes == []
+
+
+def test_publish_records_the_version_that_published_finds(opened, tmp_path, random_adapter):
+    from modft_utils import adapters, modeling
+
+    registry = opened.store()
+    with pytest.raises(ProfileError, match="publishes it; run it first"):
+        opened.published(registry, "domain")
+    model = modeling.load_base(opened.profile, opened.base)
+    identity = opened.base_identity(model)
+    model = random_adapter(model, "domain", opened.profile.dapt.lora, seed=1)
+    adapters.save_adapter(model, "domain", opened.adapter("domain"))
+    version = opened.publish(registry, "domain", base=identity, params={}, data_fingerprint="", metrics={})
+    assert opened.published(registry, "domain") == version
+    assert json.loads(opened.published_record("domain").read_text())["version"] == version.version
+    elsewhere = store.Registry(tmp_path / "other-store")
+    with pytest.raises(ProfileError, match="was published to"):
+        opened.published(elsewhere, "domain")
+
+
+def test_the_trained_base_of_a_run_is_the_loaded_base(opened):
+    from modft_utils import modeling
+
+    model = modeling.load_base(opened.profile, opened.base)
+    rebuilt = runs.trained_base_identity(opened, opened.base.name_or_path, None)
+    assert rebuilt.config_sha256 == opened.base_identity(model).config_sha256
