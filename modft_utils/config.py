@@ -350,6 +350,11 @@ class Profile(_Section):
         p = Path(path).expanduser()
         return p if p.is_absolute() else (Path(self.source).parent / p).resolve()
 
+    def data_file(self, which: Literal["dapt", "sft"], split: Literal["train", "validation"]) -> Path | None:
+        """``data.<which>.<split>_file`` as an absolute path (a file, folder or glob); None for a hub dataset."""
+        value = getattr(getattr(self.data, which), f"{split}_file")
+        return None if value is None else self.resolve(value)
+
 
 _PATH_KEYS = (
     ("data.dapt.train_file", lambda p: p.data.dapt.train_file),
@@ -391,6 +396,13 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             raise ProfileError(f"override {dotted!r}: {part!r} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _set_attr_dotted(model: BaseModel, dotted: str, value: Any) -> None:
+    *sections, last = dotted.split(".")
+    for part in sections:
+        model = getattr(model, part)
+    setattr(model, last, value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -450,6 +462,11 @@ def load_profile(
     except ValidationError as exc:
         raise ProfileError(_format_errors(str(path), exc)) from None
     profile.source = str(path)
+    # Data paths are made absolute once, here: every reader, the run folder's resolved profile and a
+    # later notebook comparing it then see the same path, wherever they run from.
+    for key, getter in _PATH_KEYS:
+        if (value := getter(profile)) is not None and not Path(value).expanduser().is_absolute():
+            _set_attr_dotted(profile, key, str(profile.resolve(value)))
     if check_paths:
         missing = [
             f"  - {key}: {profile.resolve(value)} " + ("matches no file" if _is_glob(value) else "does not exist")

@@ -181,7 +181,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     report = SftReport()
     examples = {}
     for split in ("train", "validation"):
-        source = spec.hub_name or str(profile.resolve(getattr(spec, f"{split}_file")))
+        source = spec.hub_name or str(profile.data_file("sft", split))
         exs, rep = squad.rows_to_examples(
             rows[split], unanswerable=profile.data.unanswerable, source=f"{source} [{split}]"
         )
@@ -256,7 +256,7 @@ def _prepare_conversations(
     for split in ("train", "validation"):
         convs[split], rep = load_conversations(profile, split)
         check_collapse(
-            rep.examples, rep.why(), profile, f"data.sft {split}", spec.hub_name or getattr(spec, f"{split}_file")
+            rep.examples, rep.why(), profile, f"data.sft {split}", spec.hub_name or profile.data_file("sft", split)
         )
         report.loaded[split] = rep.as_dict()
     # A held-out prompt that training also has would flatter every score.

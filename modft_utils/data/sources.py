@@ -25,7 +25,7 @@ def load_sft_rows(profile: Profile) -> dict[str, Any]:
     if spec.hub_name:
         return load_rows(spec, profile)
     return {
-        split: read_sft_file(profile.resolve(getattr(spec, f"{split}_file")), f"data.sft.{split}_file")
+        split: read_sft_file(profile.data_file("sft", split), f"data.sft.{split}_file")
         for split in ("train", "validation")
     }
 
@@ -77,7 +77,7 @@ def corpus_sources(profile: Profile) -> dict[str, readers.CorpusSource]:
     base = Path(profile.source).parent if profile.source else Path.cwd()
     try:
         return {
-            split: readers.resolve(getattr(spec, f"{split}_file"), base, f"data.dapt.{split}_file", spec.format)
+            split: readers.resolve(str(profile.data_file("dapt", split)), base, f"data.dapt.{split}_file", spec.format)
             for split in ("train", "validation")
         }
     except readers.SourceError as exc:
@@ -100,7 +100,7 @@ def load_conversations(profile: Profile, split: str) -> tuple[list[tasks.Convers
             )
         key = f"data.sft.{split}_file"
         return tasks.read_conversations(
-            profile.resolve(getattr(spec, f"{split}_file")),
+            profile.data_file("sft", split),
             key,
             spec.format,
             fields=fields,

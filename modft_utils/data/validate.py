@@ -33,29 +33,25 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
                     for f in source.files:
                         if f.suffix != ".gz":
                             _check_text_rows(f, f"data.dapt.{split}_file")
-                counts[str(profile.resolve(getattr(dapt, f"{split}_file")))] = len(
-                    readers.read(source, dapt.text_column)
-                )
+                counts[str(profile.data_file("dapt", split))] = len(readers.read(source, dapt.text_column))
             except readers.SourceError as exc:
                 raise DataError(str(exc)) from None
-    for key in ("train_file", "validation_file"):
-        if getattr(sft, key) and sft.format != "squad":
-            convs, report = load_conversations(profile, key.removesuffix("_file"))
-            check_collapse(
-                report.examples, report.why(), profile, f"data.sft.{key}", profile.resolve(getattr(sft, key))
-            )
-            counts[str(profile.resolve(getattr(sft, key)))] = report.rows_in
-        elif getattr(sft, key):
-            path = profile.resolve(getattr(sft, key))
-            rows = read_sft_file(path, f"data.sft.{key}")
-            try:
-                examples, report = squad.rows_to_examples(
-                    rows, unanswerable=profile.data.unanswerable, source=str(path)
-                )
-            except (squad.SquadFormatError, ValueError) as exc:
-                raise DataError(f"data.sft.{key}: {exc}") from exc
-            check_sft_examples(report, len(examples), profile, f"data.sft.{key}", path)
-            counts[str(path)] = len(rows)
+    for split in ("train", "validation"):
+        path, key = profile.data_file("sft", split), f"data.sft.{split}_file"
+        if path is None:
+            continue
+        if sft.format != "squad":
+            convs, report = load_conversations(profile, split)
+            check_collapse(report.examples, report.why(), profile, key, path)
+            counts[str(path)] = report.rows_in
+            continue
+        rows = read_sft_file(path, key)
+        try:
+            examples, report = squad.rows_to_examples(rows, unanswerable=profile.data.unanswerable, source=str(path))
+        except (squad.SquadFormatError, ValueError) as exc:
+            raise DataError(f"{key}: {exc}") from exc
+        check_sft_examples(report, len(examples), profile, key, path)
+        counts[str(path)] = len(rows)
     if profile.model.tiny is not None:
         path = profile.resolve(profile.model.tiny.generic_corpus)
         counts[str(path)] = _check_text_rows(path, "model.tiny.generic_corpus")
