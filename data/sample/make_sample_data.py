@@ -4149,7 +4149,7 @@ The files are generated, never edited by hand. Regenerate them with
 
     python data/sample/make_sample_data.py
 
-`tests/test_sample_data.py` regenerates them into a temporary folder and fails if they differ from the
+`tests/unit/data/test_sample_data.py` regenerates them into a temporary folder and fails if they differ from the
 committed copy.
 """
 

@@ -1,7 +1,7 @@
 """Which LoRA adapters are active and which train: the only module that changes either.
 
 PEFT's ``base_model.set_adapter([...])`` activates several adapters at once but also makes every
-listed adapter trainable again (shared/FACTS.md), so every switch here goes through
+listed adapter trainable again (PEFT 0.21.2, checked by this package's tests), so every switch here goes through
 :func:`activate`, which freezes everything except the one adapter named as trainable, and training
 is refused while any other adapter has a trainable parameter. Loading saved adapters, from a folder
 or from the store, is :mod:`modft_utils.adapters.stack`'s.

@@ -18,8 +18,8 @@ Where the numbers come from (all checked in ``tests/unit/plan/test_plan.py``):
   hook on the tiny model (sdpa and eager attention; eager, grouped_mm and batched_mm experts).
 * The whole training step: the tiny profile's measured peak resident memory (``measure_training_peak``).
 
-The seed's claim that MiniMax-M2 QLoRA-trains "on a single 24 GB GPU" is what this module exists to
-refute: its ~229B parameters are ~120 GB even with every expert in NF4, and stock bitsandbytes does
+A claim often made for QLoRA, that a model like MiniMax-M2 trains "on a single 24 GB GPU", is what this
+module exists to check: its ~229B parameters are ~120 GB even with every expert in NF4, and stock bitsandbytes does
 not quantize the fused experts at all (``BitsAndBytesConfig(load_in_4bit=True)`` converts
 ``nn.Linear`` only), which leaves ~450 GB.
 """

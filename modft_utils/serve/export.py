@@ -4,7 +4,8 @@ Two exports, each with the number that says how exact it is:
 
 - :func:`export_combined`: the active adapters as ONE PEFT adapter (PEFT's ``cat`` combination: the
   LoRA matrices concatenated, rank = sum of ranks), for servers that load a single adapter over
-  the quantized base. Exact up to float summation order; ``linear`` would not be (shared/FACTS.md).
+  the quantized base. Exact up to float summation order; ``linear`` would not be
+  (it combines A and B separately, so the cross terms differ: PEFT's ``add_weighted_adapter`` docs).
 - :func:`export_merged`: a full model with the adapters merged into the weights, for servers that
   take a plain checkpoint. Merging needs an unquantized base (merging into 4-bit weights would
   round the adapters away), so the merged model differs from a stack run over a 4-bit base by the

@@ -314,7 +314,7 @@ def test_checkpointing_needs_less_activation_memory(tiny, minimax):
 
 
 # --------------------------------------------------------------------------------------------------
-# MiniMax-M2: the seed's "single 24 GB GPU"
+# MiniMax-M2 on "a single 24 GB GPU": it does not fit
 
 
 def test_minimax_does_not_fit_24gib(minimax):
