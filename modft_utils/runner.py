@@ -90,7 +90,11 @@ def run_notebooks(
             f"{sorted(set(chosen) - parallel_ok)} write shared files: run them in one process, e.g. "
             "`modft run --notebooks 01` first, then `accelerate launch -m modft_utils.cli run --notebooks 02 03 --run-dir ...`"
         )
-    run = runs.folder(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile)).create(profile)
+    run = runs.folder(run_dir or profile.resolve(profile.runs_dir) / new_run_id(profile))
+    if "01_data_prep" in chosen or not run.resolved_profile.is_file():
+        run.create(profile)  # 01 starts the run (a folder without 01 still gets its profile: 02 then names 01)
+    else:
+        runs.continue_run(run, profile)  # refused here, before any kernel, when the run is another profile's
     src = notebooks_dir()
     result = RunResult(run.dir)
     params = {"profile": str(Path(profile_path).resolve()), "run_dir": str(run), "overrides": overrides}

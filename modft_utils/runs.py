@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,15 @@ SAVED_ADAPTER = "adapter"  # inside a training folder: the saved adapter
 FIRST_NOTEBOOK = "01_data_prep"
 # Adapters sit at <run>/adapters/<name>/adapter: the run folder is a few levels above, never more.
 _ADAPTER_DEPTH = 4
+# What a later notebook may change in a run that notebook 01 started: training longer, and how often
+# it evaluates and logs. Each such change is recorded in the resolved profile as a named adjustment;
+# any other difference is refused, because the run's data, adapters and metrics were made with the
+# values the run started with.
+ADJUSTABLE = frozenset(
+    f"{stage}.train.{key}" for stage in ("dapt", "sft") for key in ("max_steps", "eval_steps", "logging_steps")
+)
+# What notebook 01 starting a run again makes stale: moved aside (never deleted) into superseded/.
+_RESULTS = ("metrics.json", "adapters", "exports", "figures")
 
 
 @dataclass
@@ -129,14 +139,34 @@ class RunFolder:
         return self.training(adapter) / PUBLISHED_FILE
 
     def create(self, profile: Profile) -> RunFolder:
-        """Create the folder and write the resolved profile beside the results it will hold."""
+        """Start the run (notebook 01): create the folder and write the resolved profile beside the
+        results it will hold. Results of an earlier start are moved into ``superseded/`` first, and
+        said so, so a new start never mixes with old adapters and metrics (nothing is deleted)."""
+        if is_main():  # data-parallel ranks share the folder; one writes
+            self._supersede()
         for sub in (self.data, self.dir / "adapters", self.figures, self.notebooks()):
             sub.mkdir(parents=True, exist_ok=True)
-        resolved = profile.model_dump(mode="json")
-        resolved["source"] = profile.source
-        if is_main():  # data-parallel ranks share the folder; one writes
-            self.resolved_profile.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+        if is_main():
+            _write_resolved(self.resolved_profile, profile, [])
         return self
+
+    def _supersede(self) -> None:
+        stale = [self.dir / name for name in _RESULTS if _holds_results(self.dir / name)]
+        if not stale:
+            return
+        published = [
+            f"{json.loads(p.read_text(encoding='utf-8')).get('name')}@{json.loads(p.read_text(encoding='utf-8')).get('version')}"
+            for p in sorted((self.dir / "adapters").glob(f"*/{PUBLISHED_FILE}"))
+        ]
+        aside = self.dir / "superseded" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in stale:
+            path.rename(aside / path.name)
+        print(
+            f"note: notebook 01 starts {self.dir} again: the earlier "
+            f"{', '.join(p.name for p in stale)} moved to {aside}"
+            + (f"; the store keeps {', '.join(published)}, published from the earlier data" if published else "")
+        )
 
     def require(self, path: Path, notebook: str = FIRST_NOTEBOOK) -> Path:
         """``path`` of this folder, or an error saying which notebook writes it."""
@@ -179,7 +209,7 @@ class Run(RunFolder):
     profile: Profile
     base: modeling.BaseRef
     tokenizer: Any
-    profile_changes: list[str]  # keys where the YAML now differs from the run's profile (reported, not used)
+    profile_changes: list[str]  # the ADJUSTABLE keys this notebook changed (recorded in the resolved profile)
 
     # ----------------------------------------------------------------- the store
 
@@ -233,6 +263,79 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _holds_results(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def _write_resolved(path: Path, profile: Profile, adjustments: list[dict[str, Any]]) -> None:
+    resolved = profile.model_dump(mode="json")
+    resolved["source"] = profile.source
+    if adjustments:
+        resolved["adjustments"] = adjustments
+    path.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+
+
+def _adjustments(run_dir: RunFolder) -> list[dict[str, Any]]:
+    tree = json.loads(run_dir.resolved_profile.read_text(encoding="utf-8"))
+    return list(tree.get("adjustments", []))
+
+
+def _dotted_value(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def continue_run(run_dir: str | os.PathLike | RunFolder, requested: Profile) -> tuple[Profile, list[str]]:
+    """The profile a later notebook (or ``modft run`` without 01) continues the run with.
+
+    A run folder is one profile: ``requested`` is compared with the run's, key by key. A difference
+    in an :data:`ADJUSTABLE` key (training longer, evaluating more often) is applied and recorded in
+    the resolved profile as a named adjustment (key, from, to, when); any other difference is refused,
+    naming each key with both values, before any notebook runs.
+    """
+    place = folder(run_dir)
+    profile = read_resolved(place)
+    ran = profile.model_dump(mode="json")
+    asked = requested.model_dump(mode="json")
+    changed = _differences(ran, asked)
+    refused = [key for key in changed if key not in ADJUSTABLE]
+    if refused:
+        lines = [
+            f"  - {key}: the run has {_dotted_value(ran, key)!r}, asked {_dotted_value(asked, key)!r}"
+            for key in refused
+        ]
+        raise ProfileError(
+            f"{place.dir} is a run of another profile ({place.resolved_profile}); it differs in:\n"
+            + "\n".join(lines)
+            + "\nA run folder is one profile: start a new run (omit --run-dir), or run notebook 01 again to "
+            "start this one over (its earlier results are moved to superseded/)."
+        )
+    if not changed:
+        return profile, []
+    adjustments = _adjustments(place)
+    for key in changed:
+        *sections, last = key.split(".")
+        section = profile
+        for part in sections:
+            section = getattr(section, part)
+        setattr(section, last, _dotted_value(asked, key))
+        adjustments.append(
+            {
+                "key": key,
+                "from": _dotted_value(ran, key),
+                "to": _dotted_value(asked, key),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    if is_main():
+        _write_resolved(place.resolved_profile, profile, adjustments)
+    print(
+        f"note: this run continues with {', '.join(f'{key}={_dotted_value(asked, key)!r}' for key in changed)} (recorded in {place.resolved_profile})"
+    )
+    return profile, changed
+
+
 def read_resolved(run_dir: str | os.PathLike | RunFolder) -> Profile:
     """The profile notebook 01 wrote into the run folder, validated again."""
     path = folder(run_dir).resolved_profile
@@ -240,6 +343,7 @@ def read_resolved(run_dir: str | os.PathLike | RunFolder) -> Profile:
         raise ProfileError(f"{path} is missing: run notebook 01 for this run folder first")
     tree = json.loads(path.read_text(encoding="utf-8"))
     source = tree.pop("source", "")
+    tree.pop("adjustments", None)
     try:
         profile = Profile.model_validate(tree)
     except ValueError as exc:
@@ -291,9 +395,10 @@ def open_run(
     """Open the run in ``run_dir`` for a notebook: profile, base, tokenizer and named paths.
 
     ``fresh`` (notebook 01): validate ``profile_path`` with ``overrides`` and write it into the run
-    folder. Otherwise the run's own ``profile.resolved.json`` is used; ``profile_path`` and
-    ``overrides`` are only compared with it, and keys that now differ are listed in
-    ``profile_changes`` (and printed), because a run is one profile from its first notebook to its last.
+    folder (an earlier start's results are moved aside). Otherwise the run's own
+    ``profile.resolved.json`` is used: ``profile_path`` with ``overrides`` must say the same, except
+    the :data:`ADJUSTABLE` keys, which are applied, recorded and listed in ``profile_changes``
+    (:func:`continue_run`), because a run is one profile from its first notebook to its last.
     """
     place = folder(run_dir)
     if fresh:
@@ -301,17 +406,15 @@ def open_run(
         place.create(profile)
         base = modeling.ensure_base(profile, progress=progress)  # 01 decides on a vocabulary extension
         return Run(place.dir, profile, base, modeling.load_tokenizer(base), [])
-    profile = read_resolved(place)
     try:
         now = load_profile(profile_path, overrides, check_paths=False)
-        changes = _differences(profile.model_dump(mode="json"), now.model_dump(mode="json"))
-    except ProfileError as exc:
-        changes = [f"(the profile cannot be read now: {str(exc).splitlines()[0]})"]
-    if changes:
+    except ProfileError as exc:  # the YAML moved or broke since 01: the run's own profile is what counts
+        profile, changes = read_resolved(place), []
         print(
-            f"note: the profile differs from the one this run started with in {', '.join(changes)}; "
-            f"using the run's ({place.resolved_profile}). Start a new run folder to use the new values."
+            f"note: using the run's profile ({place.resolved_profile}); {profile_path} cannot be read now: {str(exc).splitlines()[0]}"
         )
+    else:
+        profile, changes = continue_run(place, now)
     # with the vocabulary extension 01 recorded
     base = modeling.ensure_base(profile, modeling.load_decision(place.vocab_extension), progress=progress)
     return Run(place.dir, profile, base, modeling.load_tokenizer(base), changes)

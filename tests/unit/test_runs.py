@@ -71,13 +71,63 @@ def test_an_adapter_finds_the_run_folder_it_sits_in(tiny, tmp_path):
     assert runs.folder_of_adapter(tmp_path / "loose") is None
 
 
-def test_later_notebooks_keep_the_runs_profile_and_name_what_changed(opened, root, isolated, capsys):
-    later = runs.open_run(root / "params" / "tiny.yaml", opened.dir, {**isolated, "dapt.lora.r": 2}, progress=False)
-    assert later.profile.dapt.lora.r == opened.profile.dapt.lora.r != 2
-    assert later.profile_changes == ["dapt.lora.r"]
-    assert "differs from the one this run started with in dapt.lora.r" in capsys.readouterr().out
-    same = runs.open_run(root / "params" / "tiny.yaml", opened.dir, isolated, progress=False)
-    assert same.profile_changes == []
+def test_a_later_notebook_refuses_another_profile_naming_each_key(opened, root, isolated):
+    before = opened.resolved_profile.read_text()
+    with pytest.raises(
+        ProfileError, match=r"(?s)differs in:.*dapt\.lora\.r: the run has 16, asked 2.*data\.block_size: the run has 128, asked 64"
+    ):
+        runs.open_run(
+            root / "params" / "tiny.yaml",
+            opened.dir,
+            {**isolated, "dapt.lora.r": 2, "data.block_size": 64},
+            progress=False,
+        )
+    assert opened.resolved_profile.read_text() == before  # nothing rewritten
+
+
+def test_training_longer_is_a_recorded_adjustment(opened, root, isolated, capsys):
+    steps = opened.profile.dapt.train.max_steps + 5
+    later = runs.open_run(
+        root / "params" / "tiny.yaml", opened.dir, {**isolated, "dapt.train.max_steps": steps}, progress=False
+    )
+    assert later.profile.dapt.train.max_steps == steps and later.profile_changes == ["dapt.train.max_steps"]
+    assert "continues with dapt.train.max_steps=" in capsys.readouterr().out
+    recorded = json.loads(opened.resolved_profile.read_text())["adjustments"]
+    assert [(a["key"], a["from"], a["to"]) for a in recorded] == [
+        ("dapt.train.max_steps", opened.profile.dapt.train.max_steps, steps)
+    ]
+    again = runs.open_run(
+        root / "params" / "tiny.yaml", opened.dir, {**isolated, "dapt.train.max_steps": steps}, progress=False
+    )
+    assert again.profile_changes == [] and again.profile.dapt.train.max_steps == steps
+
+
+def test_modft_run_refuses_a_continued_run_of_other_values_before_any_notebook(tiny, root, tmp_path, isolated):
+    from modft_utils import runner
+
+    place = runs.folder(tmp_path / "run").create(tiny.profile)
+    with pytest.raises(ProfileError, match=r"data\.block_size: the run has 128, asked 64"):
+        runner.run_notebooks(
+            root / "params" / "tiny.yaml",
+            run_dir=place.dir,
+            notebooks=["02"],
+            overrides={"cache_dir": tiny.profile.cache_dir, "data.block_size": 64},
+            progress=False,
+        )
+    assert not any(place.notebooks().iterdir())  # no kernel started
+
+
+def test_starting_a_run_again_moves_its_results_aside(tiny, tmp_path, capsys):
+    place = runs.folder(tmp_path / "run").create(tiny.profile)
+    (place.dir / "metrics.json").write_text("{}")
+    place.adapter("domain").mkdir(parents=True)
+    place.published_record("domain").write_text(json.dumps({"name": "domain", "version": 3, "registry": "r"}))
+    place.create(tiny.profile)
+    out = capsys.readouterr().out
+    assert "moved to" in out and "the store keeps domain@3" in out
+    (aside,) = (place.dir / "superseded").iterdir()
+    assert (aside / "metrics.json").read_text() == "{}" and (aside / "adapters" / "domain" / "adapter").is_dir()
+    assert not (place.dir / "metrics.json").exists() and not any((place.dir / "adapters").iterdir())
 
 
 def test_publish_records_the_version_that_published_finds(opened, tmp_path, random_adapter):
