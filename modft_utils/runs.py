@@ -44,6 +44,7 @@ _ADAPTER_DEPTH = 4
 ADJUSTABLE = frozenset(
     f"{stage}.train.{key}" for stage in ("dapt", "sft") for key in ("max_steps", "eval_steps", "logging_steps")
 )
+_TRAINED_BY = {"domain": "notebook 02_dapt", "task": "notebook 03_sft"}
 # What notebook 01 starting a run again makes stale: moved aside (never deleted) into superseded/.
 _RESULTS = ("metrics.json", "adapters", "exports", "figures")
 
@@ -142,10 +143,15 @@ class RunFolder:
         """Start the run (notebook 01): create the folder and write the resolved profile beside the
         results it will hold. Results of an earlier start are moved into ``superseded/`` first, and
         said so, so a new start never mixes with old adapters and metrics (nothing is deleted)."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ProfileError(f"run folder {self.dir} is a file, not a folder: give another --run-dir (or runs_dir)")
         if is_main():  # data-parallel ranks share the folder; one writes
             self._supersede()
         for sub in (self.data, self.dir / "adapters", self.figures, self.notebooks()):
-            sub.mkdir(parents=True, exist_ok=True)
+            try:
+                sub.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file where a folder belongs, a read-only disk
+                raise ProfileError(f"run folder {self.dir}: cannot create {sub} ({exc.strerror})") from None
         if is_main():
             _write_resolved(self.resolved_profile, profile, [])
         return self
@@ -247,7 +253,8 @@ class Run(RunFolder):
         """The store version this run's ``adapter`` was published as, by the notebook that trained it."""
         path = self.published_record(adapter)
         if not path.is_file():
-            raise ProfileError(f"{path} is missing: the notebook that trains {adapter!r} publishes it; run it first")
+            trains = _TRAINED_BY.get(adapter, f"the notebook that trains {adapter!r}")
+            raise ProfileError(f"{path} is missing: {trains} publishes {adapter!r}; run it for this run folder first")
         record = json.loads(path.read_text(encoding="utf-8"))
         if record["registry"] != store.uri:
             raise ProfileError(f"{adapter!r} of run {self.name} was published to {record['registry']}, not {store.uri}")

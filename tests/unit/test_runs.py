@@ -74,7 +74,8 @@ def test_an_adapter_finds_the_run_folder_it_sits_in(tiny, tmp_path):
 def test_a_later_notebook_refuses_another_profile_naming_each_key(opened, root, isolated):
     before = opened.resolved_profile.read_text()
     with pytest.raises(
-        ProfileError, match=r"(?s)differs in:.*dapt\.lora\.r: the run has 16, asked 2.*data\.block_size: the run has 128, asked 64"
+        ProfileError,
+        match=r"(?s)differs in:.*dapt\.lora\.r: the run has 16, asked 2.*data\.block_size: the run has 128, asked 64",
     ):
         runs.open_run(
             root / "params" / "tiny.yaml",
@@ -134,7 +135,7 @@ def test_publish_records_the_version_that_published_finds(opened, tmp_path, rand
     from modft_utils import adapters, modeling
 
     registry = opened.store()
-    with pytest.raises(ProfileError, match="publishes it; run it first"):
+    with pytest.raises(ProfileError, match=r"notebook 02_dapt publishes 'domain'; run it for this run folder first"):
         opened.published(registry, "domain")
     model = modeling.load_base(opened.profile, opened.base)
     identity = opened.base_identity(model)
@@ -154,3 +155,13 @@ def test_the_trained_base_of_a_run_is_the_loaded_base(opened):
     model = modeling.load_base(opened.profile, opened.base)
     rebuilt = runs.trained_base_identity(opened, opened.base.name_or_path, None)
     assert rebuilt.config_sha256 == opened.base_identity(model).config_sha256
+
+
+@pytest.mark.parametrize("where", ["run", "data"])
+def test_a_file_where_the_run_folder_belongs_is_named(tiny, tmp_path, where):
+    target = tmp_path / "run" if where == "run" else tmp_path / "run" / "data"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("not a folder")
+    with pytest.raises(ProfileError, match=f"{target.name}|is a file"):
+        runs.folder(tmp_path / "run").create(tiny.profile)
+    assert target.read_text() == "not a folder"
