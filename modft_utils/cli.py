@@ -3,7 +3,7 @@
     modft run --profile params/smollm2.yaml [--notebooks 01 02] [--set dapt.train.max_steps=20]
     modft validate --profile params/minimax_m2.yaml
     modft params
-    modft registry list|show|publish|promote|rollback|verify|recover ...
+    modft registry list|show|publish|promote|rollback|settle|verify|recover ...
     modft plan --profile params/minimax_m2.yaml --gpu-memory 24GiB --gpus 1
     modft baseline
 
@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,15 @@ from modft_utils.store import (
     BaseIdentity,
     Registry,
     RegistryError,
+    UnsettledError,
     base_identity_from_config_file,
     check_adapter_dir,
     check_name,
     loads_json,
     read_base_record,
+    recovery,
     registry,
+    vocab_size_of_config_file,
 )
 
 
@@ -129,7 +132,7 @@ def _cmd_baseline(args) -> int:
 
 
 def add_registry_commands(subparsers) -> argparse.ArgumentParser:
-    """Add ``registry {list,show,publish,promote,rollback,verify,recover}`` to an argparse subparsers object."""
+    """Add ``registry {list,show,publish,promote,rollback,settle,verify,recover}`` to an argparse subparsers object."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--registry",
@@ -171,6 +174,21 @@ def add_registry_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--alias", default="production")
     p.add_argument("--reason", required=True)
     p.add_argument("--actor", help="who (default: user@host)")
+    p = sub.add_parser(
+        "settle",
+        parents=[common],
+        help="record a person's decision where the store holds what no crash leaves (writes wait for it)",
+        description="Settle what `verify` says no crash explains: an alias that aliases.json and the audit "
+        "log disagree on (NAME ALIAS --to VERSION|none), versions missing from the log (NAME --adopt), "
+        "or a published version that is gone for good (NAME --lost VERSION).",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("alias", nargs="?", metavar="ALIAS", help="the alias to settle")
+    p.add_argument("--to", metavar="VERSION", help="the version the alias is to hold, or 'none' to remove it")
+    p.add_argument("--adopt", action="store_true", help="write the missing publish records from the manifests")
+    p.add_argument("--lost", type=int, metavar="VERSION", help="record that this published version is gone")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", help="who (default: user@host)")
     p = sub.add_parser("verify", parents=[common], help="re-hash every stored file; exit 1 on any problem")
     p.add_argument("name", nargs="?", metavar="NAME")
     p = sub.add_parser(
@@ -193,17 +211,20 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
-def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tuple[BaseIdentity, str]:
-    """The identity of the base the adapter was trained on, and where it came from (for the message).
+def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tuple[BaseIdentity, str, int | None]:
+    """The identity of the base the adapter was trained on, where it came from, and that config's vocab_size.
 
     Sources, first wins: --base-config, the run folder holding the adapter, the adapter's own
     base record. Every source present must name the same base config, or the publish is refused;
     with none, ``<base_model_name_or_path>/config.json`` is taken (an adapter trained elsewhere).
+    The vocab_size is known when the identity comes from a config file; the publish then refuses an
+    adapter whose token rows go beyond it (one trained on a vocabulary-extended base).
     """
     adapter_dir = Path(args.adapter_dir)
     base_path = str(adapter_config.get("base_model_name_or_path") or "")
     run = runs.folder_of_adapter(adapter_dir)
     sources: list[tuple[str, BaseIdentity]] = []
+    vocab_size = None
     if args.base_config is not None:
         sources.append(
             (
@@ -211,6 +232,7 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
                 base_identity_from_config_file(args.base_config, model_id=base_path, revision=args.base_revision),
             )
         )
+        vocab_size = vocab_size_of_config_file(args.base_config)
     if run is not None:
         sources.append((f"run folder {run}", runs.trained_base_identity(run, base_path, args.base_revision)))
     record = read_base_record(adapter_dir)
@@ -227,6 +249,7 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
         sources.append(
             (str(guess), base_identity_from_config_file(guess, model_id=base_path, revision=args.base_revision))
         )
+        vocab_size = vocab_size_of_config_file(guess)
     (label, identity), *others = sources
     if any(other.config_sha256 != identity.config_sha256 for _, other in others):
         width = max(len(src) for src, _ in sources) + 1
@@ -234,7 +257,13 @@ def _cli_base(args: argparse.Namespace, adapter_config: Mapping[str, Any]) -> tu
             f"{label} is not the base this adapter was trained on:\n"
             + "\n".join(f"  {src + ':':<{width}} {base}" for src, base in sources)
         )
-    return identity, label
+    return identity, label, vocab_size
+
+
+def _print_repairs(name: str, repairs: Sequence[Mapping[str, Any]]) -> None:
+    """Every repair a write made before its own action: nothing changes in the store unseen."""
+    for repair in repairs:
+        print(f"repaired {recovery.describe(name, dict(repair))}")
 
 
 def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
@@ -242,7 +271,7 @@ def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
     metrics = _json_object(args.metrics, "--metrics")
     check_name(args.name)
     adapter_config = check_adapter_dir(args.adapter_dir)
-    base, source = _cli_base(args, adapter_config)
+    base, source, vocab_size = _cli_base(args, adapter_config)
     v = reg.publish(
         args.name,
         args.adapter_dir,
@@ -252,7 +281,9 @@ def _cli_publish(reg: Registry, args: argparse.Namespace) -> int:
         data_fingerprint=args.data_fingerprint,
         metrics=metrics,
         note=args.note,
+        base_vocab_size=vocab_size,
     )
+    _print_repairs(args.name, v.repairs)
     if v.reused:
         print(
             f"{v.ref} already holds these files (same base and parent): nothing published; "
@@ -281,21 +312,49 @@ def _cli_verify(reg: Registry, name: str | None) -> int:
 
 
 def _cli_recover(reg: Registry, name: str | None) -> int:
-    done = reg.recover(name)
-    for adapter, records in done.items():
+    # One adapter at a time: one that waits for a person does not keep the others from being repaired.
+    rc, repaired = 0, False
+    for adapter in [name] if name is not None else reg.names():
+        try:
+            records = reg.recover(adapter)[adapter]
+        except UnsettledError as err:
+            print(f"error: {err}", file=sys.stderr)
+            rc = 1
+            continue
         for r in records:
-            if r["event"] == "publish":
-                print(f"{adapter}: recorded the interrupted publish of {adapter}@{r['version']}")
-            elif "move_line" in r:
-                print(
-                    f"{adapter}: recorded that the move of {r['alias']!r} at audit line {r['move_line']} did not take effect"
-                )
-            elif "line" in r:
-                print(f"{adapter}: recorded torn audit line {r['line']} (skipped from now on)")
-            else:
-                print(f"{adapter}: {r['issue']} ({r['folder']})")
-    if not any(done.values()):
+            print(recovery.describe(adapter, r))
+        repaired = repaired or bool(records)
+    if not repaired and rc == 0:
         print(f"nothing to recover in registry {reg.uri}")
+    return rc
+
+
+def _cli_settle(reg: Registry, args: argparse.Namespace) -> int:
+    modes = [args.alias is not None, args.adopt, args.lost is not None]
+    if sum(modes) != 1:
+        raise RegistryError("settle one thing at a time: NAME ALIAS --to VERSION, NAME --adopt, or NAME --lost VERSION")
+    if args.alias is not None:
+        if args.to is None:
+            raise RegistryError(f"settle {args.name} {args.alias}: --to VERSION (or --to none) is needed")
+        if args.to != "none" and not args.to.isdecimal():
+            raise RegistryError(f"--to {args.to!r}: a version number, or 'none' to remove the alias")
+        to = None if args.to == "none" else int(args.to)
+        e = reg.settle(args.name, args.alias, to, reason=args.reason, actor=args.actor)
+        _print_repairs(args.name, e.repairs)
+        was = e["from"] if e["from"] is not None else "-"
+        logged = e["logged"] if e["logged"] is not None else "-"
+        print(
+            f"{args.name}@{args.alias}: settled at {to if to is not None else '- (removed)'} "
+            f"(aliases.json had {was}, the log {logged}; by {e['actor']})"
+        )
+    elif args.adopt:
+        records, repairs = reg.adopt_versions(args.name, reason=args.reason, actor=args.actor)
+        _print_repairs(args.name, repairs)
+        print(f"{args.name}: recorded the publish of version(s) {[r['version'] for r in records]} from their manifests")
+    else:
+        e = reg.record_lost(args.name, args.lost, reason=args.reason, actor=args.actor)
+        _print_repairs(args.name, e.repairs)
+        print(f"{args.name}@{args.lost}: recorded as lost (its number is never issued again)")
     return 0
 
 
@@ -315,12 +374,15 @@ def registry_main(args: argparse.Namespace) -> int:
                 e = reg.promote(args.name, args.version, args.alias, reason=args.reason, actor=args.actor)
             else:
                 e = reg.rollback(args.name, args.alias, reason=args.reason, actor=args.actor)
+            _print_repairs(args.name, e.repairs)
             before = e["from"] if e["from"] is not None else "-"
             print(f"{args.name}@{e['alias']}: {before} -> {e['to']} ({command} by {e['actor']})")
         elif command == "verify":
             return _cli_verify(reg, args.name)
         elif command == "recover":
             return _cli_recover(reg, args.name)
+        elif command == "settle":
+            return _cli_settle(reg, args)
         else:
             raise RegistryError(f"unknown registry command {command!r}")
     except RegistryError as err:

@@ -113,6 +113,18 @@ class IncompatibleAdapterError(RegistryError):
     """An adapter that does not belong to this model: other base, other parent, other shapes."""
 
 
+class UnsettledError(RegistryError):
+    """The store holds something no crash can leave (a hand edit, a deleted file): writes wait for a person.
+
+    The message names what the audit log says, what the files say, and the ``modft registry settle``
+    command that records the person's decision.
+    """
+
+
+class StoreLinkError(RegistryError):
+    """A symbolic link where the store keeps a file or folder: it is neither followed nor deleted through."""
+
+
 class _ManifestIssue(ValueError):
     """Why a manifest cannot be trusted; the caller adds which version it belongs to."""
 
@@ -160,15 +172,45 @@ class BaseIdentity:
         return f"model_id={self.model_id!r} revision={self.revision!r} config_sha256={self.config_sha256}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AdapterRef:
-    """One concrete adapter version, written ``name@version``."""
+    """One concrete adapter version, written ``name@version``, optionally pinned to its manifest's sha256.
+
+    A child's manifest records its parent pinned (``manifest_sha256`` of the parent's manifest at
+    publish), and :attr:`AdapterVersion.ref` is pinned to the version's manifest, so a version number
+    that now holds another manifest (a folder replaced by hand) no longer matches. Two refs are
+    equal when name and version are equal and their pins do not contradict: an unpinned ref (typed
+    by hand, or recorded before parents were pinned) matches any manifest of that number. The hash
+    is of (name, version) only, so pinned and unpinned refs find each other as dict keys.
+    """
 
     name: str
     version: int
+    manifest_sha256: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AdapterRef):
+            return NotImplemented
+        if (self.name, self.version) != (other.name, other.version):
+            return False
+        return (
+            self.manifest_sha256 is None
+            or other.manifest_sha256 is None
+            or self.manifest_sha256 == other.manifest_sha256
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.version))
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def describe(self) -> str:
+        """``name@version`` with the start of its pin, for messages that must tell two manifests apart."""
+        return str(self) if self.manifest_sha256 is None else f"{self} (manifest sha256 {self.manifest_sha256[:16]}...)"
+
+    def unpinned(self) -> AdapterRef:
+        return AdapterRef(self.name, self.version)
 
 
 @dataclass(frozen=True)
@@ -195,12 +237,19 @@ class Manifest:
         """Whether the stored manifest carries the sha256 of its own content (format 2 on)."""
         return self.format >= 2
 
+    def _body(self) -> dict[str, Any]:
+        body = asdict(self)
+        # A parent recorded before parents were pinned has no pin: its manifest hashes as it was written.
+        if body["parent"] is not None and body["parent"]["manifest_sha256"] is None:
+            del body["parent"]["manifest_sha256"]
+        return body
+
     def content_sha256(self) -> str:
         """sha256 of this manifest's canonical JSON: what ``manifest_sha256`` and the publish record hold."""
-        return _canonical_sha256(asdict(self))
+        return _canonical_sha256(self._body())
 
     def to_json(self) -> str:
-        body = asdict(self)
+        body = self._body()
         body["manifest_sha256"] = _canonical_sha256(body)
         return json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
@@ -226,12 +275,15 @@ class Manifest:
                 )
         try:
             parent = raw["parent"]
+            pin = None if parent is None else parent.get("manifest_sha256")
+            if pin is not None and not isinstance(pin, str):
+                raise TypeError(f"parent manifest_sha256 is {pin!r}, not a sha256")
             manifest = cls(
                 name=str(raw["name"]),
                 version=int(raw["version"]),
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 base=BaseIdentity(**raw["base"]),
-                parent=None if parent is None else AdapterRef(str(parent["name"]), int(parent["version"])),
+                parent=None if parent is None else AdapterRef(str(parent["name"]), int(parent["version"]), pin),
                 params=dict(raw["params"]),
                 data_fingerprint=str(raw["data_fingerprint"]),
                 metrics=dict(raw["metrics"]),
@@ -259,7 +311,8 @@ class AdapterVersion:
 
     ``path`` is the local folder, or None when the store is remote; :meth:`local_copy` gives a
     local folder in both cases (downloading and verifying a remote version into a cache).
-    ``reused`` is True when :meth:`Registry.publish` found these files already stored as this version.
+    ``reused`` is True when :meth:`Registry.publish` found these files already stored as this version;
+    ``repairs`` are the records of what the publish put right first (see :func:`recovery.repair`).
     """
 
     name: str
@@ -271,10 +324,17 @@ class AdapterVersion:
     _fs: Any = field(repr=False, compare=False)
     _fs_path: str = field(repr=False, compare=False)
     reused: bool = field(default=False, compare=False)
+    repairs: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def manifest_sha256(self) -> str:
+        """sha256 of this version's manifest: what a child's manifest pins its parent to."""
+        return self.manifest.content_sha256()
 
     @property
     def ref(self) -> AdapterRef:
-        return AdapterRef(self.name, self.version)
+        """``name@version`` pinned to this manifest, so it does not match a child trained on another one."""
+        return AdapterRef(self.name, self.version, self.manifest_sha256)
 
     def local_copy(self, cache_dir: str | os.PathLike | None = None) -> Path:
         """A local folder holding this version's files, verified against the manifest.
@@ -308,6 +368,18 @@ class AdapterVersion:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+class AuditEvent(dict):
+    """An audit event as it was written, with the repairs its write performed first in ``repairs``.
+
+    A dict (equal to the line in the log); ``repairs`` is not part of the line: each repair has a
+    line of its own, written before this one.
+    """
+
+    def __init__(self, event: Mapping[str, Any], repairs: list[dict[str, Any]]) -> None:
+        super().__init__(event)
+        self.repairs = list(repairs)
 
 
 @dataclass(frozen=True)
@@ -400,6 +472,16 @@ def base_identity_from_config_file(
     return identity_of_config(AutoConfig.from_pretrained(str(path)), model_id=model_id, revision=revision)
 
 
+def vocab_size_of_config_file(path: str | os.PathLike) -> int | None:
+    """``vocab_size`` of the base config at ``path`` (a config.json or its folder), or None when it has none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "vocab_size", None)
+    return size if _is_int(size) else None
+
+
 def _sha256_fs(fs, path: str) -> str:
     h = hashlib.sha256()
     with fs.open(path, "rb") as fh:
@@ -457,6 +539,61 @@ def check_adapter_dir(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     return adapter_config
 
 
+# Modules holding one row per token. PEFT saves a whole embedding layer into the adapter file once
+# the vocabulary was resized, and LoRA on the LM head has one lora_B row per token.
+_EMBEDDING_MODULES = frozenset(
+    {"embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out", "tok_embeddings"}
+)
+
+
+# Tensors of those modules whose first dimension is not the vocabulary.
+_NOT_TOKEN_ROWS = frozenset({"lora_A", "lora_embedding_B", "trainable_tokens_delta"})
+
+
+def adapter_token_rows(adapter_dir: str | os.PathLike, adapter_config: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The smallest vocabulary ``adapter_dir``'s adapter needs, and what shows it; None when it names no token rows.
+
+    Read from the adapter itself, so an adapter copied out of its run folder still tells that
+    it was trained on a vocabulary-extended base: ``trainable_token_indices`` in its config, and
+    the rows of embedding-sized tensors in its safetensors file.
+    """
+    from safetensors import safe_open
+
+    found: list[tuple[int, str]] = []
+    indices = adapter_config.get("trainable_token_indices")
+    groups = {"embedding": indices} if isinstance(indices, list) else indices if isinstance(indices, dict) else {}
+    for module, ids in groups.items():
+        ints = [i for i in ids if _is_int(i)] if isinstance(ids, list) else []
+        if ints:
+            found.append(
+                (max(ints) + 1, f"{CONFIG_FILE} trainable_token_indices[{module!r}] reaches token {max(ints)}")
+            )
+    with safe_open(str(Path(adapter_dir) / WEIGHTS_FILE), framework="numpy") as fh:
+        for key in fh.keys():
+            parts = key.split(".")
+            if not _EMBEDDING_MODULES.intersection(parts) or _NOT_TOKEN_ROWS.intersection(parts):
+                continue
+            shape = fh.get_slice(key).get_shape()
+            rows = shape[1] if "lora_embedding_A" in parts and len(shape) == 2 else shape[0] if shape else 0
+            found.append((rows, f"{WEIGHTS_FILE} tensor {key} has {rows} token rows"))
+    # The first of the largest: the config's indices say more to a person than a tensor's shape.
+    return max(found, key=lambda f: f[0]) if found else None
+
+
+def check_adapter_vocab(
+    adapter_dir: str | os.PathLike, adapter_config: Mapping[str, Any], vocab_size: int, base_label: str
+) -> None:
+    """Refuse an adapter whose token rows go beyond the vocabulary of the base it is published against."""
+    needed = adapter_token_rows(adapter_dir, adapter_config)
+    if needed is not None and needed[0] > vocab_size:
+        raise IncompatibleAdapterError(
+            f"{adapter_dir}: {needed[1]}, but the base config ({base_label}) has vocab_size {vocab_size}: "
+            f"the adapter was trained on a vocabulary-extended base of at least {needed[0]} tokens. Pass "
+            "--base-config with the extended base's config.json, or publish it from the run folder it was "
+            f"trained in (or keep its {BASE_RECORD})"
+        )
+
+
 def _adapter_summary(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
     targets = adapter_config.get("target_modules")
     return {
@@ -484,6 +621,9 @@ def _libraries() -> dict[str, str]:
 def _check_files(fs, folder: str, manifest: Manifest, name: str, version: int) -> list[Problem]:
     """Problems with the files of one version folder against ``manifest``; empty when intact."""
     problems = []
+    local = isinstance(fs, LocalFileSystem)
+    if local and os.path.islink(folder):
+        return [Problem(name, version, folder, f"{link_issue(folder)}; the store never reads through a link")]
     try:
         present = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
     except FileNotFoundError:
@@ -492,7 +632,15 @@ def _check_files(fs, folder: str, manifest: Manifest, name: str, version: int) -
         if fname not in present:
             problems.append(Problem(name, version, fname, "missing"))
             continue
-        actual = _sha256_fs(fs, posixpath.join(folder, fname))
+        path = posixpath.join(folder, fname)
+        # A link could make the check read one file and a loader another; a folder holds no weights.
+        if local and os.path.islink(path):
+            problems.append(Problem(name, version, fname, f"{link_issue(path)}; stored files are never links"))
+            continue
+        if fs.isdir(path):
+            problems.append(Problem(name, version, fname, "a folder, not a file"))
+            continue
+        actual = _sha256_fs(fs, path)
         if actual != expected:
             problems.append(
                 Problem(
@@ -506,6 +654,15 @@ def _check_files(fs, folder: str, manifest: Manifest, name: str, version: int) -
         kind = "pickle file" if extra.lower().endswith(PICKLE_SUFFIXES) else "file"
         problems.append(Problem(name, version, extra, f"extra {kind} not listed in the manifest"))
     return problems
+
+
+def link_issue(path: str) -> str:
+    """``a symbolic link (to TARGET)``, for messages about a link found where the store keeps a file."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"a symbolic link (to {target})"
 
 
 def _raise_problems(problems: list[Problem]) -> None:
@@ -609,6 +766,12 @@ def _parse_event(raw: bytes) -> dict[str, Any]:
             and _is_int(event.get("to"))
             and (event.get("from") is None or _is_int(event.get("from")))
         )
+    elif kind == "settle":
+        ok = isinstance(event.get("alias"), str) and all(
+            event.get(key) is None or _is_int(event.get(key)) for key in ("from", "to", "logged")
+        )
+    elif kind == "lost":
+        ok = _is_int(event.get("version"))
     else:
         ok = True
     if not ok:
@@ -621,12 +784,15 @@ def _unapplied_moves(events: list[tuple[int, dict[str, Any]]]) -> set[int]:
     return {e["move_line"] for _, e in events if e["event"] == "recover" and _is_int(e.get("move_line"))}
 
 
+MOVES = ("promote", "rollback", "settle")
+
+
 def _last_moves(events: list[tuple[int, dict[str, Any]]]) -> dict[str, tuple[int, dict[str, Any]]]:
-    """The last move that took effect, per alias: (line, event)."""
+    """The last move (promote, rollback or settle) that took effect, per alias: (line, event)."""
     unapplied = _unapplied_moves(events)
     last: dict[str, tuple[int, dict[str, Any]]] = {}
     for lineno, event in events:
-        if event["event"] in ("promote", "rollback") and lineno not in unapplied:
+        if event["event"] in MOVES and lineno not in unapplied:
             last[event["alias"]] = (lineno, event)
     return last
 
@@ -634,7 +800,10 @@ def _last_moves(events: list[tuple[int, dict[str, Any]]]) -> dict[str, tuple[int
 def _alias_history(events: list[tuple[int, dict[str, Any]]], alias: str) -> list[int]:
     """Versions ``alias`` held before its current one, oldest first, replaying promotes and rollbacks.
 
-    ``events`` are (line, event) pairs; moves that never reached aliases.json are left out.
+    ``events`` are (line, event) pairs; moves that never reached aliases.json are left out. A
+    settle counts as a promote from the version the log had (``logged``): settling back to the
+    logged version leaves the history as it was, accepting a hand edit makes the logged version
+    the one a rollback returns to.
     """
     unapplied = _unapplied_moves(events)
     stack: list[int] = []
@@ -646,4 +815,7 @@ def _alias_history(events: list[tuple[int, dict[str, Any]]], alias: str) -> list
                 stack.append(int(event["from"]))
         elif event.get("event") == "rollback" and stack:
             stack.pop()
+        elif event.get("event") == "settle":
+            if event.get("logged") is not None and event.get("logged") != event.get("to"):
+                stack.append(int(event["logged"]))
     return stack

@@ -9,7 +9,7 @@ read the store. Layout, one folder per adapter name::
     <root>/<name>/versions/<N>/adapter_model.safetensors
     <root>/<name>/versions/<N>/manifest.json    # written last: version N exists iff this file does
     <root>/<name>/aliases.json                  # {"production": 3, "candidate": 4}
-    <root>/<name>/audit.jsonl                   # append-only: publish, promote, rollback, recover
+    <root>/<name>/audit.jsonl                   # append-only: publish, promote, rollback, settle, lost, recover
     <root>/<name>/.lock                         # serialises version numbers and alias moves
 
 Guarantees, and where they stop (docs/store_guarantees.md goes through a crash at every step):
@@ -24,11 +24,18 @@ Guarantees, and where they stop (docs/store_guarantees.md goes through a crash a
 - Local folders: a publish copies into ``<name>/.staging-<uuid>`` and renames it to
   ``versions/<N>`` under an OS file lock (``filelock``), so a version appears whole or not at all,
   and a process killed with SIGKILL releases the lock with its death.
-- Every write (publish, promote, rollback, ``recover``) first puts right, under the lock, what a
-  killed writer left, and records each repair in the audit log: an audit line cut short (it
-  gets its end of line, a ``recover`` record, and is skipped by readers), the staging folder of a
-  publish killed before its rename (removed), a version whose publish was killed before its
-  audit line (the line is written from its manifest).
+- Every write (publish, promote, rollback, settle, ``recover``) first puts right, under the lock,
+  what a killed writer left, records each repair in the audit log and returns it: an audit line
+  cut short (it gets its end of line, a ``recover`` record, and is skipped by readers), the
+  staging folder of a publish killed before its rename (removed), the version whose publish was
+  killed before its audit line (the line is written from its manifest), a move killed before
+  aliases.json (recorded as not applied). What no crash leaves (aliases.json edited or deleted,
+  publish records missing from the log) is refused instead, until a person runs ``settle``.
+- Version numbers are permanent: the next number is above every folder and every number the log
+  has published, so a deleted version's number is never issued again, and a local publish never
+  deletes a folder. A child pins its parent by the parent's manifest sha256.
+- Nothing below the store's root is followed through a symbolic link, on a local filesystem:
+  a link is refused by name (see :mod:`modft_utils.store.safefs`).
 - Other filesystems (``memory://``, ``s3://``, ``gs://``, ``hf://``) have no atomic rename: the
   files are written straight into ``versions/<N>``, the manifest last, and readers ignore a version
   folder without one. The lock is a best-effort lock file created with exclusive create (``xb``)
@@ -58,7 +65,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from modft_utils.store import lock, recovery, tables, verify
+from modft_utils.store import lock, recovery, safefs, tables, verify
 from modft_utils.store.lock import now_iso, whoami
 from modft_utils.store.records import (
     _ALIAS_RE,
@@ -74,6 +81,7 @@ from modft_utils.store.records import (
     AdapterRef,
     AdapterVersion,
     AuditDamage,
+    AuditEvent,
     BaseIdentity,
     IncompatibleAdapterError,
     IntegrityError,
@@ -81,6 +89,8 @@ from modft_utils.store.records import (
     Manifest,
     Problem,
     RegistryError,
+    StoreLinkError,
+    UnsettledError,
     _adapter_summary,
     _alias_history,
     _check_alias,
@@ -95,6 +105,7 @@ from modft_utils.store.records import (
     base_identity,
     base_identity_from_config_file,
     check_adapter_dir,
+    check_adapter_vocab,
     check_name,
     config_sha256,
     loads_json,
@@ -156,6 +167,17 @@ class Registry:
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def _no_link(self, path: str) -> None:
+        """Refuse ``path`` when it, or a folder between the root and it, is a symbolic link (local stores)."""
+        if self.is_local:
+            safefs.check_no_link(self.root, path)
+
+    def _read(self, path: str) -> bytes:
+        """The bytes of a store file, never read through a link; FileNotFoundError when it is absent."""
+        if self.is_local:
+            return safefs.read_file(self.root, path)
+        return self.fs.cat_file(path)
+
     # ----------------------------------------------------------------- reading
 
     def names(self) -> list[str]:
@@ -177,25 +199,61 @@ class Registry:
             raise RegistryError(f"no adapter {name!r} in registry {self.uri} (adapters: {self.names() or 'none'})")
 
     def _version_dirs(self, name: str) -> dict[int, bool]:
-        """Numbered version folders of ``name`` -> whether each has its manifest (is visible)."""
+        """Numbered entries of ``<name>/versions`` -> whether each is a version (a folder with its manifest file).
+
+        Locally a link there (``versions/`` itself, a version folder, a manifest) is refused by name,
+        and so is a ``versions`` that is a file.
+        """
         vroot = self._p(name, "versions")
+        if self.is_local:
+            return self._local_version_dirs(vroot)
         try:
-            paths = self.fs.find(vroot, withdirs=True)
+            paths = self.fs.find(vroot, withdirs=True, detail=True)
         except FileNotFoundError:
             return {}
         found: dict[int, bool] = {}
-        for path in paths:
+        for path, info in paths.items():
             rel = posixpath.relpath(path.rstrip("/"), vroot).split("/")
             if _VERSION_RE.match(rel[0]):  # anything else is a stray entry, reported by verify
                 number = int(rel[0])
-                found[number] = found.get(number, False) or rel[1:] == [MANIFEST]
+                found[number] = found.get(number, False) or (rel[1:] == [MANIFEST] and info.get("type") == "file")
+        return found
+
+    def _local_version_dirs(self, vroot: str) -> dict[int, bool]:
+        safefs.check_no_link(self.root, vroot)
+        try:
+            entries = list(os.scandir(vroot))
+        except FileNotFoundError:
+            return {}
+        except NotADirectoryError:
+            raise RegistryError(f"{vroot}: a file, not the folder of versions: move it out of the store") from None
+        found: dict[int, bool] = {}
+        for entry in entries:
+            if not _VERSION_RE.match(entry.name):
+                continue
+            if entry.is_symlink():
+                raise safefs.link_error(entry.path)
+            # A file named like a version is no version, but its number stays taken: nothing overwrites it.
+            found[int(entry.name)] = False
+            if entry.is_dir(follow_symlinks=False):
+                manifest = posixpath.join(entry.path, MANIFEST)
+                try:
+                    mode = os.lstat(manifest).st_mode
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(mode):
+                    raise safefs.link_error(manifest)
+                found[int(entry.name)] = stat.S_ISREG(mode)
         return found
 
     def _stray_versions(self, name: str) -> list[str]:
-        """Entries of ``<name>/versions`` that are not version folders (``010``, ``3.bak``, ``³``)."""
+        """Entries of ``<name>/versions`` not named like a version (``010``, ``3.bak``, ``³``).
+
+        One named like a version but without its manifest (a file ``3`` too) is reported by verify as such.
+        """
         try:
             entries = self.fs.ls(self._p(name, "versions"), detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         names = (posixpath.basename(e.rstrip("/")) for e in entries)
         return sorted(n for n in names if not _VERSION_RE.match(n))
@@ -222,7 +280,7 @@ class Registry:
 
     def _manifest(self, name: str, version: int) -> Manifest:
         """The manifest of an existing version folder; _ManifestIssue when it cannot be trusted."""
-        raw = self.fs.cat_file(self._p(name, "versions", str(version), MANIFEST))
+        raw = self._read(self._p(name, "versions", str(version), MANIFEST))
         manifest = Manifest.from_json(raw)
         if (manifest.name, manifest.version) != (name, version):
             raise _ManifestIssue(f"describes {manifest.name}@{manifest.version}")
@@ -255,7 +313,7 @@ class Registry:
         """The aliases of ``name`` and the versions they point at (whether those exist is not checked)."""
         path = self._p(check_name(name), ALIASES_FILE)
         try:
-            raw = self.fs.cat_file(path)
+            raw = self._read(path)
         except FileNotFoundError:
             return {}
         try:
@@ -275,7 +333,7 @@ class Registry:
     def read_audit(self, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[AuditDamage]]:
         """(line number, event) for every readable line of the audit log, and the lines that are not."""
         try:
-            raw = self.fs.cat_file(self._p(check_name(name), AUDIT_FILE))
+            raw = self._read(self._p(check_name(name), AUDIT_FILE))
         except FileNotFoundError:
             return [], []
         lines = raw.split(b"\n")
@@ -314,9 +372,21 @@ class Registry:
         self._require(name)
         return self.get(name, self.versions(name)[-1])
 
+    def _unsettled_alias(self, name: str, alias: str) -> None:
+        """Refuse to read ``alias`` while aliases.json and the audit log disagree about it in a way no crash explains.
+
+        A reader must not follow a hand edit (or a deleted aliases.json) that no move recorded: the
+        message says what the log says, what the file says, and how a person settles it.
+        """
+        events, _ = self.read_audit(name)
+        for drift in recovery.alias_drift(self, name, events):
+            if drift.alias == alias and not drift.crash:
+                raise UnsettledError(f"{name}: {drift.describe(name)}")
+
     def _by_alias(self, name: str, alias: str) -> AdapterVersion:
         aliases = self.aliases(name)
         if alias not in aliases:
+            self._unsettled_alias(name, alias)
             raise RegistryError(f"adapter {name!r} has no alias {alias!r} (aliases: {aliases or 'none'})")
         target = aliases[alias]
         if target not in self.versions(name):
@@ -325,17 +395,31 @@ class Registry:
                 f"(versions: {self.versions(name) or 'none'}); "
                 f"fix {self._p(name, ALIASES_FILE)} or promote a version"
             )
+        self._unsettled_alias(name, alias)
         return self.get(name, target)
 
     def resolve(self, ref: str | AdapterRef) -> AdapterVersion:
-        """``name`` (production alias, else latest), ``name@3``, ``name@production``, ``name@latest``."""
+        """``name`` (production alias, else latest), ``name@3``, ``name@production``, ``name@latest``, an AdapterRef.
+
+        A pinned AdapterRef resolves only to the manifest it is pinned to (IntegrityError otherwise);
+        an alias that aliases.json and the audit log disagree on is refused (UnsettledError).
+        """
         if isinstance(ref, AdapterRef):
-            return self.get(ref.name, ref.version)
+            found = self.get(ref.name, ref.version)
+            if ref.manifest_sha256 not in (None, found.manifest_sha256):
+                # A pinned ref names one manifest: another one under that number is not it.
+                raise IntegrityError(
+                    f"{ref.describe()}: {found.ref} in the store now has manifest sha256 "
+                    f"{found.manifest_sha256[:16]}...: not that version"
+                )
+            return found
         name, sep, selector = str(ref).partition("@")
         check_name(name)
         if not sep:
             if "production" in self.aliases(name):
                 return self._by_alias(name, "production")
+            # A production alias that only aliases.json lost is not "no production": refuse, do not fall to latest.
+            self._unsettled_alias(name, "production")
             return self._latest(name)
         if selector == "latest":
             return self._latest(name)
@@ -351,6 +435,8 @@ class Registry:
 
     def _lock(self, name: str) -> AbstractContextManager[None]:
         """Hold the per-adapter lock that serialises version numbers and alias moves (store_lock)."""
+        # The OS lock opens its file with O_TRUNC: through a planted link it would empty a file elsewhere.
+        self._no_link(self._p(name, ".lock"))
         return lock.held(
             self.fs,
             self._p(name, ".lock"),
@@ -376,7 +462,8 @@ class Registry:
         data = "".join(json.dumps(e, sort_keys=True, allow_nan=False) + "\n" for e in events).encode()
         path = self._p(name, AUDIT_FILE)
         if self.is_local:
-            with open(path, "a+b") as fh:  # a+: writes go to the end; the last byte can be read
+            # Appending mode: writes go to the end; the last byte can be read. Never through a link.
+            with os.fdopen(safefs.open_append(self.root, path), "a+b") as fh:
                 size = fh.seek(0, os.SEEK_END)
                 if size:
                     fh.seek(size - 1)
@@ -399,11 +486,9 @@ class Registry:
         data = (json.dumps(dict(sorted(aliases.items())), indent=2) + "\n").encode()
         path = self._p(name, ALIASES_FILE)
         if self.is_local:
+            self._no_link(path)
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            safefs.write_new(self.root, tmp, data)
             os.replace(tmp, path)  # readers see the old file or the new one, never half of one
         else:
             self.fs.pipe_file(path, data)
@@ -412,7 +497,7 @@ class Registry:
         """Run the repairs every write starts with (:func:`recovery.repair`) now; the records, by adapter.
 
         What to run after a crash when no publish, promote or rollback is due, so that ``verify``
-        passes again.
+        passes again. Like every write it refuses (UnsettledError) what no crash leaves: see :meth:`settle`.
         """
         names = [check_name(name)] if name is not None else self.names()
         if name is not None:
@@ -424,10 +509,16 @@ class Registry:
         return done
 
     def _next_version(self, name: str) -> int:
-        # Only visible versions count: the folder of a publish that died before its manifest is
-        # reused, so numbers stay dense. Callers hold the lock, so no live writer owns that folder.
+        """The number the next publish gets: above every number the audit log has published, so none is issued twice.
+
+        Locally it is also above every numbered folder, so a publish never deletes one. On an object
+        store the manifest-less folder of a publish that died before its manifest (no publish
+        record) is reused, so numbers stay dense; callers hold the lock, so no live writer owns it.
+        """
         dirs = self._version_dirs(name)
-        return max((n for n, visible in dirs.items() if visible), default=0) + 1
+        published = [e["version"] for e in self.audit(name) if e["event"] == "publish"]
+        taken = dirs if self.is_local else [n for n, visible in dirs.items() if visible]
+        return max([*taken, *published], default=0) + 1
 
     def _same_content(self, name: str, details: dict[str, Any]) -> int | None:
         """An intact version of ``name`` with these files, base and parent (caller holds the lock)."""
@@ -458,22 +549,32 @@ class Registry:
         data_fingerprint: str,
         metrics: dict[str, Any],
         note: str = "",
+        base_vocab_size: int | None = None,
     ) -> AdapterVersion:
         """Copy the PEFT adapter in ``adapter_dir`` into the store as the next version of ``name``.
 
         ``parent`` is the adapter this one was trained on top of (a task adapter names its domain
         version); an alias such as ``"domain@production"`` is pinned to the version it points at
-        now. Only ``adapter_config.json`` and ``adapter_model.safetensors`` are stored.
+        now, and the parent is recorded with its manifest's sha256, so a different manifest under
+        that number later does not pass for it. Only ``adapter_config.json`` and
+        ``adapter_model.safetensors`` are stored.
+
+        ``base_vocab_size`` is the vocabulary of the base config ``base`` was computed from, when
+        known: an adapter whose token rows go beyond it (trained on a vocabulary-extended base) is
+        refused.
 
         When an intact version of ``name`` already holds the same two files on the same base and
         parent, that version is returned with ``reused=True`` and nothing is written or recorded:
-        its manifest keeps the params, metrics and note it was first published with.
+        its manifest keeps the params, metrics and note it was first published with. The returned
+        version's ``repairs`` list what the publish put right first.
         """
         check_name(name)
         if not isinstance(base, BaseIdentity):
             raise RegistryError(f"base must be a BaseIdentity (from base_identity(model)), got {type(base).__name__}")
         src = Path(adapter_dir)
         adapter_config = check_adapter_dir(src)
+        if base_vocab_size is not None:
+            check_adapter_vocab(src, adapter_config, base_vocab_size, base.model_id or base.config_sha256[:16])
         parent_ref = self.resolve(parent).ref if parent is not None else None
         _jsonable("params", params)
         _jsonable("metrics", metrics)
@@ -493,10 +594,10 @@ class Registry:
         }
         with self._write_errors("publish", name):
             if self.is_local:
-                version, reused = self._publish_local(name, src, details)
+                version, reused, repairs = self._publish_local(name, src, details)
             else:
-                version, reused = self._publish_remote(name, src, details)
-        return replace(self.get(name, version), reused=reused)
+                version, reused, repairs = self._publish_remote(name, src, details)
+        return replace(self.get(name, version), reused=reused, repairs=tuple(repairs))
 
     def _copy_and_check(self, src: Path, folder: str, hashes: dict[str, str]) -> None:
         for fname in ADAPTER_FILES:
@@ -520,19 +621,20 @@ class Registry:
             "manifest_sha256": manifest.content_sha256(),
         }
 
-    def _publish_local(self, name: str, src: Path, details: dict[str, Any]) -> tuple[int, bool]:
+    def _publish_local(self, name: str, src: Path, details: dict[str, Any]) -> tuple[int, bool, list[dict]]:
         staging = Path(self._p(name, f".staging-{uuid.uuid4().hex}"))
+        self._no_link(str(staging))
         staging.mkdir(parents=True)
         try:
             (staging / ".owner").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
             # The slow part, the copy, happens outside the lock so that promotions are not held up.
             self._copy_and_check(src, str(staging), details["files"])
             with self._lock(name):
-                recovery.repair(self, name)
+                repairs = recovery.repair(self, name)
                 existing = self._same_content(name, details)
                 if existing is not None:
                     shutil.rmtree(staging)
-                    return existing, True
+                    return existing, True, repairs
                 version = self._next_version(name)
                 manifest = Manifest(name=name, version=version, **details)
                 with open(staging / MANIFEST, "w", encoding="utf-8") as fh:
@@ -543,33 +645,37 @@ class Registry:
                 for path in staging.iterdir():
                     path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
                 target = Path(self._p(name, "versions", str(version)))
+                self._no_link(str(target))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if target.exists():
-                    shutil.rmtree(target)  # a manifest-less leftover, invisible to readers
+                if os.path.lexists(target):
+                    # _next_version is above every folder: something appeared under the lock. Never delete it.
+                    raise RegistryError(f"{target}: already exists; not publishing over it")
                 os.rename(staging, target)
                 _fsync_dir(target.parent)
                 self._append_audit(name, [self._publish_event(manifest)])
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            if not staging.is_symlink():
+                shutil.rmtree(staging, ignore_errors=True)
             raise
-        return version, False
+        return version, False, repairs
 
-    def _publish_remote(self, name: str, src: Path, details: dict[str, Any]) -> tuple[int, bool]:
+    def _publish_remote(self, name: str, src: Path, details: dict[str, Any]) -> tuple[int, bool, list[dict]]:
         # No rename on object stores: hold the lock for the whole write and put the manifest last.
         with self._lock(name):
-            recovery.repair(self, name)
+            repairs = recovery.repair(self, name)
             existing = self._same_content(name, details)
             if existing is not None:
-                return existing, True
+                return existing, True, repairs
             version = self._next_version(name)
             folder = self._p(name, "versions", str(version))
             if self.fs.exists(folder):
+                # A publish that died before its manifest: _next_version is above every published number.
                 self.fs.rm(folder, recursive=True)
             self._copy_and_check(src, folder, details["files"])
             manifest = Manifest(name=name, version=version, **details)
             self.fs.pipe_file(posixpath.join(folder, MANIFEST), manifest.to_json().encode())
             self._append_audit(name, [self._publish_event(manifest)])
-        return version, False
+        return version, False, repairs
 
     def promote(
         self,
@@ -579,30 +685,35 @@ class Registry:
         *,
         reason: str,
         actor: str | None = None,
-    ) -> dict[str, Any]:
-        """Point ``alias`` at ``version`` (a number, or another alias to copy); returns the audit event."""
+    ) -> AuditEvent:
+        """Point ``alias`` at ``version`` (a number, or another alias to copy); returns the audit event.
+
+        The event's ``repairs`` list what the promote put right first.
+        """
         check_name(name)
         _check_alias(alias)
         if not reason or not str(reason).strip():
             raise RegistryError("a promotion needs a reason: it is kept in the audit log")
         self._require(name)
         with self._write_errors("promote", name), self._lock(name):
-            recovery.repair(self, name)
+            repairs = recovery.repair(self, name)
             target = self.resolve(f"{name}@{version}").version
-            return self._move_alias(name, alias, target, "promote", reason, actor)
+            return AuditEvent(self._move_alias(name, alias, target, "promote", reason, actor), repairs)
 
-    def rollback(
-        self, name: str, alias: str = "production", *, reason: str, actor: str | None = None
-    ) -> dict[str, Any]:
-        """Move ``alias`` back to the version it held before; each call goes one step further back."""
+    def rollback(self, name: str, alias: str = "production", *, reason: str, actor: str | None = None) -> AuditEvent:
+        """Move ``alias`` back to the version it held before; each call goes one step further back.
+
+        The event's ``repairs`` list what the rollback put right first.
+        """
         check_name(name)
         _check_alias(alias)
         if not reason or not str(reason).strip():
             raise RegistryError("a rollback needs a reason: it is kept in the audit log")
         self._require(name)  # before the lock, which would create the adapter's folder
         with self._write_errors("roll back", name), self._lock(name):
-            recovery.repair(self, name)
-            return self._move_alias(name, alias, self.rollback_target(name, alias), "rollback", reason, actor)
+            repairs = recovery.repair(self, name)
+            event = self._move_alias(name, alias, self.rollback_target(name, alias), "rollback", reason, actor)
+            return AuditEvent(event, repairs)
 
     def rollback_target(self, name: str, alias: str = "production") -> int:
         """The version :meth:`rollback` would move ``alias`` to; RegistryError when there is none.
@@ -635,6 +746,110 @@ class Registry:
             )
         return target
 
+    # ----------------------------------------------------------------- settling
+
+    def _require_known(self, name: str) -> None:
+        """Refuse a name with neither versions nor an audit log (settle must not create adapter folders)."""
+        check_name(name)
+        try:
+            self._read(self._p(name, AUDIT_FILE))
+        except FileNotFoundError:
+            self._require(name)
+
+    @staticmethod
+    def _need_reason(reason: str, what: str) -> None:
+        if not reason or not str(reason).strip():
+            raise RegistryError(f"{what} needs a reason: it is kept in the audit log")
+
+    def settle(self, name: str, alias: str, to: int | None, *, reason: str, actor: str | None = None) -> AuditEvent:
+        """A person's decision about an alias that aliases.json and the audit log disagree on: point it at ``to``.
+
+        The one write that goes ahead while the store holds something no crash explains (every
+        other write refuses with UnsettledError). ``to`` is a version, or None to remove the alias.
+        The ``settle`` record keeps what the file said (``from``), what the log said (``logged``)
+        and the reason; rollback afterwards treats it as a promote from the logged version.
+        """
+        _check_alias(alias)
+        if to is not None:
+            _check_version(name, to)
+        self._need_reason(reason, "settling an alias")
+        self._require_known(name)
+        with self._write_errors("settle", name), self._lock(name):
+            repairs = recovery.repair(self, name, block=False)
+            aliases = self.aliases(name)
+            events, _ = self.read_audit(name)
+            drift = next((d for d in recovery.alias_drift(self, name, events) if d.alias == alias), None)
+            if drift is None:
+                raise RegistryError(
+                    f"{name}@{alias}: {ALIASES_FILE} and the audit log agree (at {aliases.get(alias, 'nothing')}): "
+                    "nothing to settle; move it with promote or rollback"
+                )
+            if to is not None and to not in self.versions(name):
+                raise RegistryError(f"{name}@{to} does not exist (versions: {self.versions(name) or 'none'})")
+            event = {
+                "event": "settle",
+                "alias": alias,
+                "from": drift.file,
+                "logged": drift.logged,
+                "logged_line": drift.line,
+                "to": to,
+                "at": now_iso(),
+                "actor": actor or whoami(),
+                "reason": str(reason),
+            }
+            self._append_audit(name, [event])
+            if to is None:
+                aliases.pop(alias, None)
+            else:
+                aliases[alias] = to
+            self._write_aliases(name, aliases)
+            return AuditEvent(event, repairs)
+
+    def adopt_versions(
+        self, name: str, *, reason: str, actor: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Write the publish records that the audit log lacks, from the manifests, as a person's decision.
+
+        For versions that no crash explains the lack of (the log edited, or deleted): the records are
+        marked ``settled`` with the reason, so nobody mistakes them for the original lines. Returns
+        (the records written, the repairs made first).
+        """
+        self._need_reason(reason, "adopting versions")
+        self._require(name)
+        with self._write_errors("settle", name), self._lock(name):
+            repairs = recovery.repair(self, name, block=False)
+            events, _ = self.read_audit(name)
+            todo = [n for n, crash in recovery.unrecorded_versions(self, name, events) if not crash]
+            if not todo:
+                raise RegistryError(f"every version of {name!r} has its publish record: nothing to adopt")
+            settled = {"at": now_iso(), "actor": actor or whoami(), "reason": str(reason)}
+            records = [
+                {**recovery.publish_record_from_manifest(self, name, number), "settled": settled} for number in todo
+            ]
+            self._append_audit(name, records)
+            return records, repairs
+
+    def record_lost(self, name: str, version: int, *, reason: str, actor: str | None = None) -> AuditEvent:
+        """Record that published version ``version`` is gone for good, so ``verify`` stops failing on it.
+
+        Its number stays taken: it is never issued again. Refused while the version is still there.
+        """
+        _check_version(name, version)
+        self._need_reason(reason, "recording a lost version")
+        self._require_known(name)
+        with self._write_errors("settle", name), self._lock(name):
+            repairs = recovery.repair(self, name, block=False)
+            events, _ = self.read_audit(name)
+            if not any(e["event"] == "publish" and e["version"] == version for _, e in events):
+                raise RegistryError(f"{name}@{version}: the audit log never published it: nothing to record as lost")
+            if version in self.versions(name):
+                raise RegistryError(f"{name}@{version} is still in the store: only a version that is gone can be lost")
+            if any(e["event"] == "lost" and e["version"] == version for _, e in events):
+                raise RegistryError(f"{name}@{version} is already recorded as lost")
+            event = {"event": "lost", "version": version, "at": now_iso(), "actor": actor or whoami(), "reason": reason}
+            self._append_audit(name, [event])
+            return AuditEvent(event, repairs)
+
     def _move_alias(
         self, name: str, alias: str, target: int, kind: str, reason: str, actor: str | None
     ) -> dict[str, Any]:
@@ -653,6 +868,21 @@ class Registry:
         aliases[alias] = target
         self._write_aliases(name, aliases)
         return event
+
+    def note(self, name: str, event: str, *, reason: str, actor: str | None = None, **details: Any) -> dict[str, Any]:
+        """Record an action taken outside the store on adapter ``name`` (e.g. a server switching it off)
+        in its audit log, with actor, reason and time; returns the event. Aliases do not move."""
+        check_name(name)
+        if event in ("publish", "promote", "rollback", "settle", "lost", "recover"):
+            raise RegistryError(f"note: {event!r} is the store's own event; use {event}() to perform it")
+        if not reason or not str(reason).strip():
+            raise RegistryError(f"a {event} note needs a reason: it is kept in the audit log")
+        self._require(name)
+        _jsonable("note details", details)
+        entry = {**details, "event": event, "at": now_iso(), "actor": actor or whoami(), "reason": str(reason)}
+        with self._write_errors(event, name), self._lock(name):
+            self._append_audit(name, [entry])
+        return entry
 
     # ----------------------------------------------------------------- checking
 
@@ -679,6 +909,7 @@ __all__ = [
     "AdapterRef",
     "AdapterVersion",
     "AuditDamage",
+    "AuditEvent",
     "BASE_RECORD",
     "BaseIdentity",
     "DEFAULT_ROOT",
@@ -689,6 +920,8 @@ __all__ = [
     "Problem",
     "Registry",
     "RegistryError",
+    "StoreLinkError",
+    "UnsettledError",
     "base_identity",
     "base_identity_from_config_file",
     "check_adapter_dir",

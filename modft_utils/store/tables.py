@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from modft_utils.store.records import AUDIT_FILE, WEIGHTS_FILE, IntegrityError, RegistryError
+from modft_utils.store.records import AUDIT_FILE, MOVES, WEIGHTS_FILE, IntegrityError, RegistryError
 
 
 def list_table(store) -> str:
@@ -77,7 +77,7 @@ def show_table(store, ref) -> str:
     rows += [["libraries", " ".join(f"{k}={val}" for k, val in sorted(m.libraries.items()))]]
     text = _table(["FIELD", "VALUE"], rows)
     events, damage = store.read_audit(v.name)
-    moves = [e for _, e in events if e["event"] in ("promote", "rollback")]
+    moves = [e for _, e in events if e["event"] in MOVES]
     if moves:
         text += "\n\n" + _table(
             ["WHEN (UTC)", "EVENT", "ALIAS", "FROM", "TO", "BY", "REASON"],
@@ -87,7 +87,7 @@ def show_table(store, ref) -> str:
                     str(e.get("event")),
                     str(e.get("alias")),
                     str(e.get("from") or "-"),
-                    str(e.get("to")),
+                    str(e.get("to") if e.get("to") is not None else "-"),
                     str(e.get("actor")),
                     str(e.get("reason")),
                 ]

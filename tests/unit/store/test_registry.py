@@ -401,9 +401,12 @@ def test_an_alias_to_a_missing_version_names_alias_and_version(micro_store, tmp_
         match=r"alias 'production' of adapter 'domain' points at version 7, which does not exist",
     ):
         reg.resolve("domain")
-    assert [(p.file, p.issue) for p in reg.verify()] == [
-        ("aliases.json", "alias 'production' points at version 7, which does not exist")
-    ]
+    problems = [(p.file, p.issue) for p in reg.verify()]
+    assert problems[0] == ("aliases.json", "alias 'production' points at version 7, which does not exist")
+    # No move put it there either: a hand edit, which writes refuse until it is settled.
+    assert [file for file, _ in problems] == ["aliases.json", "aliases.json"]
+    assert "the audit log says no version (the log never moved it), aliases.json says 7" in problems[1][1]
+    assert "modft registry settle domain production --to" in problems[1][1]
     assert _cli("show", "domain", "--registry", str(tmp_path / "reg")) == 1
     assert "version 7" in capsys.readouterr().err
 
