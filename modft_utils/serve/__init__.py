@@ -1,7 +1,10 @@
-"""Serving the stack: exports for engines, checked against the live stack.
+"""Serving the stack: exports for engines, checked against the live stack, and the workbook's own
+OpenAI-compatible server (``modft serve``: named stacks on one loaded base, following the store's aliases).
 
 What notebooks, the CLI and tests call; the modules beside this file hold the rest."""
 
+from modft_utils.serve.command import add_serve_command, serve_main
+from modft_utils.serve.engine import Busy, Engine, Job, Loaded, ServeError
 from modft_utils.serve.export import (
     EXPORT_RECORD,
     ExportError,
@@ -11,13 +14,29 @@ from modft_utils.serve.export import (
     full_precision_loader,
     parity_report,
 )
+from modft_utils.serve.server import Settings, create_app
+from modft_utils.serve.stacks import StackSpec, StackSpecError, identity, parse_stack, stack_specs
 
 __all__ = [
     "EXPORT_RECORD",
+    "Busy",
+    "Engine",
     "ExportError",
+    "Job",
+    "Loaded",
+    "ServeError",
+    "Settings",
+    "StackSpec",
+    "StackSpecError",
+    "add_serve_command",
+    "create_app",
     "dequantized_loader",
     "export_combined",
     "export_merged",
     "full_precision_loader",
+    "identity",
     "parity_report",
+    "parse_stack",
+    "serve_main",
+    "stack_specs",
 ]
