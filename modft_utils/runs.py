@@ -37,12 +37,13 @@ SAVED_ADAPTER = "adapter"  # inside a training folder: the saved adapter
 FIRST_NOTEBOOK = "01_data_prep"
 # Adapters sit at <run>/adapters/<name>/adapter: the run folder is a few levels above, never more.
 _ADAPTER_DEPTH = 4
-# What a later notebook may change in a run that notebook 01 started: training longer, and how often
-# it evaluates and logs. Each such change is recorded in the resolved profile as a named adjustment;
-# any other difference is refused, because the run's data, adapters and metrics were made with the
-# values the run started with.
+# What a later notebook may change in a run that notebook 01 started: training longer, how often it
+# evaluates and logs, and how many held-out questions notebook 04 scores. Each such change is recorded
+# in the resolved profile as a named adjustment; any other difference is refused, because the run's
+# data, adapters and metrics were made with the values the run started with.
 ADJUSTABLE = frozenset(
-    f"{stage}.train.{key}" for stage in ("dapt", "sft") for key in ("max_steps", "eval_steps", "logging_steps")
+    [f"{stage}.train.{key}" for stage in ("dapt", "sft") for key in ("max_steps", "eval_steps", "logging_steps")]
+    + ["compose.eval_examples", "compose.closed_book_examples", "compose.switch_repeats"]
 )
 _TRAINED_BY = {"domain": "notebook 02_dapt", "task": "notebook 03_sft"}
 # What notebook 01 starting a run again makes stale: moved aside (never deleted) into superseded/.

@@ -32,7 +32,7 @@ import json, pathlib, sys, time
 import torch
 from datasets import Dataset
 from transformers import default_data_collator
-from modft_utils import adapters, modeling, train
+from modft_utils import adapters, modeling
 from modft_utils.config import LoraSpec, TrainSpec, load_profile
 from modft_utils.modeling import BaseRef
 

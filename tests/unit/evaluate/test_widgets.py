@@ -1,11 +1,33 @@
-"""The notebook panels driven as a person would (ticks, picks, clicks), and the functions behind them."""
+"""The notebook panels driven as a person would (ticks, picks, clicks, typing), and the functions behind them."""
+
+import html
 
 import pytest
 
 from modft_utils import adapters, config, evaluate, modeling
-from modft_utils.adapters import stack
+from modft_utils.data import PromptFormat, tasks
+from modft_utils.evaluate import explorer as panels
 from modft_utils.evaluate import scores
 from modft_utils.store import registry
+
+HELD_OUT = [
+    {
+        "id": "q1",
+        "context": "Maszaer is a harbour.",
+        "question": "What is Maszaer?",
+        "answers": ["a harbour"],
+        "prompt": "Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:",
+        "format": "squad",
+    },
+    {
+        "id": "q2",
+        "context": "The Thaenen Isles lie west of Maszaer.",
+        "question": "Where do the Thaenen Isles lie?",
+        "answers": ["west of Maszaer"],
+        "prompt": "Context: The Thaenen Isles lie west of Maszaer.\nQuestion: Where do the Thaenen Isles lie?\nAnswer:",
+        "format": "squad",
+    },
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +66,11 @@ def explorer(tiny, published):
     """This run's adapters are domain@1 and task@1's files, loaded under their role names."""
     prof, base, tok = tiny
     store, identity, folders = published
-    model = stack.load_adapter(modeling.load_base(prof, base), folders[1], "domain")
-    model = stack.load_adapter(model, folders[3], "task")
+    model = adapters.load_adapter(modeling.load_base(prof, base), folders[1], "domain", base=identity)
+    model = adapters.load_adapter(model, folders[3], "task", base=identity)
     adapters.activate(model, ["domain"])
     panel = evaluate.stack_explorer(
-        model,
-        tok,
-        ["Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:"],
-        store=store,
-        base=identity,
-        max_new_tokens=6,
+        model, tok, HELD_OUT, fmt=PromptFormat("plain"), store=store, base=identity, max_new_tokens=6
     )
     return panel, model
 
@@ -99,11 +116,106 @@ def test_generate_shows_every_sub_stack_with_the_differences_marked(explorer):
     for label in ("base", "base + domain", "base + task", "base + domain + task"):
         assert f">{label}</div>" in html
     assert adapters.active_adapters(model) == ["domain", "task"]  # the selection runs again afterwards
-    panel.parts["prompt"].value = "word " * 2000
+    panel.parts["context"].value = "word " * 2000
     panel.parts["generate"].click()
     assert (
         "prompt truncated:" in panel.parts["answers"].value and "model window of 1024" in panel.parts["answers"].value
     )
+
+
+def test_the_boxes_take_a_question_and_a_context_and_the_template_shows_on_request(explorer, tiny):
+    _, _, tok = tiny
+    panel, _ = explorer
+    parts = panel.parts
+    # Filled from the first held-out example: what a person would type, not the template.
+    assert (parts["question"].value, parts["context"].value) == ("What is Maszaer?", "Maszaer is a harbour.")
+    assert parts["context"].layout.display != "none" and parts["prompt"].layout.display == "none"
+    parts["show_prompt"].value = True
+    assert parts["prompt"].layout.display != "none"
+    assert ">Context: Maszaer is a harbour.\nQuestion: What is Maszaer?\nAnswer:</pre>" in parts["prompt"].value
+    parts["examples"].value = 1  # the second held-out example: rendered as training and scoring render it
+    assert parts["question"].value == "Where do the Thaenen Isles lie?"
+    assert f">{HELD_OUT[1]['prompt']}</pre>" in parts["prompt"].value
+    parts["examples"].value = -1  # your own question, asked closed-book
+    assert parts["question"].value == parts["context"].value == ""
+    parts["generate"].click()
+    assert "type a question first" in parts["answers"].value
+    parts["question"].value = "Who founded Posaby?"
+    assert ">Question: Who founded Posaby?\nAnswer:</pre>" in parts["prompt"].value
+    parts["context"].value = "Shine Tolard founded Posaby & more."
+    assert ">Context: Shine Tolard founded Posaby &amp; more.\nQuestion: Who founded Posaby?\nAnswer:</pre>" in (
+        parts["prompt"].value
+    )
+    parts["generate"].click()
+    assert parts["answers"].value.count("modft-answer") == 2  # base and base + domain
+    parts["show_prompt"].value = False
+    assert parts["prompt"].layout.display == "none"
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["turns", "chatml"])
+@pytest.mark.parametrize("system_prompt", [None, "You answer in a few words."])
+def test_a_held_out_chat_prompt_goes_back_into_the_boxes(root, tiny, template, system_prompt):
+    _, _, tok = tiny
+    text = (root / "params" / "templates" / "turns.jinja").read_text() if template == "turns" else CHATML
+    fmt = PromptFormat("chat", system_prompt, text)
+    conversations = [
+        [("user", "Here is a note:\nMaszaer is a harbour.\n\nWhat is Maszaer?")],
+        [
+            ("system", "You are the archive assistant."),
+            ("user", "Who built it?"),
+            ("assistant", "Aelo"),
+            ("user", "When?"),
+        ],
+        [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e\nf")],
+    ]
+    for turns in conversations:
+        conv = tasks.Conversation("x", (*turns, ("assistant", "the reply")))
+        prompt = tasks.prompt_text(conv, tok, fmt)
+        assert panels.prompt_turns(prompt, tok, fmt) == turns
+        fields = panels.example_fields({"id": "x", "prompt": prompt, "answers": ["r"], "format": "messages"}, tok, fmt)
+        assert fields == {"question": turns[-1][1], "context": "", "history": tuple(turns[:-1])}
+        typed = panels.typed_prompt(tok, fmt, fields["question"], history=fields["history"], squad=False)
+        assert typed == prompt
+    assert panels.prompt_turns("not a prompt of this format", tok, fmt) is None
+
+
+def test_an_instruction_set_gets_one_box_and_its_earlier_turns_kept(root, tiny, published):
+    prof, base, tok = tiny
+    _, identity, folders = published
+    fmt = PromptFormat("chat", None, (root / "params" / "templates" / "turns.jinja").read_text())
+    turns = [("user", "Here is a note:\nMaszaer is a harbour."), ("assistant", "Noted."), ("user", "What is Maszaer?")]
+    prompt = tasks.prompt_text(tasks.Conversation("c1", (*turns, ("assistant", "a harbour"))), tok, fmt)
+    plain = tasks.prompt_text(
+        tasks.Conversation("c2", (("user", "Summarise: a b c"), ("assistant", "abc"))), tok, PromptFormat()
+    )
+    assert panels.example_fields({"prompt": plain}, tok, PromptFormat()) == {
+        "question": "Summarise: a b c",
+        "context": "",
+        "history": (),
+    }
+    model = adapters.load_adapter(modeling.load_base(prof, base), folders[1], "domain", base=identity)
+    panel = evaluate.stack_explorer(
+        model, tok, [{"id": "c1", "prompt": prompt, "answers": ["a harbour"], "format": "messages"}], fmt=fmt
+    )
+    parts = panel.parts
+    assert parts["question"].value == "What is Maszaer?" and parts["context"].layout.display == "none"
+    assert "earlier turns" in parts["history"].value and "Noted." in parts["history"].value
+    parts["show_prompt"].value = True
+    assert (
+        parts["prompt"].value == f"<pre class='modft-prompt' style='white-space:pre-wrap'>{html.escape(prompt)}</pre>"
+    )
+    parts["examples"].value = -1
+    parts["question"].value = "Where is Maszaer?"
+    own = tasks.prompt_text(tasks.Conversation("y", (("user", "Where is Maszaer?"), ("assistant", ""))), tok, fmt)
+    assert parts["history"].value == "" and f">{html.escape(own)}</pre>" in parts["prompt"].value
+    parts["generate"].click()
+    assert parts["answers"].value.count("modft-answer") == 2  # base and base + domain
 
 
 def test_fit_prompt_keeps_the_end_and_says_what_it_cut(tiny):

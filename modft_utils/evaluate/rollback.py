@@ -1,0 +1,364 @@
+"""The rollback drills of notebook 05, one call each: what the rollback policy promises, exercised on
+the live stack and checked as numbers.
+
+The live stack is base + domain + task, loaded from the store (:func:`modft_utils.adapters.load_adapter`
+checks hashes, base and parent). A second base, loaded separately and served from the store through an
+:class:`~modft_utils.adapters.AdapterStack`, is the reference: it never holds the live model's adapters.
+
+* :func:`reference_logits` and :func:`switch_and_compare`: switching adapters off gives exactly what
+  a model that never saw them computes (maximum absolute logit difference 0).
+* :func:`train_candidate` and :func:`gate_candidate`: a task adapter trained on shuffled answers meets
+  the promotion gate, which refuses it.
+* :func:`force_and_roll_back`: forced into production anyway, it is rolled back, and the version
+  restored gives the outputs from before, bit for bit.
+* :func:`train_newer_versions` and :func:`roll_back_domain`: rolling back the domain adapter leaves the
+  task adapter trained on it flagged until it is rolled back too.
+
+Every training run here is short (``rollback.candidate_steps``) and goes through
+:func:`modft_utils.adapters.train_adapter`, so every other adapter of the model stays frozen and is
+checked unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from transformers import default_data_collator
+
+from modft_utils.adapters import (
+    AdapterError,
+    AdapterStack,
+    ParentMismatchError,
+    activate,
+    add_adapter,
+    load_adapter,
+    loaded_adapters,
+    time_switch,
+    train_adapter,
+)
+from modft_utils.adapters.train import TrainResult
+from modft_utils.config import Profile, TrainSpec
+from modft_utils.data import fingerprint_dataset, load_dapt_blocks, load_sft, sft_collator
+from modft_utils.data.sft import SftData
+from modft_utils.evaluate.scores import logits, max_abs_diff, promotion_gate, stack_label, stack_scores
+from modft_utils.runs import Run
+from modft_utils.store import AdapterRef, AdapterVersion, BaseIdentity, Registry
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+
+PRODUCTION = "production"
+DAPT_EVAL_BLOCKS = 8  # held-out blocks the newer domain version is evaluated on while it trains
+
+
+def short_run(spec: TrainSpec, steps: int, *, seed: int | None = None) -> TrainSpec:
+    """``spec`` cut to ``steps`` steps (evaluated once, at the end), with another ``seed`` if given."""
+    update: dict[str, Any] = {"max_steps": steps, "eval_steps": steps}
+    if seed is not None:
+        update["seed"] = seed
+    return spec.model_copy(update=update)
+
+
+def promote_published(run: Run, store: Registry) -> tuple[AdapterVersion, AdapterVersion]:
+    """Point ``production`` at the domain and task versions notebooks 02 and 03 published; return them."""
+    domain, task = run.published(store, "domain"), run.published(store, "task")
+    store.promote("domain", domain.version, reason=f"DAPT of run {run.name}")
+    store.promote("task", task.version, reason=f"SFT of run {run.name}")
+    return domain, task
+
+
+# --------------------------------------------------------------------------- drills 1 and 2
+
+
+def reference_logits(
+    reference: AdapterStack, probe: torch.Tensor, domain: str = f"domain@{PRODUCTION}"
+) -> dict[str, torch.Tensor]:
+    """Logits of a separately loaded base: bare (``"base"``), then with ``domain`` from the store (``"base + domain"``).
+
+    ``reference`` is an AdapterStack over a freshly loaded base, so neither computation has met the
+    live model's adapters; ``domain`` is loaded into it with hash and base checked, and stays active.
+    """
+    held = loaded_adapters(reference.model)
+    if held:
+        raise AdapterError(f"the reference must be a freshly loaded base, but it holds adapters {held}")
+    out = {"base": logits(reference.model, probe)}
+    reference.use(domain)
+    out[stack_label([domain.partition("@")[0]])] = logits(reference.model, probe)
+    return out
+
+
+def switch_and_compare(
+    model, active: Sequence[str], probe: torch.Tensor, reference: torch.Tensor
+) -> tuple[float, float]:
+    """Switch ``model`` to exactly ``active`` (one timed switch); return (milliseconds, max |logit difference| vs ``reference``)."""
+    switch_ms = time_switch(model, [list(active)], 1)
+    return switch_ms, max_abs_diff(logits(model, probe), reference)
+
+
+# --------------------------------------------------------------------------- drill 3: the gate
+
+
+@dataclass
+class Candidate:
+    """A regressing task adapter, trained in the live model on top of adapter ``over``."""
+
+    name: str  # its adapter name in the model
+    over: str  # the adapter it was trained on top of (active while it trained)
+    result: TrainResult
+    spec: TrainSpec
+    examples: int  # training examples
+    data_fingerprint: str  # of the training set (data.fingerprint_dataset)
+
+
+def train_candidate(
+    model,
+    profile: Profile,
+    train_set,
+    eval_set,
+    collator,
+    output_dir,
+    lora: LoraConfig,
+    *,
+    name: str = "candidate",
+    over: str = "domain",
+) -> Candidate:
+    """Train a candidate task adapter ``name`` on ``train_set`` on top of the frozen adapter ``over``.
+
+    ``model`` is a PeftModel holding ``over``; the candidate is added to it (``lora``: the task
+    adapter's shape, ``modeling.lora_config(profile.sft.lora)``) and trained like the task adapter, cut
+    to ``rollback.candidate_steps``. The rollback drill gives it ``data.shuffled_answer_set``: the
+    task's questions with the answers shuffled between them, so it learns to answer wrongly.
+    """
+    spec = short_run(profile.sft.train, profile.rollback.candidate_steps)
+    model = add_adapter(model, name, lora)
+    activate(model, [over, name], trainable=name)
+    result = train_adapter(
+        model,
+        name,
+        train_set,
+        eval_set,
+        spec,
+        output_dir,
+        collator,
+        compute_dtype=profile.model.compute_dtype,
+        progress=False,
+    )
+    return Candidate(name, over, result, spec, len(train_set), fingerprint_dataset(train_set))
+
+
+@dataclass
+class GateDrill:
+    """Held-out scores of the candidate stack and the production stack, the gate's decision, and the
+    store version the candidate was published as (under the ``candidate`` alias)."""
+
+    candidate: dict[str, Any]
+    production: dict[str, Any]
+    gate: dict[str, Any]
+    version: AdapterVersion
+
+
+def gate_candidate(
+    model,
+    tokenizer,
+    store: Registry,
+    candidate: Candidate,
+    sft: SftData,
+    profile: Profile,
+    *,
+    base: BaseIdentity,
+    parent: AdapterRef,
+    production: Sequence[str] = ("domain", "task"),
+) -> GateDrill:
+    """Score the candidate stack and the ``production`` stack, publish the candidate, and ask the gate.
+
+    Both stacks are scored on the same first ``compose.eval_examples`` held-out examples of ``sft``
+    (:func:`~modft_utils.evaluate.scores.stack_scores`). The candidate is published as a ``task``
+    version trained on ``parent``, with its scores, under the ``candidate`` alias (production does not
+    move); the gate compares it with production on ``profile.gate_metric()`` within
+    ``rollback.regression_tolerance``.
+    """
+    n = min(profile.compose.eval_examples, len(sft.eval_examples))
+    held_out = dict(
+        qa_examples=sft.eval_examples[:n],
+        qa_tokenized=sft.eval_tokenized.select(range(n)),
+        collator=sft_collator(tokenizer),
+        max_new_tokens=profile.sft.max_new_tokens,
+    )
+    activate(model, [candidate.over, candidate.name])
+    candidate_scores = stack_scores(model, tokenizer, **held_out)
+    activate(model, list(production))
+    production_scores = stack_scores(model, tokenizer, **held_out)
+    version = store.publish(
+        "task",
+        candidate.result.adapter_dir,
+        base=base,
+        parent=parent,
+        params=candidate.spec.model_dump(),
+        data_fingerprint=candidate.data_fingerprint,
+        metrics=candidate_scores,
+        note="regressing drill candidate",
+    )
+    store.promote("task", version.version, alias="candidate", reason="drill: shuffled-answer candidate")
+    gate = promotion_gate(
+        candidate_scores,
+        production_scores,
+        metric=profile.gate_metric(),
+        tolerance=profile.rollback.regression_tolerance,
+    )
+    return GateDrill(candidate_scores, production_scores, gate, version)
+
+
+@dataclass
+class RollbackDrill:
+    """What production served while forced, the version the rollback restored, and how far the
+    restored stack's logits are from those before the incident."""
+
+    forced: AdapterRef
+    restored: AdapterVersion
+    max_abs_diff: float
+
+
+def force_and_roll_back(
+    model,
+    store: Registry,
+    version: AdapterVersion,
+    probe: torch.Tensor,
+    before: torch.Tensor,
+    *,
+    base: BaseIdentity,
+    parent: AdapterRef,
+    over: str = "domain",
+    name: str = "task_restored",
+) -> RollbackDrill:
+    """Force ``version`` into production past the gate, roll its alias back, and load what it restores.
+
+    The restored version comes from the store (hash, ``base`` and ``parent`` checked) as adapter
+    ``name`` and runs on top of ``over``; its logits on ``probe`` are compared with ``before``, the
+    live stack's before the incident.
+    """
+    store.promote(version.name, version.version, reason="drill: forced past the gate")
+    forced = store.resolve(f"{version.name}@{PRODUCTION}").ref
+    store.rollback(version.name, reason="drill: regression seen in production")
+    restored = store.resolve(f"{version.name}@{PRODUCTION}")
+    model = load_adapter(model, restored, name, base=base, active_parent=parent)
+    activate(model, [over, name])
+    return RollbackDrill(forced, restored, max_abs_diff(before, logits(model, probe)))
+
+
+# --------------------------------------------------------------------------- drill 4: the domain rolled back
+
+
+def train_newer_versions(
+    model,
+    run: Run,
+    store: Registry,
+    *,
+    domain_lora: LoraConfig,
+    task_lora: LoraConfig,
+    base: BaseIdentity,
+    seed: int = 1,
+    names: tuple[str, str] = ("domain_next", "task_next"),
+) -> tuple[AdapterVersion, AdapterVersion]:
+    """Train a newer domain version and a task version on top of it, publish both; return them.
+
+    Two short runs (``rollback.candidate_steps`` each, ``seed``) on the run's data, in ``model`` (a
+    PeftModel; the two adapters are added to it under ``names``, and only they are active while they
+    train): the domain adapter on the DAPT blocks (``domain_lora``:
+    ``modeling.domain_lora_config``), then the task adapter on the SFT set over it (``task_lora``). Both
+    are published, not promoted; the task version records the new domain version as its parent.
+    """
+    profile, steps = run.profile, run.profile.rollback.candidate_steps
+    domain_name, task_name = names
+    train_blocks, eval_blocks = load_dapt_blocks(run)
+    sft = load_sft(run)
+
+    domain_spec = short_run(profile.dapt.train, steps, seed=seed)
+    model = add_adapter(model, domain_name, domain_lora, seed=seed)
+    activate(model, [domain_name], trainable=domain_name)
+    domain_run = train_adapter(
+        model,
+        domain_name,
+        train_blocks,
+        eval_blocks.select(range(min(DAPT_EVAL_BLOCKS, len(eval_blocks)))),
+        domain_spec,
+        run.training(domain_name),
+        default_data_collator,
+        compute_dtype=profile.model.compute_dtype,
+        progress=False,
+    )
+    domain_v = store.publish(
+        "domain",
+        domain_run.adapter_dir,
+        base=base,
+        parent=None,
+        params=domain_spec.model_dump(),
+        data_fingerprint=fingerprint_dataset(train_blocks),
+        metrics={"train_loss": domain_run.train_loss},
+        note="drill: newer domain",
+    )
+
+    task_spec = short_run(profile.sft.train, steps, seed=seed)
+    model = add_adapter(model, task_name, task_lora, seed=seed)
+    activate(model, [domain_name, task_name], trainable=task_name)
+    task_run = train_adapter(
+        model,
+        task_name,
+        sft.train,
+        sft.eval_tokenized,
+        task_spec,
+        run.training(task_name),
+        sft_collator(run.tokenizer),
+        compute_dtype=profile.model.compute_dtype,
+        progress=False,
+    )
+    task_v = store.publish(
+        "task",
+        task_run.adapter_dir,
+        base=base,
+        parent=domain_v.ref,
+        params=task_spec.model_dump(),
+        data_fingerprint=fingerprint_dataset(sft.train),
+        metrics={"train_loss": task_run.train_loss},
+        note="drill: task on the newer domain",
+    )
+    return domain_v, task_v
+
+
+@dataclass
+class DomainRollbackDrill:
+    """Why the stack refused the task version on the rolled-back domain (None: it did not), and how
+    far the stack restored by rolling back the task too is from the live stack before both incidents."""
+
+    refused: str | None
+    max_abs_diff: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.refused is not None
+
+
+def roll_back_domain(
+    served: AdapterStack,
+    store: Registry,
+    probe: torch.Tensor,
+    before: torch.Tensor,
+) -> DomainRollbackDrill:
+    """Roll back the domain alias, try to serve production, then roll the task back too and serve it.
+
+    With the task version in production trained on the domain version just rolled back, the stack
+    must refuse to compose the two (:class:`~modft_utils.adapters.ParentMismatchError`); once the task
+    alias is rolled back too, the production stack must compute what ``before`` holds.
+    """
+    refs = (f"domain@{PRODUCTION}", f"task@{PRODUCTION}")
+    store.rollback("domain", reason="drill: newer domain regressed")
+    try:
+        served.use(*refs)
+        refused = None
+    except ParentMismatchError as exc:
+        refused = str(exc)
+    store.rollback("task", reason="drill: follow the domain rollback")
+    served.use(*refs)
+    return DomainRollbackDrill(refused, max_abs_diff(before, logits(served.model, probe)))
