@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from modft_utils.adapters.state import AdapterError, activate, active_adapters, loaded_adapters, set_trainable
 from modft_utils.store import (
@@ -118,7 +119,8 @@ def load_adapter(
         )
     expected_parent = version.manifest.parent if version is not None else None
     if expected_parent is not None and expected_parent != active_parent:
-        message = f"{label} was trained on top of {expected_parent}, but the active parent is {active_parent or 'none'}"
+        trained, active = _told_apart(expected_parent, active_parent)
+        message = f"{label} was trained on top of {trained}, but the active parent is {active or 'none'}"
         if not force_parent:
             raise AdapterLoadError(message + "; load that parent first, or pass force_parent=True to load it anyway")
         warnings.warn(message + " (loading anyway: force_parent=True)", stacklevel=2)
@@ -150,6 +152,14 @@ def load_adapter(
         )
     set_trainable(peft_model, None)
     return peft_model
+
+
+def _told_apart(trained: AdapterRef, active: Any) -> tuple[str, Any]:
+    """Two refs for a message: ``name@version``, with their manifest pins when that alone looks the same
+    (a parent republished under its old number)."""
+    if isinstance(active, AdapterRef) and str(active) == str(trained):
+        return trained.describe(), active.describe()
+    return str(trained), active
 
 
 class ParentMismatchError(AdapterError):
@@ -279,7 +289,8 @@ class AdapterStack:
                 active = by_name.get(parent.name) or (
                     f"{parent.name!r} loaded from a folder, not the store" if parent.name in local else "none"
                 )
-                problems.append(f"{v.ref} was trained on {parent}, but the active {parent.name} is {active}")
+                trained, active = _told_apart(parent, active)
+                problems.append(f"{v.ref} was trained on {trained}, but the active {parent.name} is {active}")
         return problems
 
     def _switch(self, entries: list, force_parent: bool) -> list[str]:
