@@ -7,33 +7,218 @@ against the folder the profile lives in, so ``params/tiny.yaml`` says ``../data/
 
 pydantic does the validation: it gives typed, documented fields, ``extra="forbid"`` for unknown keys
 and error locations as key paths, which our own validator would only re-implement.
+
+A profile is input from whoever writes it, so reading one is bounded: YAML aliases are refused (a
+1 KB "billion laughs" file expands to gigabytes), as are duplicate keys (the second would silently
+replace the first), ``extends`` chains deeper than :data:`MAX_EXTENDS_DEPTH` and files over
+:data:`MAX_PROFILE_BYTES`; every value an error shows is cut to :data:`MAX_SHOWN_CHARS` (:func:`short`).
+Numbers are strict (``max_steps: true`` is not one step) and finite.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+import reprlib
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from modft_utils.errors import ModftError
 
 # The promotion gate compares what each SFT format is judged by: SQuAD by the official F1, free
 # text by ROUGE-L (rollback.gate_metric: auto).
 DEFAULT_GATE_METRIC = {"squad": "f1", "prompt_response": "rouge_l", "messages": "rouge_l"}
+MAX_EXTENDS_DEPTH = 16  # profiles in one `extends` chain; the shipped ones use 2
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a page of keys; a bigger file is not one
+MAX_SHOWN_CHARS = 200  # the most of any one value an error message shows
+MAX_SEED = 2**32 - 1  # numpy's RandomState, which datasets and transformers seed, takes no more
 
 
 class ProfileError(ModftError, ValueError):
     """A profile or override that cannot be used; the message names the file and every bad key."""
 
 
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxdict, shown.maxlist, shown.maxtuple, shown.maxset = 3, 6, 8, 8, 8
+    shown.maxstring = shown.maxother = shown.maxlong = MAX_SHOWN_CHARS
+    return shown
+
+
+_SHOWN = _bounded_repr()
+
+
+def short(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, computed in bounded time whatever the value's size.
+
+    reprlib stops at a few items per level and a few levels deep, so a list of a million items (or an
+    expanded YAML alias bomb) costs what eight of them do; plain ``repr`` would build the whole text.
+    """
+    try:
+        text = _SHOWN.repr(value)
+    except ValueError:  # an int of more than 4,300 digits refuses str() (CVE-2020-10735)
+        text = f"<{type(value).__name__} too large to show>"
+    return cut(text, limit)
+
+
+def cut(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` (a key, a library's message) cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a folder ("a named pipe (FIFO)"), else None.
+
+    Readers open only regular files: opening a FIFO blocks until someone writes to it, so ``modft
+    validate`` hung on one, and a device never ends. ``stat`` does not open, so this never blocks; a
+    path that does not exist is None (the callers name that case themselves).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), None)
+
+
+def is_glob(value: str) -> bool:
+    """The value is a glob pattern (``corpus/**/*.txt``), not a path."""
+    return any(ch in value for ch in "*?[")
+
+
+def glob_files(pattern: str | os.PathLike) -> list[Path]:
+    """The regular files a glob matches (``**`` spans folders), each once, sorted.
+
+    ``glob.glob(recursive=True)`` follows links to folders: a link to its own parent made ``**`` loop
+    until the path was too long (every file read 41 times), and two such links never finished. Here
+    the folders are walked with ``os.walk(followlinks=False)``, so a linked folder is not entered, and
+    a file reached under two names (a link to a file beside it) is listed once. As with ``glob``, a
+    name starting with a dot is matched only by a pattern part that starts with one.
+    """
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if is_glob(part)), len(parts))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    # `**/**` means what `**` does; collapsed, a pattern of many cannot make matching exponential.
+    rest = tuple(
+        part for i, part in enumerate(parts[fixed:]) if not (part == "**" and parts[fixed:][i - 1 : i] == ("**",))
+    )
+    if not rest:
+        return [root] if root.is_file() else []
+    deepest = None if "**" in rest else len(rest) - 1  # folders below root a match can lie in
+    found: dict[str, Path] = {}
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        rel = Path(folder).relative_to(root).parts
+        dirs.sort()  # walked in order, so of two names for one file the first in order is kept
+        if deepest is not None and len(rel) >= deepest:
+            dirs.clear()  # no match lies deeper: do not walk a large tree for `corpus/*.txt`
+        for name in sorted(files):
+            path = Path(folder, name)
+            if _glob_match((*rel, name), rest) and path.is_file():
+                found.setdefault(os.path.realpath(path), path)
+    return sorted(found.values())
+
+
+def _glob_match(names: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether the path parts ``names`` match the pattern parts (``**``: any number of folders)."""
+    if not pattern:
+        return not names
+    head, tail = pattern[0], pattern[1:]
+    if head == "**":
+        # zero names, or one (not hidden) name more for this `**`; a trailing `**` takes the file's too
+        return _glob_match(names, tail) or (
+            bool(names) and not names[0].startswith(".") and _glob_match(names[1:], pattern)
+        )
+    if not names or (names[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], head) and _glob_match(names[1:], tail)
+
+
+class _ProfileLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases and without duplicate keys.
+
+    An alias repeats a node by reference, so nine levels of ten aliases each, in 1.3 KB, expand to
+    a billion values once anything walks them (an error message printing one took 312 MB at depth 7
+    and never returned at depth 9): a profile refuses aliases (and so ``<<: *base`` merges; use
+    ``extends``). A repeated key, such as a second ``data:`` section, would silently replace the first.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"the alias *{event.anchor[:MAX_SHOWN_CHARS]}: profiles do not use YAML anchors and aliases "
+                "(they can expand a small file to gigabytes); write the value out, or share keys with 'extends'",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # a merge key is no key; an unhashable key is refused by the constructor
+            key = self.construct_object(key_node)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {short(key)} (first on line {first[key]}); a repeated key would "
+                    "silently replace the first: merge the two",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``text`` read as YAML by :class:`_ProfileLoader`; :class:`ProfileError` says where it is not valid.
+
+    ``where`` starts the message (the file, or the override). A value nested thousands of levels
+    deep overflows the composer's recursion and an integer of more than 4,300 digits refuses
+    conversion: both are named too, never a traceback.
+    """
+    try:
+        return yaml.load(text, Loader=_ProfileLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ProfileError(f"{where}{at}: not valid YAML: {cut(str(exc.problem or exc.context))}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{where}: not valid YAML: {cut(str(exc))}") from None
+    except RecursionError:
+        raise ProfileError(f"{where}: not valid YAML: nested too deeply") from None
+    except ValueError as exc:  # int("1" * 5000) in the constructor
+        raise ProfileError(f"{where}: not valid YAML: {cut(str(exc))}") from None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `max_steps: true` is not 1 step and `"20"` is not 20 (an int is still a float);
+    # allow_inf_nan: `regression_tolerance: .inf` would make a gate that can never refuse.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class TinyBaseSpec(_Section):
@@ -61,6 +246,11 @@ class TinyBaseSpec(_Section):
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.num_experts_per_tok > self.num_local_experts:
             raise ValueError("num_experts_per_tok cannot exceed num_local_experts")
+        if self.pretrain_seq_len > self.max_position_embeddings:
+            raise ValueError(
+                f"pretrain_seq_len {self.pretrain_seq_len} is more than max_position_embeddings "
+                f"{self.max_position_embeddings}, the longest sequence the base accepts"
+            )
         return self
 
 
@@ -229,7 +419,19 @@ class TrainSpec(_Section):
         False, description="batch examples of similar length (SFT: far less padding); packed DAPT blocks need none"
     )
     report_to: Literal["none", "tensorboard", "mlflow"] = Field("none", description="experiment tracker")
-    seed: int = Field(0, description="training seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed")
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_within_steps(cls, value: int, info: ValidationInfo) -> int:
+        """A warm-up longer than the run never reaches the peak learning rate the profile asks for."""
+        steps = info.data.get("max_steps")
+        if steps is not None and value > steps:
+            raise ValueError(
+                f"warmup_steps {value} is more than max_steps {steps}: the learning rate would never reach "
+                "its peak; lower warmup_steps (0 is fine for a short run)"
+            )
+        return value
 
 
 class DaptSpec(_Section):
@@ -273,7 +475,7 @@ class RollbackSpec(_Section):
         "format's own, F1 for squad and ROUGE-L for prompt_response and messages",
     )
     regression_tolerance: float = Field(
-        1.0, ge=0, description="how much worse than production a candidate may score on gate_metric"
+        1.0, ge=0, description="how much worse than production a candidate may score on gate_metric (finite)"
     )
     candidate_steps: int = Field(40, ge=1, description="steps of the deliberately regressing candidate in the drill")
     probe_examples: int = Field(8, ge=1, description="held-out prompts whose logits are compared exactly")
@@ -282,7 +484,7 @@ class RollbackSpec(_Section):
 class Profile(_Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="profile name, used in run ids")
     description: str = Field("", description="what this profile is for")
-    seed: int = Field(0, description="seed for data subsets and splits")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for data subsets and splits")
     model: ModelSpec
     data: DataSpec
     dapt: DaptSpec = Field(default_factory=DaptSpec)
@@ -309,6 +511,13 @@ class Profile(_Section):
                 "rollback.gate_metric 'rouge_l' is reported for prompt_response and messages sets; "
                 "SQuAD is scored by the official exact match and F1"
             )
+        tiny = self.model.tiny
+        if self.model.id == "tiny" and tiny is not None and self.data.block_size > tiny.max_position_embeddings:
+            # The tiny base's config is the profile's; any other base's is checked by `modft validate`.
+            raise ValueError(
+                f"data.block_size {self.data.block_size} is more than model.tiny.max_position_embeddings "
+                f"{tiny.max_position_embeddings}, the longest sequence the base accepts"
+            )
         return self
 
     def gate_metric(self) -> str:
@@ -324,21 +533,25 @@ class Profile(_Section):
         import fsspec
 
         # fsspec chains protocols ("simplecache::s3://bucket/store"); each link must be known.
-        for link in value.split("::"):
-            if "://" not in link:
-                continue
-            protocol = link.split("://", 1)[0]
+        protocols = [link.split("://", 1)[0] for link in value.split("::") if "://" in link]
+        for protocol in protocols:
             try:
                 fsspec.get_filesystem_class(protocol)
             except ValueError:
                 raise ValueError(
-                    f"unknown storage protocol {protocol!r}: use a folder or an fsspec URL "
-                    "(file://, memory://, s3://, gs://, hf://, ...)"
+                    f"unknown storage protocol {short(protocol)}: use a folder or an fsspec URL "
+                    "(file://, s3://, gs://, hf://, ...)"
                 ) from None
             except ImportError as exc:  # known, but its package is not installed (s3fs, gcsfs)
                 raise ValueError(
                     f"storage protocol {protocol!r} needs a package that is not installed: {exc}"
                 ) from None
+        if "memory" in protocols:
+            raise ValueError(
+                "memory:// is the memory of one process, and each notebook runs in a process of its own: "
+                "notebook 03 would not find what notebook 02 published. Use a folder or a shared store "
+                "(file://, s3://, gs://, hf://, ...)"
+            )
         return value
 
     def registry_uri(self) -> str:
@@ -365,25 +578,26 @@ _PATH_KEYS = (
 )
 
 
-def _is_glob(value: str) -> bool:
-    return any(ch in value for ch in "*?[")
-
-
-def _path_exists(path: Path, value: str) -> bool:
-    """A data path exists, or (a glob such as ``corpus/*.txt``) matches at least one file."""
-    import glob
-
-    return bool(glob.glob(str(path), recursive=True)) if _is_glob(value) else path.exists()
+def _path_problem(path: Path, value: str) -> str | None:
+    """Why a data path cannot be read (matches nothing, absent, a FIFO...), or None when it can."""
+    if is_glob(value):
+        return None if glob_files(path) else "matches no file"
+    if (kind := special_file(path)) is not None:
+        return f"is {kind}, not a regular file: only regular files and folders are read"
+    return None if path.exists() else "does not exist"
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: {err.error_count()} problem(s) in the profile:"]
     for e in err.errors():
-        key = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        key = cut(".".join(str(part) for part in e["loc"])) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            # A check across a section's keys: its message names the keys; the section is no value to show.
+            lines.append(f"  - {key}: {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  - {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  - {key}: {e['msg'].removeprefix('Value error, ')} (got {short(e.get('input'))})")
     return "\n".join(lines)
 
 
@@ -393,7 +607,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ProfileError(f"override {dotted!r}: {part!r} is not a section")
+            raise ProfileError(f"override {short(dotted)}: {short(part)} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -406,35 +620,58 @@ def _set_attr_dotted(model: BaseModel, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"dapt.train.max_steps=20"`` -> ``("dapt.train.max_steps", 20)``; the value is read as YAML."""
+    """``"dapt.train.max_steps=20"`` -> ``("dapt.train.max_steps", 20)``; the value is read as YAML.
+
+    A value that is not valid YAML (``sft.system_prompt=[oops``) is a :class:`ProfileError` naming the
+    override, read by the same loader as a profile (no aliases, no duplicate keys).
+    """
     if "=" not in text:
-        raise ProfileError(f"override {text!r}: expected KEY=VALUE, e.g. dapt.train.max_steps=20")
+        raise ProfileError(f"override {short(text)}: expected KEY=VALUE, e.g. dapt.train.max_steps=20")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    if not key.strip():
+        raise ProfileError(f"override {short(text)}: no key before '='; expected KEY=VALUE")
+    return key.strip(), load_yaml(raw, f"override {short(key.strip())}")
 
 
 def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     """A profile's keys, with those of the profile it ``extends`` underneath (sections merged key by key).
 
     ``extends: smollm2.yaml`` (relative to the file) lets a variant say only what differs; both files
-    must sit in the same folder, so relative data paths mean the same in each.
+    must sit in the same folder, so relative data paths mean the same in each. A chain is at most
+    :data:`MAX_EXTENDS_DEPTH` profiles long (a chain of 1,200 overflowed the recursion).
     """
+    by = f" (extended by {chain[-1]})" if chain else ""
+    if (kind := special_file(path)) is not None:
+        raise ProfileError(f"profile file {path}{by} is {kind}, not a regular file")
     if not path.is_file():
-        raise ProfileError(f"profile file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+        raise ProfileError(f"profile file not found: {path}{by}")
     if path in chain:
         raise ProfileError(f"{chain[-1]}: 'extends' makes a loop through {path}")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise ProfileError(
+            f"{chain[0]}: 'extends' chains more than {MAX_EXTENDS_DEPTH} profiles (the last: {chain[-1]}); "
+            "a variant should extend a profile that extends nothing, or one that does"
+        )
+    size = path.stat().st_size
+    if size > MAX_PROFILE_BYTES:
+        raise ProfileError(f"{path}: {size:,} bytes is not a profile (at most {MAX_PROFILE_BYTES:,} bytes)")
+    raw = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ProfileError(f"{path}, line {line}: not valid UTF-8 at byte {exc.start}") from None
+    tree = load_yaml(text, str(path)) or {}
     if not isinstance(tree, dict):
         raise ProfileError(f"{path}: the top level must be a mapping of keys")
     parent = tree.pop("extends", None)
     if parent is None:
         return tree
-    parent_path = (path.parent / str(parent)).resolve()
+    if not isinstance(parent, str):
+        raise ProfileError(f"{path}: extends {short(parent)}: expected the file name of a profile")
+    parent_path = (path.parent / parent).resolve()
     if parent_path.parent != path.parent:
-        raise ProfileError(f"{path}: extends {parent!r}: the profile it extends must be in the same folder")
+        raise ProfileError(f"{path}: extends {short(parent)}: the profile it extends must be in the same folder")
     return _merge(_read_tree(parent_path, chain + (path,)), tree)
 
 
@@ -445,13 +682,59 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Both paths name one file: equal once links are resolved, or one inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _split_problems(profile: Profile) -> list[str]:
+    """One file named as both splits of a data set: every held-out example would be a training one.
+
+    Notebook 01 drops held-out examples that training has, so the SFT set then failed with a bare
+    "no usable examples" after ``modft validate`` had passed it.
+    """
+    problems = []
+    for part in ("dapt", "sft"):
+        spec = getattr(profile.data, part)
+        train, held = spec.train_file, spec.validation_file
+        if train is None or held is None or is_glob(train) or is_glob(held):
+            continue  # a hub dataset, or globs (validate compares the files they match)
+        if _same_file(profile.resolve(train), profile.resolve(held)):
+            problems.append(
+                f"  - data.{part}.validation_file: {profile.resolve(held)} is also data.{part}.train_file; "
+                "held-out examples must come from another file (every one would also be a training example)"
+            )
+    return problems
+
+
+def _store_problems(profile: Profile) -> list[str]:
+    """A store path (registry, cache_dir, runs_dir) that is a file where a folder has to be."""
+    problems = []
+    for key in ("registry", "cache_dir", "runs_dir"):
+        value = getattr(profile, key)
+        if "://" in value and not value.startswith("file://"):
+            continue
+        folder = Path(value.removeprefix("file://")) if value.startswith("file://") else profile.resolve(value)
+        if folder.exists() and not folder.is_dir():
+            kind = special_file(folder) or "a file"
+            problems.append(f"  - {key}: {folder} is {kind}; it must be a folder (or not exist yet)")
+    return problems
+
+
 def load_profile(
     path: str | os.PathLike, overrides: dict[str, Any] | None = None, *, check_paths: bool = True
 ) -> Profile:
     """Read, override and validate a profile; raise :class:`ProfileError` naming every bad key or path.
 
     ``overrides`` maps dotted keys to values (``{"dapt.train.max_steps": 20}``); they are validated
-    exactly like the file, so a typo in an override is named too.
+    exactly like the file, so a typo in an override is named too. With ``check_paths``, every data
+    path must exist and be a regular file, a folder or a glob that matches one (a FIFO would block
+    the reader that opens it), and the store folders must not be files.
     """
     path = Path(path).expanduser().resolve()
     tree = _read_tree(path, ())
@@ -469,12 +752,15 @@ def load_profile(
             _set_attr_dotted(profile, key, str(profile.resolve(value)))
     if check_paths:
         missing = [
-            f"  - {key}: {profile.resolve(value)} " + ("matches no file" if _is_glob(value) else "does not exist")
+            f"  - {key}: {profile.resolve(value)} {problem}"
             for key, getter in _PATH_KEYS
-            if (value := getter(profile)) is not None and not _path_exists(profile.resolve(value), value)
+            if (value := getter(profile)) is not None
+            and (problem := _path_problem(profile.resolve(value), value)) is not None
         ]
         if missing:
-            raise ProfileError(f"{path}: data path(s) not found:\n" + "\n".join(missing))
+            raise ProfileError(f"{path}: data path(s) not found or not readable:\n" + "\n".join(missing))
+    if problems := _split_problems(profile) + (_store_problems(profile) if check_paths else []):
+        raise ProfileError(f"{path}: {len(problems)} problem(s) in the profile:\n" + "\n".join(problems))
     return profile
 
 

@@ -18,16 +18,25 @@ format         files                                       rows
 Any of the file formats may be gzipped (``.gz``). ``datasets``' own builders (``json``, ``text``,
 ``parquet``, ``csv``) do the reading, so large corpora are memory-mapped tables, not Python lists.
 ``modft validate`` calls :func:`read` too, so a file it passes is a file the run reads.
+
+Only regular files are opened (a FIFO blocks its reader forever), globs do not follow links to
+folders and list each file once, and every failure of a file (not UTF-8, a cut or mislabelled
+``.gz``, a CSV row the csv module refuses) is a :class:`SourceError` naming the key, the file and
+the line, row or byte, never a library's traceback. A UTF-8 byte order mark is not text: dropped.
 """
 
 from __future__ import annotations
 
-import glob
+import csv
 import gzip
+import os
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modft_utils.config import cut, glob_files, is_glob, special_file
 from modft_utils.errors import ModftError
 
 SUFFIX_FORMATS = {
@@ -41,6 +50,10 @@ SUFFIX_FORMATS = {
 }
 DOCUMENT_FORMATS = frozenset({"text", "parquet", "csv"})  # a row is a whole document
 BUILDERS = {"jsonl": "json", "wikitext": "text", "text": "text", "parquet": "parquet", "csv": "csv"}
+BOM = "\ufeff"
+# The csv module refuses a field over 131,072 characters by default; pandas (the DAPT csv builder)
+# has no such limit, so a long document in a CSV cell was read there and refused by the SFT reader.
+CSV_FIELD_LIMIT = 2**31 - 1  # the most the csv module takes on every platform (a C long)
 
 
 class SourceError(ModftError, ValueError):
@@ -84,20 +97,23 @@ def resolve(value: str, base: Path, key: str, fmt: str = "auto") -> CorpusSource
     """The files ``value`` (a file, folder or glob, relative to ``base``) names, and their format."""
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base / path
-    if any(ch in value for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if is_glob(value):
+        files = glob_files(path)
         if not files:
             raise SourceError(f"{key}: the pattern {path} matches no file")
+    elif (kind := special_file(path)) is not None:
+        raise SourceError(f"{key}: {path} is {kind}, not a regular file: only regular files and folders are read")
     elif _is_saved_dataset(path):
         if fmt not in ("auto", "saved"):
             raise SourceError(f"{key}: {path} is a folder written by datasets.save_to_disk, not {fmt!r} files")
         return CorpusSource(key, (path,), "saved")
     elif path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and (_suffix(p) in SUFFIX_FORMATS if fmt == "auto" else True)
-        )
+        # rglob does not enter links to folders; a file reached under two names is read once
+        unique: dict[str, Path] = {}
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and not p.name.startswith(".") and (_suffix(p) in SUFFIX_FORMATS if fmt == "auto" else True):
+                unique.setdefault(os.path.realpath(p), p)
+        files = sorted(unique.values())
         if not files:
             raise SourceError(
                 f"{key}: the folder {path} holds no corpus file (known: "
@@ -129,35 +145,105 @@ def resolve(value: str, base: Path, key: str, fmt: str = "auto") -> CorpusSource
     return CorpusSource(key, tuple(files), next(iter(formats)))
 
 
-def _open_bytes(path: Path):
+def _open_bytes(path: Path, key: str):
+    if (kind := special_file(path)) is not None:  # opening a FIFO would block until someone writes to it
+        raise SourceError(f"{key}: {path} is {kind}, not a regular file")
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
 
 
-def decoded_lines(path: Path, key: str):
-    """``(line number, text)`` of a UTF-8 file (gzipped or not), LF and CRLF alike.
+def _raw_lines(path: Path, key: str) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, bytes)`` of a file, gunzipped if named ``.gz``.
+
+    A ``.gz`` that is not gzip, or is cut short, fails in the middle of iteration with gzip's
+    ``BadGzipFile`` or ``EOFError`` (a traceback): named here with the key, the file and the line.
+    """
+    lineno, offset = 0, 0
+    try:
+        with _open_bytes(path, key) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                yield lineno, offset, raw
+                offset += len(raw)
+    except EOFError:
+        raise SourceError(
+            f"{key}: {path}: the gzip data end early, {_gz_where(lineno)} (a truncated file): copy it again"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise SourceError(
+            f"{key}: {path}: not a readable gzip file, {_gz_where(lineno)} ({cut(str(exc))}): a file named .gz "
+            "must be whole and gzip-compressed"
+        ) from None
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise SourceError(f"{key}: {path}: cannot be read ({exc.strerror or cut(str(exc))})") from None
+
+
+def _gz_where(lines_read: int) -> str:
+    return f"after line {lines_read}" if lines_read else "before the end of line 1"
+
+
+def _decode(raw: bytes, lineno: int) -> str:
+    text = raw.decode("utf-8")
+    return text.removeprefix(BOM) if lineno == 1 else text
+
+
+def decoded_lines(path: Path, key: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file (gzipped or not), LF and CRLF alike, without a leading BOM.
 
     An invalid byte is named by line and by offset in the file: a decoder working on read chunks
     reports an offset inside the chunk, which points nowhere in the file.
     """
-    offset = 0
-    with _open_bytes(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
+    for lineno, offset, raw in _raw_lines(path, key):
+        try:
+            yield lineno, _decode(raw, lineno)
+        except UnicodeDecodeError as exc:
+            raise SourceError(
+                f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file"
+                f"{' (uncompressed)' if path.suffix == '.gz' else ''}"
+            ) from None
+
+
+def csv_rows(path: Path, key: str, *, strict: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number, row)`` of a CSV file with a header (gzipped or not); row 1 is the first after it.
+
+    Every failure names the row, the line and (for a byte that is not UTF-8) its offset in the file:
+    a text-mode reader reports an offset inside its read chunk, and neither row nor line. Fields may
+    be as long as :data:`CSV_FIELD_LIMIT` characters. With ``strict`` (the SFT reader's), a file cut
+    inside a quoted field, or stray quotes, is refused rather than read as an odd last row; the DAPT
+    check leaves parsing to pandas, which is lenient, and only names bytes that are not UTF-8.
+    """
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    rows = 0
+    header_read = False
+
+    def where(lineno: int) -> str:
+        return f"row {rows + 1} (line {lineno})" if header_read else f"the header (line {lineno})"
+
+    def text() -> Iterator[str]:
+        for lineno, offset, raw in _raw_lines(path, key):
             try:
-                yield lineno, raw.decode("utf-8")
+                yield _decode(raw, lineno)
             except UnicodeDecodeError as exc:
                 raise SourceError(
-                    f"{key}: {path}, line {lineno}: not valid UTF-8 at byte {offset + exc.start} of the file"
-                    f"{' (uncompressed)' if path.suffix == '.gz' else ''}"
+                    f"{key}: {path}, {where(lineno)}: not valid UTF-8 at byte {offset + exc.start} of the file"
                 ) from None
-            offset += len(raw)
+
+    reader = csv.DictReader(text(), strict=strict)
+    try:
+        reader.fieldnames  # noqa: B018 - reads the header, so later failures are named by row
+        header_read = True
+        for row in reader:
+            rows += 1
+            yield rows, row
+    except csv.Error as exc:
+        raise SourceError(f"{key}: {path}, {where(reader.reader.line_num)}: not valid CSV ({cut(str(exc))})") from None
 
 
 def check_utf8(source: CorpusSource) -> None:
-    """Name the first byte that is not UTF-8 by file, line and offset, before a builder trips on it."""
+    """Name the first byte that is not UTF-8 by file, line and offset (a CSV also by row), before a builder trips on it."""
     if source.format in ("parquet", "saved"):
         return  # binary formats: their strings are checked by their own readers
     for path in source.files:
-        for _ in decoded_lines(path, source.key):
+        lines = csv_rows(path, source.key, strict=False) if source.format == "csv" else decoded_lines(path, source.key)
+        for _ in lines:
             pass
 
 
@@ -177,13 +263,15 @@ def read(source: CorpusSource, text_column: str = "text"):
                 )
         else:
             kwargs: dict[str, Any] = {"sample_by": "document"} if source.format == "text" else {}
+            if source.format in ("text", "wikitext"):
+                kwargs["encoding"] = "utf-8-sig"  # a BOM is no text; the json and csv builders drop it already
             table = load_dataset(
                 BUILDERS[source.format], data_files=[str(f) for f in source.files], split="train", **kwargs
             )
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow, csv and json errors alike: name the source
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = cut((str(exc).strip().splitlines() or [type(exc).__name__])[0])
         raise SourceError(
             f"{source.key}: {source.describe()}: not readable as {source.format} ({type(exc).__name__}: {first})"
         ) from None

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from modft_utils.config import cut, short, special_file
 from modft_utils.errors import ModftError
 
 __all__ = [
@@ -118,10 +119,10 @@ def _canonical_answers(answers: Any, where: str) -> tuple[list[str], list[int]]:
         raise SquadFormatError(f"{where}: 'answers' text and answer_start must be lists of equal length")
     for t, s in zip(texts, starts):
         if not isinstance(t, str):
-            raise SquadFormatError(f"{where}: answer text {t!r} is not a string")
+            raise SquadFormatError(f"{where}: answer text {short(t)} is not a string")
         # bool is an int subclass; a true/false start is a broken export, not position 0 or 1.
         if not isinstance(s, int) or isinstance(s, bool):
-            raise SquadFormatError(f"{where}: answer_start {s!r} is not an integer")
+            raise SquadFormatError(f"{where}: answer_start {short(s)} is not an integer")
     return list(texts), list(starts)
 
 
@@ -165,10 +166,18 @@ def _flatten_original(doc: Mapping[str, Any], path: Path) -> list[dict[str, Any]
         where = f"{path}: data[{ai}]"
         if not isinstance(article, Mapping) or "paragraphs" not in article or "title" not in article:
             raise SquadFormatError(f"{where}: an article needs 'title' and 'paragraphs'")
+        # `"paragraphs": 5` or `"qas": null` is not iterable (a TypeError), and a string would be
+        # iterated character by character: both must be lists.
+        if not isinstance(article["paragraphs"], list):
+            raise SquadFormatError(
+                f"{where}.paragraphs: must be a list of paragraphs, not {type(article['paragraphs']).__name__}"
+            )
         for pi, para in enumerate(article["paragraphs"]):
             pwhere = f"{where}.paragraphs[{pi}]"
             if not isinstance(para, Mapping) or "context" not in para or "qas" not in para:
                 raise SquadFormatError(f"{pwhere}: a paragraph needs 'context' and 'qas'")
+            if not isinstance(para["qas"], list):
+                raise SquadFormatError(f"{pwhere}.qas: must be a list of questions, not {type(para['qas']).__name__}")
             for qi, qa in enumerate(para["qas"]):
                 qwhere = f"{pwhere}.qas[{qi}]"
                 if not isinstance(qa, Mapping):
@@ -189,15 +198,28 @@ def _flatten_original(doc: Mapping[str, Any], path: Path) -> list[dict[str, Any]
     return rows
 
 
+def _loads(text: str, path: Path, line: int | None = None) -> Any:
+    """``json.loads`` whose failures name the file and line: malformed, nested too deeply, a huge int."""
+    at = f"{path}: line {line}" if line is not None else str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise  # the callers name the line and column (and try JSON lines on "Extra data")
+    except RecursionError:  # json recurses once per [ or {: 100,000 of them overflow the stack
+        raise SquadFormatError(f"{at}: malformed JSON (nested too deeply)") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise SquadFormatError(f"{at}: malformed JSON ({cut(str(e))})") from None
+
+
 def _parse_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _loads(line, path, lineno)
         except json.JSONDecodeError as e:
-            raise SquadFormatError(f"{path}: line {lineno} column {e.colno}: malformed JSON ({e.msg})") from e
+            raise SquadFormatError(f"{path}: line {lineno} column {e.colno}: malformed JSON ({e.msg})") from None
         rows.append(_check_row(row, f"{path}: line {lineno}"))
     return rows
 
@@ -211,21 +233,26 @@ def read_squad_file(path: str | Path) -> list[dict[str, Any]]:
     invalid UTF-8, malformed JSON and missing or mistyped fields.
     """
     path = Path(path)
-    raw = path.read_bytes()
+    if (kind := special_file(path)) is not None:  # read_bytes on a FIFO blocks until someone writes
+        raise SquadFormatError(f"{path} is {kind}, not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SquadFormatError(f"{path}: cannot be read ({e.strerror or cut(str(e))})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise SquadFormatError(f"{path}: line {line}: invalid UTF-8 at byte {e.start}") from e
+        raise SquadFormatError(f"{path}: line {line}: invalid UTF-8 at byte {e.start}") from None
     text = text.removeprefix("\ufeff")  # editors on Windows add a BOM that json rejects
     if path.suffix == ".jsonl":
         return _parse_jsonl(text, path)
     try:
-        doc = json.loads(text)
+        doc = _loads(text, path)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             return _parse_jsonl(text, path)
-        raise SquadFormatError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from e
+        raise SquadFormatError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
     if isinstance(doc, Mapping) and "data" in doc:
         return _flatten_original(doc, path)
     if isinstance(doc, list):
@@ -380,7 +407,7 @@ def window_context(context: str, answer_start: int, answer: str, max_chars: int)
     removing a character of the answer. Returns ``(new_context, new_answer_start, was_cut)``.
     """
     if answer_start < 0 or context[answer_start : answer_start + len(answer)] != answer:
-        raise ValueError(f"answer {answer!r} is not at {answer_start} in the context")
+        raise ValueError(f"answer {short(answer)} is not at {answer_start} in the context")
     if len(context) <= max_chars:
         return context, answer_start, False
     if len(answer) > max_chars:

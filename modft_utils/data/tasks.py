@@ -17,21 +17,23 @@ token (system, user, the template's role markers) has label -100. The last assis
 evaluation asks for and scores.
 
 Files are JSON lines, a JSON list, CSV or parquet; every error names the profile key, the file and the
-row (a JSON-lines row is its line number).
+row (a JSON-lines row is its line number). Only regular files are opened, and a file that is cut
+short, mislabelled, nested too deeply or holds values of the wrong type is refused with that name,
+never a library's traceback; values an error quotes are cut short (:func:`modft_utils.config.short`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modft_utils.config import cut, short, special_file
 from modft_utils.data.pii import scrub_pii_with_spans
-from modft_utils.data.readers import SourceError, decoded_lines
+from modft_utils.data.readers import SourceError, csv_rows, decoded_lines
 from modft_utils.data.squad import exact_match_score, f1_score
 from modft_utils.errors import ModftError
 
@@ -113,6 +115,19 @@ class FieldMap:
 # ---------------------------------------------------------------- reading files
 
 
+def _json(text: str, key: str, path: Path, line: int | None) -> Any:
+    """``json.loads`` whose every failure names the key, the file and the line."""
+    at = f"{key}: {path}" + (f", line {line}" if line is not None else "")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskFormatError(f"{key}: {path}, line {line or exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:  # json recurses once per [ or {: 100,000 of them overflow the stack
+        raise TaskFormatError(f"{at}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise TaskFormatError(f"{at}: not valid JSON ({cut(str(exc))})") from None
+
+
 def read_records(path: Path, key: str) -> Iterator[tuple[str, Any]]:
     """``(where, row)`` for every row of a JSON-lines, JSON-list, CSV or parquet file.
 
@@ -121,46 +136,47 @@ def read_records(path: Path, key: str) -> Iterator[tuple[str, Any]]:
 
     if path.is_dir():
         raise TaskFormatError(f"{key}: {path} is a folder; give the file (.jsonl, .json, .csv or .parquet)")
+    if (kind := special_file(path)) is not None:  # opening a FIFO blocks `modft validate` forever
+        raise TaskFormatError(f"{key}: {path} is {kind}, not a regular file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            try:
-                for n, row in enumerate(csv.DictReader(fh), start=1):
-                    yield f"row {n}", row
-            except UnicodeDecodeError as exc:
-                raise TaskFormatError(f"{key}: {path}: invalid UTF-8 ({exc.reason})") from None
+        try:
+            for n, row in csv_rows(path, key):
+                yield f"row {n}", row
+        except SourceError as exc:
+            raise TaskFormatError(str(exc)) from None
         return
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for n, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - ArrowInvalid on a cut or mislabelled file, OSError alike
+            first = cut((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            raise TaskFormatError(
+                f"{key}: {path}: not readable as parquet ({type(exc).__name__}: {first}); "
+                "the file is cut short or not parquet"
+            ) from None
+        for n, row in enumerate(table.to_pylist(), start=1):
             yield f"row {n}", row
         return
     if suffix not in (".jsonl", ".json"):
         raise TaskFormatError(
-            f"{key}: {path}: no reader for {suffix or 'files without an extension'!r}; "
+            f"{key}: {path}: no reader for {short(suffix) if suffix else 'files without an extension'}; "
             "instruction and chat sets are read from .jsonl, .json, .csv or .parquet"
         )
     try:
         lines = list(decoded_lines(path, key))
     except SourceError as exc:
         raise TaskFormatError(str(exc)) from None
-    text = "".join(line for _, line in lines).strip().removeprefix("\ufeff")
+    text = "".join(line for _, line in lines).strip()
     if suffix == ".json" and text.startswith("["):  # a JSON list of rows
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TaskFormatError(f"{key}: {path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        for n, row in enumerate(doc, start=1):
+        for n, row in enumerate(_json(text, key, path, None), start=1):
             yield f"row {n}", row
         return
     for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            yield f"line {lineno}", json.loads(line.removeprefix("\ufeff"))
-        except json.JSONDecodeError as exc:
-            raise TaskFormatError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
+        if line.strip():
+            yield f"line {lineno}", _json(line, key, path, lineno)
 
 
 # ---------------------------------------------------------------- rows -> conversations
@@ -169,11 +185,11 @@ def read_records(path: Path, key: str) -> Iterator[tuple[str, Any]]:
 def _text(row: dict, name: str, where: str, what: str, *, required: bool) -> str | None:
     if name not in row or row[name] is None:
         if required:
-            raise TaskFormatError(f"{where}: missing field {name!r} ({what}); the row has {sorted(row)}")
+            raise TaskFormatError(f"{where}: missing field {short(name)} ({what}); the row has {_fields(row)}")
         return None
     value = row[name]
     if not isinstance(value, str):
-        raise TaskFormatError(f"{where}: field {name!r} ({what}) must be text, got {type(value).__name__}")
+        raise TaskFormatError(f"{where}: field {short(name)} ({what}) must be text, got {type(value).__name__}")
     return value
 
 
@@ -186,10 +202,10 @@ def prompt_response_conversation(row: Any, fields: FieldMap, where: str) -> Conv
     extra = _text(row, fields.input, where, "data.sft.fields.input", required=False) if fields.input else None
     system = _text(row, fields.system, where, "data.sft.fields.system", required=False) if fields.system else None
     if not prompt.strip():
-        raise TaskFormatError(f"{where}: field {fields.prompt!r} (data.sft.fields.prompt) is empty")
+        raise TaskFormatError(f"{where}: field {short(fields.prompt)} (data.sft.fields.prompt) is empty")
     if not response.strip():
         raise TaskFormatError(
-            f"{where}: field {fields.response!r} (data.sft.fields.response) is empty: nothing to learn"
+            f"{where}: field {short(fields.response)} (data.sft.fields.response) is empty: nothing to learn"
         )
     user = prompt.strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
     turns = ((("system", system.strip()),) if system and system.strip() else ()) + (
@@ -202,12 +218,14 @@ def prompt_response_conversation(row: Any, fields: FieldMap, where: str) -> Conv
 def messages_conversation(row: Any, messages_field: str, where: str, id_field: str | None = "id") -> Conversation:
     """A chat row: an optional system turn, then user/assistant alternating, ending with the assistant."""
     if not isinstance(row, dict):
-        raise TaskFormatError(f"{where}: expected an object with a {messages_field!r} field, got {type(row).__name__}")
+        raise TaskFormatError(
+            f"{where}: expected an object with a {short(messages_field)} field, got {type(row).__name__}"
+        )
     turns_in = row.get(messages_field)
     if not isinstance(turns_in, list) or not turns_in:
         raise TaskFormatError(
-            f"{where}: field {messages_field!r} (data.sft.messages_field) must be a non-empty list "
-            f"of turns; the row has {sorted(row)}"
+            f"{where}: field {short(messages_field)} (data.sft.messages_field) must be a non-empty list "
+            f"of turns; the row has {_fields(row)}"
         )
     turns: list[tuple[str, str]] = []
     for i, turn in enumerate(turns_in):
@@ -216,8 +234,9 @@ def messages_conversation(row: Any, messages_field: str, where: str, id_field: s
             raise TaskFormatError(f"{at}: expected an object with role and content")
         role_raw = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
-        if role_raw not in ROLE_NAMES:
-            raise TaskFormatError(f"{at}: unknown role {role_raw!r} (expected one of {sorted(ROLE_NAMES)})")
+        # A role that is a list or an object is unhashable: `in ROLE_NAMES` raised TypeError.
+        if not isinstance(role_raw, Hashable) or role_raw not in ROLE_NAMES:
+            raise TaskFormatError(f"{at}: unknown role {short(role_raw)} (expected one of {sorted(ROLE_NAMES)})")
         if not isinstance(content, str):
             raise TaskFormatError(f"{at}: content must be text, got {type(content).__name__}")
         turns.append((ROLE_NAMES[role_raw], content.strip()))
@@ -242,6 +261,13 @@ def messages_conversation(row: Any, messages_field: str, where: str, id_field: s
             "with the assistant turn that is learned and scored"
         )
     return Conversation(_row_id(row, id_field, tuple(turns)), tuple(turns))
+
+
+def _fields(row: dict) -> str:
+    """The row's field names for a message, a few of them, each cut short (a row may have thousands)."""
+    names = sorted(str(k) for k in row)
+    shown = ", ".join(short(n, 40) for n in names[:12])
+    return f"[{shown}{f', ... {len(names) - 12} more' if len(names) > 12 else ''}]"
 
 
 def _row_id(row: dict, id_field: str | None, turns) -> str:
@@ -301,9 +327,8 @@ def hub_conversations(
 
 
 def _render(fmt, tokenizer, turns: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        turns, chat_template=fmt.chat_template, tokenize=False, add_generation_prompt=generation_prompt
-    )
+    # bounded in time, and a template's failure names sft.chat_template (PromptFormat.render)
+    return fmt.render(tokenizer, turns, generation_prompt=generation_prompt)
 
 
 def _with_system(fmt, conv: Conversation) -> list[dict[str, str]]:
@@ -325,7 +350,7 @@ def segments(conv: Conversation, tokenizer, fmt, *, labels: str = "all") -> list
     if fmt.style == "plain":
         if len(conv.messages) != 2 or conv.messages[0][0] != "user":
             raise TaskFormatError(
-                f"example {conv.id}: sft.prompt_style plain renders one instruction and its response; "
+                f"example {cut(conv.id)}: sft.prompt_style plain renders one instruction and its response; "
                 "conversations need sft.prompt_style: chat"
             )
         return [(PLAIN_PROMPT.format(prompt=conv.messages[0][1]), False), (" " + conv.reference + eos, True)]
@@ -341,13 +366,13 @@ def segments(conv: Conversation, tokenizer, fmt, *, labels: str = "all") -> list
         upto = _render(fmt, tokenizer, turns[: i + 1], generation_prompt=False)
         if not (full.startswith(upto) and upto.startswith(prefix)):
             raise TaskFormatError(
-                f"example {conv.id}: the chat template re-renders earlier turns differently as the conversation "
+                f"example {cut(conv.id)}: the chat template re-renders earlier turns differently as the conversation "
                 "grows, so assistant tokens cannot be told apart; give sft.chat_template without that rewriting"
             )
         end = upto.find(turn["content"] + eos, len(prefix))
         if end < 0:
             raise TaskFormatError(
-                f"example {conv.id}: the chat template does not end the assistant turn with EOS {eos!r}"
+                f"example {cut(conv.id)}: the chat template does not end the assistant turn with EOS {eos!r}"
             )
         end += len(turn["content"]) + len(eos)
         pieces += [(full[done : len(prefix)], False), (full[len(prefix) : end], True)]

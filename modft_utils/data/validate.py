@@ -1,20 +1,30 @@
-"""``modft validate``: every local data file of a profile read once, before any model loads."""
+"""``modft validate``: every local data file of a profile read once, before any model loads.
+
+What validation passes, the run must be able to use: besides every row of every file, it checks what
+only shows once files and the base are known (the profile loader has checked the keys): the chat
+template renders, the DAPT splits share no file, and ``data.block_size`` fits the base's context.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from modft_utils.config import Profile
+from modft_utils.config import Profile, cut, special_file
 from modft_utils.data import readers, squad
-from modft_utils.data.prompts import chat_template
+from modft_utils.data.prompts import check_chat_template
 from modft_utils.data.sft import check_collapse, check_sft_examples
 from modft_utils.data.sources import (
     corpus_sources,
     load_conversations,
     read_sft_file,
 )
-from modft_utils.errors import DataError
+from modft_utils.errors import DataError, ModftError
+from modft_utils.modeling.basecfg import read_model_config
+
+# Where configs keep the longest sequence a base accepts (GPT-2 style configs say n_positions).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def validate_inputs(profile: Profile) -> dict[str, int]:
@@ -25,9 +35,12 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     dapt, sft = profile.data.dapt, profile.data.sft
-    chat_template(profile)  # a template file that is not there fails here, not in notebook 01
+    check_chat_template(profile)  # a template that is missing, refused or never ends fails here, not in 01
+    check_context(profile)
     if not dapt.hub_name:
-        for split, source in corpus_sources(profile).items():
+        sources = corpus_sources(profile)
+        _check_splits_apart(sources)
+        for split, source in sources.items():
             try:
                 if source.format == "jsonl":  # line-level messages (the json builder's are vaguer)
                     for f in source.files:
@@ -58,9 +71,42 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     return counts
 
 
+def check_context(profile: Profile) -> None:
+    """Refuse a ``data.block_size`` longer than the base accepts (``max_position_embeddings``).
+
+    The base's config is read without weights (:func:`read_model_config`). A base whose config cannot
+    be read here is not this check's to name: ``modft validate`` and ``modft run`` check ``model.id``
+    first (``preflight``), with the advice that fits.
+    """
+    try:
+        config = read_model_config(profile)
+    except ModftError:
+        return
+    limit = next((v for k in CONTEXT_KEYS if isinstance(v := getattr(config, k, None), int)), None)
+    if limit is not None and profile.data.block_size > limit:
+        raise DataError(
+            f"data.block_size: {profile.data.block_size} is more than the {limit} positions the base "
+            f"{cut(profile.model.id)} accepts (its max_position_embeddings); lower data.block_size"
+        )
+
+
+def _check_splits_apart(sources: dict[str, readers.CorpusSource]) -> None:
+    """Refuse a DAPT validation split that shares a file with training: its perplexity would flatter."""
+    train = {os.path.realpath(f): f for f in sources["train"].files}
+    shared = [f for f in sources["validation"].files if os.path.realpath(f) in train]
+    if shared:
+        more = f" and {len(shared) - 1} more" if len(shared) > 1 else ""
+        raise DataError(
+            f"data.dapt.validation_file: {shared[0]}{more} is also read by data.dapt.train_file; held-out "
+            "text must come from other files (perplexity on training text says nothing)"
+        )
+
+
 def _check_text_rows(path: Path, key: str) -> int:
     if path.is_dir():
         raise DataError(f"{key}: {path} is a folder; give the JSON-lines file")
+    if (kind := special_file(path)) is not None:  # opening a FIFO would block validate forever
+        raise DataError(f"{key}: {path} is {kind}, not a regular file")
     n = 0
     try:
         for lineno, line in readers.decoded_lines(path, key):
@@ -70,6 +116,10 @@ def _check_text_rows(path: Path, key: str) -> int:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:  # json recurses once per [ or {
+                raise DataError(f"{key}: {path}, line {lineno}: not valid JSON (nested too deeply)") from None
+            except ValueError as exc:  # an integer of more than 4,300 digits
+                raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({cut(str(exc))})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
             n += 1

@@ -23,14 +23,15 @@ same model.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modft_utils.config import Profile, ProfileError
-from modft_utils.modeling.cache import build_once, sha256_file
+from modft_utils.config import Profile, ProfileError, cut, special_file
+from modft_utils.modeling.cache import build_once, discard, finished, sha256_file
 
 PACKAGE_PREFIX = "package:"
 CONFIG_KEY = "modft_gguf_source"  # recorded in the converted config; part of the base identity
@@ -79,6 +80,8 @@ def locate(profile: Profile) -> Path:
         raise GGUFError(f"{profile.source}: model.gguf_file is not set")
     if spec.id.startswith(PACKAGE_PREFIX):
         path = package_root(spec.id[len(PACKAGE_PREFIX) :]) / name
+        if (kind := special_file(path)) is not None:
+            raise GGUFError(f"model.gguf_file: {path} is {kind}, not a regular file")
         if not path.is_file():
             raise GGUFError(f"model.gguf_file: {name!r} is not a file of the installed package {spec.id!r} ({path})")
         return path
@@ -87,6 +90,8 @@ def locate(profile: Profile) -> Path:
         path = folder / name
         if path.is_dir():
             raise GGUFError(f"model.gguf_file: {path} is a folder; name the .gguf file in it")
+        if (kind := special_file(path)) is not None:  # hashing a FIFO would block forever
+            raise GGUFError(f"model.gguf_file: {path} is {kind}, not a regular file")
         if not path.is_file():
             raise GGUFError(f"model.gguf_file: {path} does not exist")
         return path
@@ -112,6 +117,8 @@ def inspect(path: Path, *, with_sha256: bool = True) -> GGUFSource:
     """
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
+    if (kind := special_file(path)) is not None:
+        raise GGUFError(f"{path} is {kind}, not a regular file")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -137,7 +144,10 @@ def inspect(path: Path, *, with_sha256: bool = True) -> GGUFSource:
     field = reader.fields.get("general.architecture")
     if field is None:
         raise GGUFError(f"{path}: the GGUF header has no general.architecture")
-    arch = bytes(field.parts[field.data[0]]).decode("utf-8")
+    try:
+        arch = bytes(field.parts[field.data[0]]).decode("utf-8")
+    except (IndexError, UnicodeDecodeError, TypeError):
+        raise GGUFError(f"{path}: the GGUF header's general.architecture is not a UTF-8 string") from None
     if arch not in GGUF_SUPPORTED_ARCHITECTURES:
         raise GGUFError(
             f"{path}: architecture {arch!r} cannot be dequantized by this transformers "
@@ -169,13 +179,21 @@ def already_converted(path: Path, cache_root: Path) -> Path | None:
     Parsing a GGUF header is slow in Python (about 3.5 s for SmolLM2's 49,152-entry vocabulary, and
     every notebook needs the base); a file whose bytes were checked and converted before is not
     parsed again. Hashing it (0.3 s for 100 MB) is what proves the bytes are the same.
+
+    A conversion damaged since (its marker cut short, ``config.json`` or the weights gone) is
+    discarded, so the caller converts again: reading it failed with a JSONDecodeError or
+    transformers' OSError, and no advice.
     """
     if not cache_root.is_dir():
         return None
     sha = file_sha256(path)
     for folder in sorted(cache_root.glob(f"gguf-*-{sha[:16]}")):
-        marker = folder / MARKER
-        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("sha256") == sha:
+        if not (folder / MARKER).exists():
+            continue  # not a conversion at all (build_once renames only finished ones into place)
+        info = finished(folder, MARKER)
+        if info is None:
+            discard(folder)
+        elif info.get("sha256") == sha:
             return folder
     return None
 
@@ -190,9 +208,31 @@ def read_config(path: Path, cache_root: Path | None = None):
 
     converted = already_converted(path, cache_root) if cache_root is not None else None
     if converted is not None:
-        return AutoConfig.from_pretrained(str(converted))
-    inspect(path, with_sha256=False)
-    return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        try:
+            return AutoConfig.from_pretrained(str(converted))
+        except Exception as exc:  # noqa: BLE001 - a config.json that parses but is no config
+            first = cut((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            raise GGUFError(
+                f"{converted}: the converted config cannot be read ({type(exc).__name__}: {first}); "
+                "delete the folder to convert again"
+            ) from None
+    stat = path.stat()
+    # `modft validate` reads the config twice (the base check, then block_size against its context):
+    # the header is parsed once per file version.
+    return copy.deepcopy(_parsed_config(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_config(path: str, size: int, mtime_ns: int):
+    from transformers import AutoConfig
+
+    file = Path(path)
+    inspect(file, with_sha256=False)
+    try:
+        return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    except Exception as exc:  # noqa: BLE001 - a header inspect passed that transformers still refuses
+        first = cut((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        raise GGUFError(f"{file}: transformers cannot read its config ({type(exc).__name__}: {first})") from None
 
 
 def converted_folder(profile: Profile, *, progress: bool = True) -> tuple[Path, dict[str, Any]]:
@@ -204,8 +244,8 @@ def converted_folder(profile: Profile, *, progress: bool = True) -> tuple[Path, 
 
     path, cache_root = locate(profile), profile.resolve(profile.cache_dir)
     done = already_converted(path, cache_root)
-    if done is not None:
-        return done, json.loads((done / MARKER).read_text(encoding="utf-8"))
+    if done is not None and (info := finished(done, MARKER)) is not None:
+        return done, info
     source = inspect(path)
     cache = cache_root / source.cache_name
     return cache, build_once(cache, MARKER, lambda staging: convert(source, staging, progress=progress))

@@ -19,7 +19,7 @@ from modft_utils import runner
 def test_dapt_notebook_runs_data_parallel_on_two_processes(root, tmp_path, isolated):
     profile = root / "params" / "tiny.yaml"
     run = tmp_path / "run"
-    small = {"dapt.train.max_steps": 4, "dapt.train.eval_steps": 4, "dapt.eval_blocks": 8}
+    small = {"dapt.train.max_steps": 4, "dapt.train.warmup_steps": 0, "dapt.train.eval_steps": 4, "dapt.eval_blocks": 8}
     runner.run_notebooks(profile, run_dir=run, notebooks=["01"], overrides={**isolated, **small}, progress=False)
     torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent)) or "torchrun"
     proc = subprocess.run(
