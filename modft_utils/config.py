@@ -612,7 +612,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _set_attr_dotted(model: BaseModel, dotted: str, value: Any) -> None:
+def set_dotted(model: BaseModel, dotted: str, value: Any) -> None:
+    """Set the profile key ``dotted`` (``dapt.train.max_steps``) on a validated profile, validating the value."""
     *sections, last = dotted.split(".")
     for part in sections:
         model = getattr(model, part)
@@ -749,7 +750,7 @@ def load_profile(
     # later notebook comparing it then see the same path, wherever they run from.
     for key, getter in _PATH_KEYS:
         if (value := getter(profile)) is not None and not Path(value).expanduser().is_absolute():
-            _set_attr_dotted(profile, key, str(profile.resolve(value)))
+            set_dotted(profile, key, str(profile.resolve(value)))
     if check_paths:
         missing = [
             f"  - {key}: {profile.resolve(value)} {problem}"

@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from modft_utils import modeling, store
-from modft_utils.config import Profile, ProfileError, load_profile
+from modft_utils.config import Profile, ProfileError, load_profile, set_dotted
 from modft_utils.distributed import is_main
 from modft_utils.errors import DataError
 from modft_utils.store import AdapterRef, AdapterVersion, BaseIdentity, Registry, base_identity
@@ -161,10 +161,11 @@ class RunFolder:
         stale = [self.dir / name for name in _RESULTS if _holds_results(self.dir / name)]
         if not stale:
             return
-        published = [
-            f"{json.loads(p.read_text(encoding='utf-8')).get('name')}@{json.loads(p.read_text(encoding='utf-8')).get('version')}"
+        records = [
+            json.loads(p.read_text(encoding="utf-8"))
             for p in sorted((self.dir / "adapters").glob(f"*/{PUBLISHED_FILE}"))
         ]
+        published = [f"{r.get('name')}@{r.get('version')}" for r in records]
         aside = self.dir / "superseded" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         aside.mkdir(parents=True, exist_ok=True)
         for path in stale:
@@ -323,11 +324,7 @@ def continue_run(run_dir: str | os.PathLike | RunFolder, requested: Profile) -> 
         return profile, []
     adjustments = _adjustments(place)
     for key in changed:
-        *sections, last = key.split(".")
-        section = profile
-        for part in sections:
-            section = getattr(section, part)
-        setattr(section, last, _dotted_value(asked, key))
+        set_dotted(profile, key, _dotted_value(asked, key))
         adjustments.append(
             {
                 "key": key,
