@@ -14,6 +14,7 @@ from modft_utils.serve.export import (
     full_precision_loader,
     parity_report,
 )
+from modft_utils.serve.process import ServerProcess, free_port
 from modft_utils.serve.server import Settings, create_app
 from modft_utils.serve.stacks import StackSpec, StackSpecError, identity, parse_stack, stack_specs
 
@@ -25,6 +26,7 @@ __all__ = [
     "Job",
     "Loaded",
     "ServeError",
+    "ServerProcess",
     "Settings",
     "StackSpec",
     "StackSpecError",
@@ -33,6 +35,7 @@ __all__ = [
     "dequantized_loader",
     "export_combined",
     "export_merged",
+    "free_port",
     "full_precision_loader",
     "identity",
     "parity_report",

@@ -159,7 +159,9 @@ class _Rows(StoppingCriteria):
             return
         self.done[i] = True
         job = self.jobs[i]
-        if reason != "cancelled":
+        if reason == "cancelled":
+            log.info("a %r request was cancelled after %d of %d tokens", job.stack, len(self.tokens[i]), job.max_tokens)
+        else:
             if text is not None and text != self.sent[i] and text.startswith(self.sent[i]):
                 job.deliver(("delta", text[len(self.sent[i]) :]))
                 self.sent[i] = text

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from modft_utils import config, runner
+from modft_utils import config, runner, runs
 from modft_utils.modeling import gguf
 
 MICRO = {
@@ -97,3 +97,27 @@ def test_the_store_names_the_gguf_source(real_pipeline, root, test_outputs):
     recorded = json.loads((folder / "config.json").read_text())[gguf.CONFIG_KEY]
     assert recorded["sha256"] == info["sha256"] == gguf.inspect(gguf.locate(profile)).sha256
     assert recorded["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+def test_the_server_answers_an_openai_client_on_the_real_run(real_pipeline, tmp_path):
+    """`modft serve --run` on the micro run: SmolLM2 in 4-bit, the run's store, one chat completion."""
+    import openai
+
+    from modft_utils.serve import ServerProcess
+    from modft_utils.store import Registry
+
+    store = Registry(runs.read_resolved(real_pipeline.run_dir).registry_uri())
+    production = {name: store.aliases(name)["production"] for name in ("domain", "task")}
+    server = ServerProcess(["--run", str(real_pipeline.run_dir), "--log", str(tmp_path / "requests.jsonl")],
+                           tmp_path / "server.log", threads=1)  # fmt: skip
+    with server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=120)
+        answer = client.chat.completions.create(
+            model="base+domain+task",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=8,
+        )
+    assert answer.choices[0].message.content.strip()
+    assert answer.system_fingerprint.endswith(f"+domain@{production['domain']}+task@{production['task']}")
+    assert 0 < answer.usage.completion_tokens <= 8

@@ -10,12 +10,11 @@ Tests that move aliases put them back, so the order of tests does not matter for
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
+import re
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -28,18 +27,13 @@ from modft_utils.adapters import AdapterStack
 from modft_utils.config import load_profile
 from modft_utils.data import prompt_format
 from modft_utils.data.tasks import Conversation, prompt_text
+from modft_utils.serve import ServerProcess
 from modft_utils.store import WEIGHTS_FILE, Registry, base_identity
 
 TOKEN = "s3cret-admin-token-for-tests"
 FULL = "base+domain+task"
 MAX_TOKENS = 6  # small answers keep the module fast; the server's own limit is 32
 START_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -82,45 +76,20 @@ def server(root, tmp_path_factory, test_outputs, random_adapter):
     token_file = tmp / "admin.token"
     token_file.write_text(TOKEN + "\n")
     log = tmp / "requests.jsonl"
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "modft_utils.serve", "--run", str(run), "--port", str(port),
-        "--poll", "0.2", "--max-tokens", "32", "--default-max-tokens", str(MAX_TOKENS), "--max-body-bytes", "65536",
-        "--log", str(log), "--admin-token-file", str(token_file), "--stack", "pinned=domain@1+task@2",
-        "--stack", "nothing=task@candidate",
+    args = [
+        "--run", str(run), "--poll", "0.2", "--max-tokens", "32", "--default-max-tokens", str(MAX_TOKENS),
+        "--max-body-bytes", "65536", "--log", str(log), "--admin-token-file", str(token_file),
+        "--stack", "pinned=domain@1+task@2", "--stack", "nothing=task@candidate",
     ]  # fmt: skip
-    # One thread each for the server and this process's reference model: on a shared 2-core machine two torch
-    # processes with a thread per core each were measured up to 100x slower (their OpenMP threads spin-wait).
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    out = open(tmp / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    served = Served(f"http://127.0.0.1:{port}", store, run, log, profile, base)
+    # One thread for the server, one for this process's reference model (see ServerProcess's `threads`).
+    proc = ServerProcess(args, tmp / "server.log", threads=1)
+    served = Served(proc.url, store, run, log, profile, base)
+    served.tmp = tmp
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"the server exited: {(tmp / 'server.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if served.http.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        proc.start(START_TIMEOUT_S)
         yield served
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        out.close()
+        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -412,3 +381,100 @@ def test_tampered_version_is_refused_and_the_last_good_stack_serves(server):
     while server.ready()["status"] != "ready" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.ready()["status"] == "ready"
+
+
+# ----------------------------------------------------------------- capacity, disconnects, crashes
+
+LONG = 600  # tokens a long stream asks for: seconds of decoding on the tiny base, so a freed slot shows
+
+
+@pytest.fixture(scope="module")
+def small(server):
+    """A second server on the same run and store with room for two requests, decoded one at a time."""
+    args = [
+        "--run", str(server.run), "--poll", "0.2", "--max-queue", "2", "--max-batch", "1",
+        "--max-tokens", str(LONG), "--log", str(server.tmp / "small.jsonl"), "--no-default-stacks",
+        "--stack", f"{FULL}=domain@production+task@production",
+    ]  # fmt: skip
+    proc = ServerProcess(args, server.tmp / "small.log", threads=1)
+    try:
+        yield proc.start(START_TIMEOUT_S)
+    finally:
+        proc.stop()
+
+
+def _open_stream(url: str) -> tuple[httpx.Client, httpx.Response, Iterator[str]]:
+    """A streaming chat request of LONG tokens, its first event read; the caller closes it.
+
+    The line iterator is returned to be kept: dropping it closes the connection (httpx closes the
+    stream of a response it has not read to the end)."""
+    http = httpx.Client(base_url=url, timeout=60)
+    body = {"model": FULL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": LONG, "stream": True}
+    response = http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    next(lines)
+    return http, response, lines
+
+
+def _queued(url: str) -> int:
+    return httpx.get(f"{url}/ready", timeout=10).json()["queued"]
+
+
+def test_a_full_queue_answers_429_and_a_gone_stream_frees_its_slot(small):
+    first = _open_stream(small.url)  # decoding (one request at a time on this server)
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(_open_stream, small.url)  # waits in the queue: it answers once it decodes
+        try:
+            deadline = time.monotonic() + 10
+            while _queued(small.url) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _queued(small.url) == 2
+            refused = httpx.post(
+                f"{small.url}/v1/chat/completions",
+                json={"model": FULL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+                timeout=30,
+            )
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            client = openai.OpenAI(base_url=f"{small.url}/v1", api_key="x", max_retries=0, timeout=30)
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model=FULL, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        finally:
+            closed = time.monotonic()
+            for opened in (first, None):  # the second starts decoding (and answers) once the first is gone
+                http, response, _ = opened or second.result(60)
+                response.close()
+                http.close()
+    while _queued(small.url) and time.monotonic() < closed + 20:
+        time.sleep(0.05)
+    assert _queued(small.url) == 0
+    records = [json.loads(line) for line in (small.output.parent / "small.jsonl").read_text().splitlines()]
+    assert [r["error"] for r in records if r["status"] == 499] == ["client disconnected"] * 2
+    # Both stopped decoding when their client went away, long before their LONG tokens.
+    stopped = [int(n) for n in re.findall(r"cancelled after (\d+) of 600 tokens", small.log_tail(100_000))]
+    assert len(stopped) == 2 and max(stopped) < LONG, stopped
+    answer = openai.OpenAI(base_url=f"{small.url}/v1", api_key="x", max_retries=0, timeout=30)
+    assert answer.chat.completions.create(model=FULL, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+
+
+def test_killed_mid_stream_it_restarts_on_the_aliases_of_that_moment(small, server):
+    store = server.registry
+    http, response, lines = _open_stream(small.url)
+    small.kill()  # SIGKILL while the stream is being decoded
+    with pytest.raises(httpx.HTTPError):
+        for _ in lines:
+            pass
+    http.close()
+    store.promote("task", 2, reason="moved while the server was down")
+    try:
+        small.start(START_TIMEOUT_S)
+        client = openai.OpenAI(base_url=f"{small.url}/v1", api_key="x", max_retries=0, timeout=30)
+        (model,) = client.models.list().data
+        assert model.versions == ["domain@1", "task@2"] and model.status == "ok"
+        answer = client.chat.completions.create(model=FULL, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        assert answer.system_fingerprint.endswith("+domain@1+task@2")
+    finally:
+        store.rollback("task", reason="restart test over")
+    # The kill left the store whole (the tamper test damages task@3's weights on purpose).
+    assert [str(p) for p in store.verify() if (p.adapter, p.version) != ("task", 3)] == []
