@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -883,6 +884,252 @@ def bench_scoring(b: Bench) -> list[dict]:
     ]
 
 
+# ----------------------------------------------------------------------------- serving
+
+
+def _served_run(b: Bench, profile_file: str, label: str):
+    """A run folder and a store of random adapters (no training) on ``profile_file``'s base.
+
+    domain@1, and task@1 and task@2 both trained on domain@1; production is domain@1 + task@1. Returns
+    (run folder, store, profile, base ref).
+    """
+    from modft_utils import adapters, config, modeling, runs
+    from modft_utils.store import Registry, base_identity
+
+    tmp = b.tmp / f"serve-{label}"
+    overrides = {**cache_override(), "registry": str(tmp / "registry"), "runs_dir": str(tmp / "runs")}
+    profile = config.load_profile(ROOT / "params" / profile_file, overrides)
+    run = runs.folder(tmp / "runs" / "served").create(profile)
+    base = modeling.ensure_base(profile, progress=False)
+    model = modeling.load_base(profile, base)
+    identity = base_identity(model, model_id=profile.model.id, revision=base.revision)
+    store = Registry(profile.registry_uri())
+    for seed, (name, parent) in enumerate((("domain", None), ("task", "domain@1"), ("task", "domain@1")), start=1):
+        spec = profile.dapt.lora if name == "domain" else profile.sft.lora
+        model = adapters.add_adapter(model, f"a{seed}", modeling.lora_config(spec), seed=seed, b_std=0.02)
+        folder = adapters.save_adapter(model, f"a{seed}", tmp / "adapters" / f"a{seed}")
+        store.publish(name, folder, base=identity, parent=parent, params={}, data_fingerprint="", metrics={})
+    store.promote("domain", 1, reason="benchmark")
+    store.promote("task", 1, reason="benchmark")
+    del model
+    gc.collect()
+    return run, store, profile, base
+
+
+class _Load:
+    """Client threads that send chat completions to a server.
+
+    Each answer is recorded as (start, end, completion tokens, system_fingerprint, text, question).
+    """
+
+    def __init__(self, url: str, questions: list[str], max_tokens: int) -> None:
+        self.url, self.questions, self.max_tokens = url, questions, max_tokens
+        self.records: list[tuple[float, float, int, str, str, str]] = []
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+
+    def _client(self):
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=300)
+
+    def ask(self, client, question: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            r = client.chat.completions.create(
+                model="base+domain+task", messages=[{"role": "user", "content": question}], max_tokens=self.max_tokens
+            )
+        except Exception as err:  # noqa: BLE001 - a failed request is counted, never hidden
+            with self._lock:
+                self.failures.append(f"{type(err).__name__}: {err}")
+            return
+        with self._lock:
+            self.records.append(
+                (t0, time.perf_counter(), r.usage.completion_tokens, r.system_fingerprint, r.choices[0].message.content,
+                 question)
+            )  # fmt: skip
+
+    def fixed(self, clients: int, requests: int) -> float:
+        """``requests`` questions shared out over ``clients`` threads; completion tokens/s over the wall time."""
+        self.records.clear()
+        share = [self.questions[i % len(self.questions)] for i in range(requests)]
+
+        def work(k: int) -> None:
+            client = self._client()
+            for q in share[k::clients]:
+                self.ask(client, q)
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return sum(r[2] for r in self.records) / (time.perf_counter() - t)
+
+    def until(self, clients: int, stop: threading.Event) -> threading.Thread:
+        """``clients`` threads asking without pause until ``stop`` is set (joined by the returned thread)."""
+
+        def work(k: int) -> None:
+            client = self._client()
+            i = k
+            while not stop.is_set():
+                self.ask(client, self.questions[i % len(self.questions)])
+                i += clients
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
+        for th in threads:
+            th.start()
+        joiner = threading.Thread(target=lambda: [th.join() for th in threads])
+        joiner.start()
+        return joiner
+
+
+def _generate_one(model, tok, prompt: str, max_tokens: int) -> tuple[str, int]:
+    """One request the plain way: ``model.generate`` on one prompt, greedy; (text, new tokens)."""
+    import torch
+
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        got = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, num_beams=1, pad_token_id=pad)
+    new = got[0, ids["input_ids"].shape[1] :]
+    return tok.decode(new, skip_special_tokens=True), int(new.numel())
+
+
+def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
+    from modft_utils import modeling
+    from modft_utils.adapters import AdapterStack
+    from modft_utils.data import prompt_format
+    from modft_utils.data.tasks import Conversation, prompt_text
+    from modft_utils.serve import ServerProcess
+    from modft_utils.store import base_identity
+
+    run, store, profile, base = _served_run(b, profile_file, label)
+    rows_file = b.run_dir / "data" / "sft_eval.jsonl"
+    questions = [json.loads(line)["question"] for line in rows_file.read_text(encoding="utf-8").splitlines()]
+    questions = questions[: b.steps(16, 32)]
+    max_tokens = 16
+    requests = b.steps(16, 32)
+    server = ServerProcess(["--run", str(run), "--poll", "0.5", "--log", str(b.tmp / f"serve-{label}.jsonl")],
+                           b.tmp / f"serve-{label}.log")  # fmt: skip
+    out: list[dict] = []
+    with server:
+        load = _Load(server.url, questions, max_tokens)
+        load.fixed(2, 4)  # warm-up
+        one = load.fixed(1, requests)
+        eight = load.fixed(8, requests)
+        served = {r[5]: r[4] for r in load.records}
+        out.append(
+            entry(
+                f"serving, {label}: completion tokens/s, 8 concurrent clients vs 1",
+                round(eight, 1),
+                "tokens/s",
+                round(one, 1),
+                ">= 3.0",
+                eight / one >= 3.0 and not load.failures,
+                note=f"{requests} chat completions of {max_tokens} tokens each way, one server process; "
+                f"{len(load.failures)} failed",
+            )
+        )
+        # The notebooks' way, in this process while the server idles: one model.generate per request.
+        model = modeling.load_base(profile, base)
+        tok = modeling.load_tokenizer(base)
+        stack = AdapterStack(model, store, base_identity(model, model_id=profile.model.id, revision=base.revision))
+        stack.use("domain@production", "task@production")
+        fmt = prompt_format(profile, tok)
+        prompts = [prompt_text(Conversation("q", (("user", q), ("assistant", ""))), tok, fmt) for q in questions]
+        _generate_one(stack.model, tok, prompts[0], max_tokens)  # warm-up
+        t = time.perf_counter()
+        answers = [_generate_one(stack.model, tok, p, max_tokens) for p in prompts]
+        loop = sum(n for _, n in answers) / (time.perf_counter() - t)
+        same = sum(served.get(q, "").strip() == a.strip() for q, (a, _) in zip(questions, answers))
+        out.append(
+            entry(
+                f"serving, {label}: served (8 clients) vs a plain model.generate loop per request, tokens/s",
+                round(eight, 1),
+                "tokens/s",
+                round(loop, 1),
+                ">= 1.0, same answers",
+                eight >= loop and same == len(questions),
+                note=f"{same} of {len(questions)} answers identical (greedy, {max_tokens} tokens)",
+            )
+        )
+        del stack, model
+        gc.collect()
+
+        # Following the store: steady load, then the same load while the task alias moves.
+        seconds = b.steps(4.0, 12.0)
+        stop = threading.Event()
+        load.records.clear()
+        joiner = load.until(8, stop)
+        time.sleep(1.0)  # the clients are in their stride
+        t = time.perf_counter()
+        time.sleep(seconds)
+        t_end = time.perf_counter()
+        stop.set()
+        joiner.join()
+        steady = sum(r[2] for r in load.records if r[0] >= t and r[1] <= t_end) / seconds
+        cycles = b.steps(2, 10)
+        spacing = seconds / (2 * cycles)
+        stop = threading.Event()
+        load.records.clear()
+        joiner = load.until(8, stop)
+        time.sleep(1.0)
+        moves: list[tuple[float, int]] = []
+        t = time.perf_counter()
+        for _ in range(cycles):
+            for move in ("promote", "rollback"):
+                moved = time.perf_counter()
+                if move == "promote":
+                    store.promote("task", 2, reason="benchmark: alias follow")
+                else:
+                    store.rollback("task", reason="benchmark: alias follow")
+                moves.append((moved, store.aliases("task")["production"]))
+                time.sleep(max(0.0, moved + spacing - time.perf_counter()))
+        t_end = time.perf_counter()
+        time.sleep(2.5)  # the last move is followed too
+        stop.set()
+        joiner.join()
+        during = sum(r[2] for r in load.records if r[0] >= t and r[1] <= t_end) / (t_end - t)
+        follow = []
+        for moved, version in moves:
+            named = [end for _, end, _, fp, _, _ in load.records if end >= moved and fp.endswith(f"+task@{version}")]
+            follow.append(min(named) - moved if named else float("inf"))
+        follow.sort()
+        p50, worst = follow[len(follow) // 2], follow[-1]
+        out += [
+            entry(
+                f"serving, {label}: alias follow, promote or rollback -> first response naming it (p50)",
+                round(p50, 3),
+                "s",
+                2.0,
+                "<= 2 s (p50 and max)",
+                p50 <= 2.0 and worst <= 2.0,
+                ratio=None,
+                note=f"max {worst:.3f} s over {len(moves)} moves under 8 clients' load; server polls every 0.5 s",
+            ),
+            entry(
+                f"serving, {label}: tokens/s during {cycles} rollbacks vs steady state",
+                round(during, 1),
+                "tokens/s",
+                round(steady, 1),
+                ">= 0.95",
+                during >= 0.95 * steady and not load.failures,
+                note=f"8 clients, {len(moves)} alias moves in {t_end - t:.1f} s; {len(load.failures)} failed requests",
+            ),
+        ]
+    return out
+
+
+def bench_serve(b: Bench) -> list[dict]:
+    """The server as a process on 127.0.0.1, driven by the openai client: tiny, and smollm2 in full mode."""
+    rows = _serve_rows(b, "tiny.yaml", "tiny")
+    if not b.quick:
+        rows += _serve_rows(b, "smollm2.yaml", "smollm2")
+    return rows
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
@@ -916,6 +1163,7 @@ BENCHES = [
     bench_planner,
     bench_data_prep,
     bench_scoring,
+    bench_serve,
     bench_end_to_end,
     bench_gpu,
 ]

@@ -233,17 +233,9 @@ def micro_profile(tmp_path_factory, micro_base_dir, root):
 def _random_adapter(model, name, spec, seed):
     """Add LoRA adapter ``name`` with random non-zero lora_B (PEFT starts it at zero), so it
     changes the logits like a trained adapter would, without spending training steps."""
-    import torch
-
     from modft_utils import adapters, modeling
 
-    model = adapters.add_adapter(model, name, modeling.lora_config(spec), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if f"lora_B.{name}." in key:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return adapters.add_adapter(model, name, modeling.lora_config(spec), seed=seed, b_std=0.1)
 
 
 @pytest.fixture(scope="session")

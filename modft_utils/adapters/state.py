@@ -98,11 +98,14 @@ def loaded_adapters(model) -> list[str]:
     return list(getattr(model, "peft_config", {}).keys())
 
 
-def add_adapter(model, name: str, lora_config, *, seed: int = 0):
+def add_adapter(model, name: str, lora_config, *, seed: int = 0, b_std: float = 0.0):
     """Attach a new, trainable adapter ``name``; turn a plain base into a PeftModel on first use.
 
     LoRA's A matrices start random: they are drawn from ``seed`` (without disturbing the global
-    generator) so the same profile trains the same adapter.
+    generator) so the same profile trains the same adapter. B starts at zero (the adapter changes
+    nothing until trained) unless ``b_std`` > 0: then B is drawn from N(0, b_std^2) with ``seed``
+    too, an adapter that changes the logits like a trained one without training steps (what the
+    server's tests and benchmarks serve).
     """
     from peft import PeftModel, get_peft_model
 
@@ -116,6 +119,12 @@ def add_adapter(model, name: str, lora_config, *, seed: int = 0):
             model.add_adapter(name, lora_config)
         else:
             model = get_peft_model(model, lora_config, adapter_name=name)
+    if b_std > 0:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if f"lora_B.{name}." in key:
+                    p.copy_(torch.randn(p.shape, generator=g) * b_std)
     return model
 
 

@@ -185,7 +185,7 @@ def serve_main(args: argparse.Namespace) -> int:
         "on" if settings.admin_token else "off",
     )
     # uvicorn listens on a thread of its own from the start (/health answers, /ready says "loading"),
-    # while the main thread loads the base: see Engine.load for why loading stays on the main thread.
+    # while the worker thread loads the base and then decodes: see Engine.start for why one thread does both.
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False))
     http = threading.Thread(target=server.run, name="modft-serve-http", daemon=True)
 
@@ -195,8 +195,7 @@ def serve_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     http.start()
     try:
-        if engine.load():
-            engine.start()
+        engine.start()
         while http.is_alive():
             http.join(0.5)
     except KeyboardInterrupt:

@@ -216,7 +216,8 @@ def _stops(body: _Sampling) -> tuple[str, ...]:
 
 
 class RequestLog:
-    """One JSON line per request: time, route, stack, versions, token counts, latency, status.
+    """One JSON line per request: time, route, stack, versions, rows decoded together (batch), token counts,
+    latency, status.
 
     Prompt text only when ``log_prompts``; headers (and so any token) never.
     """
@@ -450,7 +451,7 @@ def create_app(engine: Engine, settings: Settings, registry: Registry | None = N
             except RuntimeError:  # the loop is gone (shutting down)
                 pass
 
-        job = Job(body.model, ids, max_tokens, deliver, _stops(body))
+        job = Job(body.model, ids, max_tokens, deliver, _stops(body), stream=bool(body.stream))
         t0 = time.monotonic()
         try:
             engine.submit(job)
@@ -476,8 +477,8 @@ def create_app(engine: Engine, settings: Settings, registry: Registry | None = N
         if first[0] == "error":
             requests_log.write({**record, "status": 500, "error": first[1][:300]}, prompt)
             raise ApiError(500, first[1])
-        _, ident, versions = first
-        record.update(stack=ident, versions=versions)
+        _, ident, versions, rows = first
+        record.update(stack=ident, versions=versions, batch=rows)
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         headers = {STACK_HEADER: ident}
