@@ -52,7 +52,8 @@ serve: install
 ## the tiny profile, a run folder and store inside $(TEST_WORK)), then the pipeline tests read that
 ## run (MODFT_SHARED_RUN) instead of running the chain again. pytest-xdist runs one worker per core;
 ## tests/conftest.py hands each worker whole units (the chain is one), costliest first, and gives each
-## worker its share of the cores' threads.
+## worker its share of the cores' threads. --durations=25 names the costliest tests: the suite's budget is
+## 10 minutes on a fresh 2-core machine, install included.
 TEST_WORK := .test-work
 SHARED := $(CURDIR)/$(TEST_WORK)/outputs
 test: install browser-deps lint
@@ -60,7 +61,7 @@ test: install browser-deps lint
 	MODFT_TEST_OUTPUTS=$(SHARED) MODFT_SHARED_RUN=$(SHARED)/runs/interactive MODFT_SHARED_REGISTRY=$(SHARED)/registry \
 		$(OFFLINE) $(BIN)/python -m pytest $(TEST_WORK)/notebooks tests \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
-		-n logical
+		-n logical --durations=25
 
 ## Lint and format (notebooks included), as the pre-commit hooks run them: `make format` fixes what it can
 lint: install

@@ -954,15 +954,19 @@ class _Load:
         self.records.clear()
         share = [self.questions[i % len(self.questions)] for i in range(requests)]
 
-        def work(k: int) -> None:
-            client = self._client()
-            for q in share[k::clients]:
-                self.ask(client, q)
+        made = [self._client() for _ in range(clients)]  # made before the clock starts (tens of ms each)
+        ready = threading.Barrier(clients + 1)
 
-        t = time.perf_counter()
+        def work(k: int) -> None:
+            ready.wait()
+            for q in share[k::clients]:
+                self.ask(made[k], q)
+
         threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
         for th in threads:
             th.start()
+        ready.wait()
+        t = time.perf_counter()
         for th in threads:
             th.join()
         return sum(r[2] for r in self.records) / (time.perf_counter() - t)
@@ -1010,7 +1014,7 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
     questions = [json.loads(line)["question"] for line in rows_file.read_text(encoding="utf-8").splitlines()]
     questions = questions[: b.steps(16, 32)]
     max_tokens = 16
-    requests = b.steps(16, 32)
+    requests = b.steps(16, 64)
     server = ServerProcess(["--run", str(run), "--poll", "0.5", "--log", str(b.tmp / f"serve-{label}.jsonl")],
                            b.tmp / f"serve-{label}.log")  # fmt: skip
     out: list[dict] = []
@@ -1020,6 +1024,7 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
         one = load.fixed(1, requests)
         eight = load.fixed(8, requests)
         served = {r[5]: r[4] for r in load.records}
+        batch_s = sum(r[1] - r[0] for r in load.records) / len(load.records)  # one request = one batch here
         out.append(
             entry(
                 f"serving, {label}: completion tokens/s, 8 concurrent clients vs 1",
@@ -1058,46 +1063,61 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
         del stack, model
         gc.collect()
 
-        # Following the store: steady load, then the same load while the task alias moves.
-        seconds = b.steps(4.0, 12.0)
-        stop = threading.Event()
-        load.records.clear()
-        joiner = load.until(8, stop)
-        time.sleep(1.0)  # the clients are in their stride
-        t = time.perf_counter()
-        time.sleep(seconds)
-        t_end = time.perf_counter()
-        stop.set()
-        joiner.join()
-        steady = sum(r[2] for r in load.records if r[0] >= t and r[1] <= t_end) / seconds
+        # Following the store, under one continuous load of 8 clients: segments without alias moves
+        # alternate with segments in which the task alias moves (promote task@2, roll back to task@1), so
+        # the machine's drift falls on both alike. A response's tokens count for the segment it ends in.
         cycles = b.steps(2, 10)
-        spacing = seconds / (2 * cycles)
+        segments = b.steps(2, 5)  # of each kind
+        length = max(b.steps(1.5, 3.0), 3 * batch_s)  # a few batches per segment
+        spacing = length / (2 * cycles / segments)
         stop = threading.Event()
         load.records.clear()
         joiner = load.until(8, stop)
-        time.sleep(1.0)
+        time.sleep(max(1.0, 2 * batch_s))  # the clients are in their stride
+        windows: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         moves: list[tuple[float, int]] = []
-        t = time.perf_counter()
-        for _ in range(cycles):
-            for move in ("promote", "rollback"):
-                moved = time.perf_counter()
-                if move == "promote":
-                    store.promote("task", 2, reason="benchmark: alias follow")
-                else:
-                    store.rollback("task", reason="benchmark: alias follow")
-                moves.append((moved, store.aliases("task")["production"]))
-                time.sleep(max(0.0, moved + spacing - time.perf_counter()))
-        t_end = time.perf_counter()
-        time.sleep(2.5)  # the last move is followed too
+        for k in range(2 * segments):
+            moving = k % 2 == 1
+            t = time.perf_counter()
+            if moving:
+                for _ in range(cycles // segments):
+                    for move in ("promote", "rollback"):
+                        moved = time.perf_counter()
+                        if move == "promote":
+                            store.promote("task", 2, reason="benchmark: alias follow")
+                        else:
+                            store.rollback("task", reason="benchmark: alias follow")
+                        moves.append((moved, store.aliases("task")["production"]))
+                        time.sleep(max(0.0, moved + spacing - time.perf_counter()))
+            time.sleep(max(0.0, t + length - time.perf_counter()))
+            windows[moving].append((t, time.perf_counter()))
+        time.sleep(2 * batch_s + 1.0)  # the last move is followed too
         stop.set()
         joiner.join()
-        during = sum(r[2] for r in load.records if r[0] >= t and r[1] <= t_end) / (t_end - t)
-        follow = []
-        for moved, version in moves:
-            named = [end for _, end, _, fp, _, _ in load.records if end >= moved and fp.endswith(f"+task@{version}")]
-            follow.append(min(named) - moved if named else float("inf"))
+
+        def rate(moving: bool) -> float:
+            spans = windows[moving]
+            tokens = sum(r[2] for r in load.records if any(a <= r[1] < z for a, z in spans))
+            return tokens / sum(z - a for a, z in spans)
+
+        steady, during = rate(False), rate(True)
+        # A move is followed when a response names its version. A version the next move replaced before
+        # a batch could start on it is never named (moves come faster than batches on a slow base):
+        # counted apart, not as a latency.
+        follow, superseded = [], 0
+        ends = [m for m, _ in moves[1:]] + [float("inf")]
+        for (moved, version), until in zip(moves, ends):
+            named = [
+                end
+                for _, end, _, fp, _, _ in load.records
+                if moved <= end <= until + 3 * batch_s and fp.endswith(f"+task@{version}")
+            ]
+            if named:
+                follow.append(min(named) - moved)
+            else:
+                superseded += 1
         follow.sort()
-        p50, worst = follow[len(follow) // 2], follow[-1]
+        p50, worst = (follow[len(follow) // 2], follow[-1]) if follow else (float("inf"), float("inf"))
         out += [
             entry(
                 f"serving, {label}: alias follow, promote or rollback -> first response naming it (p50)",
@@ -1107,16 +1127,19 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
                 "<= 2 s (p50 and max)",
                 p50 <= 2.0 and worst <= 2.0,
                 ratio=None,
-                note=f"max {worst:.3f} s over {len(moves)} moves under 8 clients' load; server polls every 0.5 s",
+                note=f"max {worst:.3f} s over {len(follow)} moves under 8 clients' load ({superseded} more replaced "
+                f"before a batch ran on them); a batch of 8 took "
+                f"{batch_s:.2f} s (a move reaches the batch after the one in flight); server polls every 0.5 s",
             ),
             entry(
-                f"serving, {label}: tokens/s during {cycles} rollbacks vs steady state",
+                f"serving, {label}: tokens/s while the task alias moves ({cycles} promote + rollback) vs steady",
                 round(during, 1),
                 "tokens/s",
                 round(steady, 1),
                 ">= 0.95",
                 during >= 0.95 * steady and not load.failures,
-                note=f"8 clients, {len(moves)} alias moves in {t_end - t:.1f} s; {len(load.failures)} failed requests",
+                note=f"8 clients; {segments} segments of {length:.1f} s with {len(moves)} moves in all, "
+                f"interleaved with {segments} without; {len(load.failures)} failed requests",
             ),
         ]
     return out
@@ -1127,6 +1150,176 @@ def bench_serve(b: Bench) -> list[dict]:
     rows = _serve_rows(b, "tiny.yaml", "tiny")
     if not b.quick:
         rows += _serve_rows(b, "smollm2.yaml", "smollm2")
+    return rows
+
+
+# ----------------------------------------------------------------------------- roofline
+
+# The matmul shapes of SmolLM2-135M (hidden 576, MLP 1536, vocabulary 49,152) at 1,024 tokens, and a
+# square one: the machine's peak is the best of them, measured in this run.
+MATMUL_SHAPES = ((1024, 576, 576), (1024, 576, 1536), (1024, 1536, 576), (1024, 576, 49152), (2048, 2048, 2048))
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype, device: str = "cpu", repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of one (m x k) @ (k x n) matmul (2mkn FLOPs)."""
+    import torch
+
+    a = torch.randn(m, k, device=device).to(dtype)
+    w = torch.randn(k, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, w)
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, w)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * k * n / best / 1e9
+
+
+def machine_peak(device: str = "cpu", repeats: int = 5) -> dict[str, tuple[float, tuple[int, int, int]]]:
+    """{"float32"|"bfloat16": (best GFLOP/s, its shape)} over MATMUL_SHAPES, the two dtypes interleaved."""
+    import torch
+
+    best: dict[str, tuple[float, tuple[int, int, int]]] = {}
+    for shape in MATMUL_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            g = matmul_gflops(*shape, dtype, device, repeats)
+            name = str(dtype).removeprefix("torch.")
+            if g > best.get(name, (0.0, shape))[0]:
+                best[name] = (g, shape)
+    return best
+
+
+def matmul_params(model) -> int:
+    """Weights one token's forward multiplies by: every nn.Linear (4-bit ones, LoRA's, the LM head)."""
+    import torch
+
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def _roofline_entry(what: str, gflops: float, peak: dict, note: str) -> dict:
+    top = max(peak, key=lambda d: peak[d][0])
+    shares = ", ".join(f"{100 * gflops / g:.0f}% of the {d} peak ({g:.0f})" for d, (g, _) in peak.items())
+    return entry(
+        f"roofline, smollm2: {what}, useful GFLOP/s vs the machine's {top} matmul peak",
+        round(gflops, 1),
+        "GFLOP/s",
+        round(peak[top][0], 1),
+        "report",
+        True,
+        note=f"{shares}; {note}",
+    )
+
+
+def bench_roofline(b: Bench) -> list[dict]:
+    """Useful FLOP/s of a DAPT step, an SFT step and scoring on the default profile (smollm2), each as a
+    share of this machine's matmul peak measured in the same run.
+
+    Useful work: 4 FLOPs per matmul weight per token for a LoRA training step on a frozen base (the
+    forward, and the backward to the activations; recomputation not counted), 2 for a forward (scoring:
+    every prompt token and every generated one); padding not counted.
+    """
+    import torch
+    from transformers import default_data_collator
+
+    from modft_utils import adapters, config, data, evaluate, modeling
+
+    peak = machine_peak(repeats=b.steps(2, 5))
+    flags = cpu_flags()
+    bf16_hw = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    rows = [
+        entry(
+            f"machine matmul peak, {d}",
+            round(g, 1),
+            "GFLOP/s",
+            round(peak["float32"][0], 1),
+            "report",
+            True,
+            note=f"best of {len(MATMUL_SHAPES)} shapes (best {s[0]}x{s[1]}x{s[2]}), {torch.get_num_threads()} threads; "
+            f"CPU bf16 instructions: {', '.join(bf16_hw) or 'none'}",
+        )
+        for d, (g, s) in peak.items()
+    ]
+    if b.quick:  # the peak only: the steps below load and train SmolLM2 (about a minute)
+        return rows
+    prof = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
+    base = modeling.ensure_base(prof, progress=False)
+    tok = modeling.load_tokenizer(base)
+    run = b.tmp / "roofline"
+    (run / "data").mkdir(parents=True)
+    dapt = data.prepare_dapt(prof, tok, run, progress=False)
+    sft = data.prepare_sft(prof, tok, run, progress=False)
+    steps, warm = 3, 1
+    model = modeling.load_base(prof, base)
+    model = adapters.add_adapter(model, "domain", modeling.lora_config(prof.dapt.lora))
+    for stage, name, ds, collator in (
+        ("dapt", "domain", dapt.train_blocks, default_data_collator),
+        ("sft", "task", sft.train, data.sft_collator(tok)),
+    ):
+        section = getattr(prof, stage)
+        if stage == "sft":
+            model = adapters.add_adapter(model, "task", modeling.lora_config(prof.sft.lora))
+        params = matmul_params(model)
+        results = []
+        for n in (warm, steps):  # the first warms up; training leaves every adapter frozen
+            adapters.activate(model, ["domain", "task"] if stage == "sft" else ["domain"], trainable=name)
+            results.append(
+                adapters.train_adapter(
+                    model,
+                    name,
+                    ds,
+                    ds.select(range(1)),
+                    _spec(section, n),
+                    b.tmp / f"roof-{stage}-{n}",
+                    collator,
+                    compute_dtype=prof.model.compute_dtype,
+                    progress=False,
+                    resume=False,
+                )  # fmt: skip
+            )
+        seconds = _train_only_seconds(results[-1])
+        tokens = _useful_tokens(ds, section.train.batch_size, steps)
+        rows.append(
+            _roofline_entry(
+                f"{stage.upper()} step",
+                4 * params * tokens / seconds / 1e9,
+                peak,
+                f"{steps} steps x batch {section.train.batch_size}, {tokens / steps:.0f} useful tokens a step, "
+                f"{seconds / steps:.2f} s a step, {params / 1e6:.1f}M matmul weights, compute {prof.model.compute_dtype}",
+            )
+        )
+    examples = sft.eval_examples[:32]
+    prompts = [e["prompt"] for e in examples]
+    kw = {"max_new_tokens": prof.sft.max_new_tokens, "batch_size": prof.sft.eval_batch_size, "one_line": False}
+    evaluate.generate(model, tok, prompts[:2], **kw)
+    t = time.perf_counter()
+    answers = evaluate.generate(model, tok, prompts, **kw)
+    seconds = time.perf_counter() - t
+    tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts) + sum(
+        len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers
+    )
+    params = matmul_params(model)
+    rows.append(
+        _roofline_entry(
+            "scoring (evaluate.generate, base + domain + task)",
+            2 * params * tokens / seconds / 1e9,
+            peak,
+            f"{len(prompts)} questions, {tokens:,} prompt + generated tokens in {seconds:.1f} s",
+        )
+    )
     return rows
 
 
@@ -1149,8 +1342,21 @@ def bench_gpu(b: Bench) -> list[dict]:
                 note="no GPU was available (torch.cuda.is_available() is False): skipped",
             )
         ]
+    peak = machine_peak("cuda", repeats=b.steps(3, 10))
     return [
         entry("GPU", torch.cuda.get_device_name(0), "", None, "n/a", True, note="the measurements above ran with CUDA")
+    ] + [
+        entry(
+            f"GPU matmul peak, {d}",
+            round(g, 1),
+            "GFLOP/s",
+            round(peak["float32"][0], 1),
+            "report",
+            True,
+            note=f"best of {len(MATMUL_SHAPES)} shapes (best {s[0]}x{s[1]}x{s[2]}); the training and scoring roofline "
+            "rows on CUDA are not built yet",
+        )
+        for d, (g, s) in peak.items()
     ]
 
 
@@ -1164,6 +1370,7 @@ BENCHES = [
     bench_data_prep,
     bench_scoring,
     bench_serve,
+    bench_roofline,
     bench_end_to_end,
     bench_gpu,
 ]
