@@ -1065,7 +1065,9 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
 
         # Following the store, under one continuous load of 8 clients: segments without alias moves
         # alternate with segments in which the task alias moves (promote task@2, roll back to task@1), so
-        # the machine's drift falls on both alike. A response's tokens count for the segment it ends in.
+        # the machine's drift falls on both alike. A response's tokens are spread over its duration and
+        # counted by its overlap with each segment (batches of 8 end together: counting whole responses
+        # by where they end made a segment of a few batches jump by a batch).
         cycles = b.steps(2, 10)
         segments = b.steps(2, 5)  # of each kind
         length = max(b.steps(1.5, 3.0), 3 * batch_s)  # a few batches per segment
@@ -1097,7 +1099,11 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
 
         def rate(moving: bool) -> float:
             spans = windows[moving]
-            tokens = sum(r[2] for r in load.records if any(a <= r[1] < z for a, z in spans))
+            tokens = sum(
+                r[2] * max(0.0, min(r[1], z) - max(r[0], a)) / max(r[1] - r[0], 1e-9)
+                for r in load.records
+                for a, z in spans
+            )
             return tokens / sum(z - a for a, z in spans)
 
         steady, during = rate(False), rate(True)
