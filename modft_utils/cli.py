@@ -28,7 +28,7 @@ from modft_utils.data import validate_inputs
 from modft_utils.errors import ModftError
 from modft_utils.modeling import PlanError, preflight
 from modft_utils.runner import NotebookFailed, make_baseline, run_notebooks
-from modft_utils.serve.command import add_serve_command
+from modft_utils.serve.command import add_export_command, add_serve_command
 from modft_utils.store import (
     BASE_RECORD,
     CONFIG_FILE,
@@ -467,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_commands(sub)
     add_plan_command(sub)
     add_serve_command(sub)
+    add_export_command(sub)
     return parser
 
 

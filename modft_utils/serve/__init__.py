@@ -1,9 +1,9 @@
-"""Serving the stack: exports for engines, checked against the live stack, and the workbook's own
+"""Serving the stack: exports for engines (``modft export --target vllm|peft|merged``, linted first), checked against the live stack, and the workbook's own
 OpenAI-compatible server (``modft serve``: named stacks on one loaded base, following the store's aliases).
 
 What notebooks, the CLI and tests call; the modules beside this file hold the rest."""
 
-from modft_utils.serve.command import add_serve_command, serve_main
+from modft_utils.serve.command import add_export_command, add_serve_command, export_from_store, serve_main
 from modft_utils.serve.engine import Busy, Engine, Job, Loaded, ServeError
 from modft_utils.serve.export import (
     EXPORT_RECORD,
@@ -17,8 +17,17 @@ from modft_utils.serve.export import (
 from modft_utils.serve.process import ServerProcess, free_port
 from modft_utils.serve.server import Settings, create_app
 from modft_utils.serve.stacks import StackSpec, StackSpecError, identity, parse_stack, stack_specs
+from modft_utils.serve.targets import TARGETS, Finding, LintError, export_stack, lint, vllm_max_lora_rank
 
 __all__ = [
+    "TARGETS",
+    "Finding",
+    "LintError",
+    "add_export_command",
+    "export_from_store",
+    "export_stack",
+    "lint",
+    "vllm_max_lora_rank",
     "EXPORT_RECORD",
     "Busy",
     "Engine",

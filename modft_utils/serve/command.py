@@ -8,8 +8,10 @@ default profile's ``runs_dir`` that holds a ``profile.resolved.json``, with that
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -17,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modft_utils import modeling, runs
+from modft_utils.adapters import AdapterStack, active_adapters
 from modft_utils.config import Profile, ProfileError, load_profile
 from modft_utils.data import prompt_format
 from modft_utils.errors import ModftError
+from modft_utils.serve import targets
 from modft_utils.serve.engine import Engine, Loaded, ServeError
+from modft_utils.serve.export import EXPORT_RECORD, dequantized_loader
 from modft_utils.serve.server import Settings, create_app
-from modft_utils.serve.stacks import stack_specs
+from modft_utils.serve.stacks import StackSpec, default_stacks, parse_stack, stack_specs
 from modft_utils.store import Registry, base_identity
 
 # what `make run` runs (the Makefile's PROFILE), found from any working folder
@@ -42,8 +47,8 @@ class Target:
     registry: Registry
 
 
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``modft serve``."""
+def add_target_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--run, --profile and --registry: which run, profile and store (``modft serve`` and ``modft export``)."""
     p.add_argument(
         "--run", metavar="DIR", help="run folder to serve (default: the newest under the profile's runs_dir)"
     )
@@ -53,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="profile whose runs_dir holds the runs (default: params/smollm2.yaml); the run's own profile is served",
     )
     p.add_argument("--registry", metavar="URI", help="store the stacks follow (default: the run's profile's registry)")
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``modft serve``."""
+    add_target_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
@@ -113,12 +124,16 @@ def target(args: argparse.Namespace) -> Target:
     return Target(place, profile, Registry(args.registry or profile.registry_uri()))
 
 
+def run_base(run: runs.RunFolder, profile: Profile):
+    """The run's base, with the vocabulary extension notebook 01 recorded for it (as ``runs.open_run``)."""
+    return modeling.ensure_base(profile, modeling.load_decision(run.vocab_extension), progress=False)
+
+
 def loader(run: runs.RunFolder, profile: Profile):
     """What the worker calls to load the base: as ``runs.open_run`` does for notebooks 02-05."""
 
     def load() -> Loaded:
-        # with the vocabulary extension notebook 01 recorded for this run
-        base = modeling.ensure_base(profile, modeling.load_decision(run.vocab_extension), progress=False)
+        base = run_base(run, profile)
         model = modeling.load_base(profile, base)
         model.eval()
         tokenizer = modeling.load_tokenizer(base)
@@ -205,6 +220,87 @@ def serve_main(args: argparse.Namespace) -> int:
         engine.stop()
     if not server.started:  # the port was taken, or the address cannot be bound: uvicorn said why
         raise ServeError(f"could not listen on {args.host}:{args.port}")
+    return 0
+
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def add_export_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``export`` to the CLI's subparsers (``modft export --target vllm ...``)."""
+    p = subparsers.add_parser(
+        "export", help="write a stack of store versions for an engine (vllm, peft, merged), linted first"
+    )
+    add_target_arguments(p)
+    p.add_argument("--target", required=True, choices=targets.TARGETS, help="the engine the export is for")
+    p.add_argument(
+        "--stack",
+        default="base+domain+task",
+        metavar="STACK",
+        help="a stack name the server knows (base+domain+task, the default), NAME=REFS, or REFS "
+        "(domain@production+task@3)",
+    )
+    p.add_argument("--out", metavar="DIR", help="folder to write (default: <run>/exports/<target>-<stack>)")
+    p.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the base's weights written (float32)"
+    )
+    p.set_defaults(func=export_main)
+    return p
+
+
+def export_spec(text: str) -> StackSpec:
+    """``--stack`` of ``modft export``: a default stack's name, ``NAME=REFS`` or bare ``REFS``."""
+    named = {s.name: s for s in default_stacks()}
+    if text in named:
+        return named[text]
+    return parse_stack(text if "=" in text else f"stack={text}")
+
+
+def export_from_store(
+    target_name: str, what: Target, spec: StackSpec, out_dir: str | os.PathLike, *, dtype: str = "float32"
+) -> Path:
+    """Export stack ``spec`` of ``what``'s store for ``target_name``: what ``modft export`` does.
+
+    The versions are resolved and linted before the base loads; the live stack is then composed
+    through the one checked loader (hashes, base identity, parents) and exported from it.
+    """
+    import torch
+
+    versions = [what.registry.resolve(ref) for ref in spec.refs]
+    findings = targets.lint(target_name, {v.name: v.local_copy() for v in versions})
+    if findings:
+        raise targets.LintError(target_name, findings)
+    loaded = loader(what.run, what.profile)()
+    stack = AdapterStack(loaded.model, what.registry, loaded.base)
+    stack.use(*versions)
+    names = active_adapters(stack.model)  # the adapter names in the model, in stack order
+    return targets.export_stack(
+        target_name,
+        stack.model,
+        names,
+        out_dir,
+        adapter_dirs=stack.adapter_dirs() if names else {},
+        dense_loader=dequantized_loader(what.profile, run_base(what.run, what.profile)),
+        tokenizer=loaded.tokenizer,
+        versions=versions,
+        base_identity=loaded.base,
+        served_name=spec.name,
+        dtype=getattr(torch, DTYPES[dtype]),
+        max_len=loaded.window,
+    )
+
+
+def export_main(args: argparse.Namespace) -> int:
+    """``modft export``: write the export, then say what it holds and how to serve it."""
+    what = target(args)
+    spec = export_spec(args.stack)
+    out = Path(args.out) if args.out else what.run.dir / "exports" / f"{args.target}-{spec.name}"
+    path = export_from_store(args.target, what, spec, out, dtype=args.dtype)
+    record = json.loads((path / EXPORT_RECORD).read_text(encoding="utf-8"))
+    refs = ", ".join(v["ref"] for v in record["versions"]) or "the bare base"
+    print(f"exported {spec.name} ({refs}) for {args.target} to {path}")
+    if record.get("launch"):
+        print("serve it with:\n  " + " ".join(shlex.quote(a) for a in record["launch"]))
     return 0
 
 
