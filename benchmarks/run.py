@@ -49,6 +49,13 @@ def entry(name, value, unit, reference, goal, meets_goal, *, ratio=None, note=""
     }
 
 
+def outputs_root() -> Path:
+    """Where runs are looked for: the user's outputs/, or under `make test` the suite's own folder
+    (tests never read the user's outputs/)."""
+    env = os.environ.get("MODFT_TEST_OUTPUTS")
+    return Path(env) if env else ROOT / "outputs"
+
+
 def cache_override() -> dict:
     """Under `make test` the benchmark's bases go where the tests keep theirs, not into outputs/."""
     env = os.environ.get("MODFT_TEST_OUTPUTS")
@@ -752,7 +759,7 @@ def bench_end_to_end(b: Bench) -> list[dict]:
     """The five notebooks as `make run` runs them (tiny base already cached): a fresh run in full mode;
     quick mode reads the newest run folder instead, if there is one."""
     if b.quick:
-        runs = sorted((ROOT / "outputs" / "runs").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        runs = sorted((outputs_root() / "runs").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         found = next(
             (
                 (p, s)
@@ -771,11 +778,11 @@ def bench_end_to_end(b: Bench) -> list[dict]:
                     "<= 300 s",
                     False,
                     skipped=True,
-                    note="quick mode runs no notebooks and found no outputs/runs/*/metrics.json with run.seconds.*",
+                    note=f"quick mode runs no notebooks and found no {outputs_root()}/runs/*/metrics.json with run.seconds.*",
                 )
             ]
         source, secs = found
-        source = source.parent.relative_to(ROOT)
+        source = source.parent.relative_to(ROOT) if source.is_relative_to(ROOT) else source.parent
     else:
         from modft_utils import runner
 
@@ -808,7 +815,7 @@ def bench_end_to_end(b: Bench) -> list[dict]:
 
 def _newest_real_run() -> Path | None:
     """The newest `make run` folder of the real-weights profile that holds both adapters."""
-    runs = sorted((ROOT / "outputs" / "runs").glob("*-smollm2-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = sorted((outputs_root() / "runs").glob("*-smollm2-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     return next(
         (
             r
@@ -887,7 +894,7 @@ def bench_scoring(b: Bench) -> list[dict]:
 # ----------------------------------------------------------------------------- serving
 
 
-def _served_run(b: Bench, profile_file: str, label: str):
+def _served_run(root: Path, profile_file: str, label: str):
     """A run folder and a store of random adapters (no training) on ``profile_file``'s base.
 
     domain@1, and task@1 and task@2 both trained on domain@1; production is domain@1 + task@1. Returns
@@ -896,7 +903,7 @@ def _served_run(b: Bench, profile_file: str, label: str):
     from modft_utils import adapters, config, modeling, runs
     from modft_utils.store import Registry, base_identity
 
-    tmp = b.tmp / f"serve-{label}"
+    tmp = root / f"serve-{label}"
     overrides = {**cache_override(), "registry": str(tmp / "registry"), "runs_dir": str(tmp / "runs")}
     profile = config.load_profile(ROOT / "params" / profile_file, overrides)
     run = runs.folder(tmp / "runs" / "served").create(profile)
@@ -1009,7 +1016,7 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
     from modft_utils.serve import ServerProcess
     from modft_utils.store import base_identity
 
-    run, store, profile, base = _served_run(b, profile_file, label)
+    run, store, profile, base = _served_run(b.tmp, profile_file, label)
     rows_file = b.run_dir / "data" / "sft_eval.jsonl"
     questions = [json.loads(line)["question"] for line in rows_file.read_text(encoding="utf-8").splitlines()]
     questions = questions[: b.steps(16, 32)]
@@ -1366,6 +1373,16 @@ def bench_gpu(b: Bench) -> list[dict]:
     ]
 
 
+def bench_vllm(b: Bench) -> list[dict]:
+    """vLLM serving the exports, answers against the live stack (`make vllm-check`; see vllm_check.py)."""
+    from benchmarks import vllm_check
+
+    return vllm_check.rows(log=lambda msg: print(msg, file=sys.stderr))
+
+
+# run only when named in --only: it builds vLLM's own environment (minutes, 3.5 GB) the first time
+OPT_IN = {"bench_vllm"}
+
 BENCHES = [
     bench_overhead,
     bench_plain_recipe,
@@ -1379,6 +1396,7 @@ BENCHES = [
     bench_roofline,
     bench_end_to_end,
     bench_gpu,
+    bench_vllm,
 ]
 
 
@@ -1461,7 +1479,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="modft-bench-") as tmp:
         b = Bench(args.quick, Path(tmp))
         for fn in BENCHES:
-            if args.only and fn.__name__ not in args.only:
+            if (args.only and fn.__name__ not in args.only) or (fn.__name__ in OPT_IN and not args.only):
                 continue
             t = time.perf_counter()
             try:

@@ -60,6 +60,30 @@ def select(names: list[str] | None) -> list[str]:
     return [nb for nb in NOTEBOOKS if nb in chosen]
 
 
+# The real-weights profile at a micro size: the paths `make run` takes (GGUF conversion, 4-bit loading,
+# training, composition, exports, the drills), a few steps each. Its numbers are invariants, not quality.
+MICRO = {
+    "data.sft_eval_size": 10,
+    "dapt.eval_blocks": 4,
+    "dapt.train.max_steps": 2,
+    "dapt.train.batch_size": 2,
+    "dapt.train.eval_steps": 2,
+    "dapt.train.warmup_steps": 0,
+    "dapt.train.logging_steps": 1,
+    "sft.train.max_steps": 6,
+    "sft.train.batch_size": 4,
+    "sft.train.eval_steps": 6,
+    "sft.train.warmup_steps": 0,
+    "sft.train.learning_rate": 1.0e-3,
+    "sft.train.logging_steps": 1,
+    "sft.max_new_tokens": 8,
+    "compose.eval_examples": 4,
+    "compose.switch_repeats": 20,
+    "rollback.candidate_steps": 2,
+    "rollback.probe_examples": 2,
+}
+
+
 def run_notebooks(
     profile_path: str | os.PathLike,
     *,

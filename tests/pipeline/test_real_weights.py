@@ -14,26 +14,7 @@ import pytest
 from modft_utils import config, runner, runs
 from modft_utils.modeling import gguf
 
-MICRO = {
-    "data.sft_eval_size": 10,
-    "dapt.eval_blocks": 4,
-    "dapt.train.max_steps": 2,
-    "dapt.train.batch_size": 2,
-    "dapt.train.eval_steps": 2,
-    "dapt.train.warmup_steps": 0,
-    "dapt.train.logging_steps": 1,
-    "sft.train.max_steps": 6,
-    "sft.train.batch_size": 4,
-    "sft.train.eval_steps": 6,
-    "sft.train.warmup_steps": 0,
-    "sft.train.learning_rate": 1.0e-3,
-    "sft.train.logging_steps": 1,
-    "sft.max_new_tokens": 8,
-    "compose.eval_examples": 4,
-    "compose.switch_repeats": 20,
-    "rollback.candidate_steps": 2,
-    "rollback.probe_examples": 2,
-}
+MICRO = runner.MICRO  # a few steps each: shared with `make vllm-check`, which exports this run
 
 
 @pytest.fixture(scope="session")

