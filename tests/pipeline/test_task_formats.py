@@ -430,6 +430,7 @@ MICRO = {
     "sft.train.logging_steps": 2,
     "sft.max_new_tokens": 12,
     "compose.eval_examples": 8,
+    "compose.closed_book_examples": 8,
     "compose.switch_repeats": 10,
     "rollback.candidate_steps": 2,
     "rollback.probe_examples": 2,
