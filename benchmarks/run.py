@@ -842,7 +842,7 @@ def bench_scoring(b: Bench) -> list[dict]:
     run = b.tmp / "scoring"
     (run / "data").mkdir(parents=True)
     examples = data.prepare_sft(prof, tok, run, progress=False).eval_examples[
-        : 16 if b.quick else prof.data.sft_eval_size
+        : 6 if b.quick else prof.data.sft_eval_size
     ]
     model = modeling.load_base(prof, base)
     trained = None if b.quick else _newest_real_run()
@@ -1019,9 +1019,9 @@ def _serve_rows(b: Bench, profile_file: str, label: str) -> list[dict]:
     run, store, profile, base = _served_run(b.tmp, profile_file, label)
     rows_file = b.run_dir / "data" / "sft_eval.jsonl"
     questions = [json.loads(line)["question"] for line in rows_file.read_text(encoding="utf-8").splitlines()]
-    questions = questions[: b.steps(16, 32)]
+    questions = questions[: b.steps(8, 32)]
     max_tokens = 16
-    requests = b.steps(16, 64)
+    requests = b.steps(8, 64)
     server = ServerProcess(["--run", str(run), "--poll", "0.5", "--log", str(b.tmp / f"serve-{label}.jsonl")],
                            b.tmp / f"serve-{label}.log")  # fmt: skip
     out: list[dict] = []

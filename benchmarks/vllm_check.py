@@ -208,8 +208,38 @@ def _compare(label: str, vllm: list[list[int]], live: list[list[int]], tok) -> d
     return {"label": label, "same": same, "n": len(live), "first_differences": firsts[:5]}
 
 
-def check_stack(name: str, what, spec_text: str, *, prompts: list[str], log=print) -> list[dict]:
-    """Export ``what``'s stack for vLLM, serve it, and compare; returns the comparisons (stack, base)."""
+SPEED_REQUESTS = {1: 8, 8: 32}  # clients: chat completions of NEW_TOKENS tokens
+
+
+def throughput(url: str, questions: list[str]) -> dict[int, float]:
+    """Completion tokens/s of the stack at 1 and 8 concurrent `openai` clients (the serving benchmark's load)."""
+    from benchmarks.run import _Load
+
+    load = _Load(url, questions, NEW_TOKENS)
+    load.fixed(2, 4)  # warm-up
+    speeds = {clients: load.fixed(clients, n) for clients, n in SPEED_REQUESTS.items()}
+    if load.failures:
+        raise Unavailable(f"{len(load.failures)} failed requests, e.g. {load.failures[0]}")
+    return speeds
+
+
+def embedded_throughput(what, questions: list[str], work: Path) -> dict[int, float]:
+    """The same load on `modft serve` over the same run and store, for the side-by-side row."""
+    from modft_utils.serve import ServerProcess
+
+    args = ["--run", str(what.run.dir), "--registry", what.registry.uri, "--log", str(work / "embedded.jsonl")]
+    with ServerProcess(args, work / "embedded.log") as server:
+        return throughput(server.url, questions)
+
+
+def check_stack(
+    name: str, what, spec_text: str, *, prompts: list[str], questions: list[str] | None = None, log=print
+) -> tuple[list[dict], dict]:
+    """Export ``what``'s stack for vLLM, serve it, and compare.
+
+    Returns the comparisons (stack, base) and, with ``questions``, tokens/s of vLLM and of the embedded
+    server at 1 and 8 clients, measured one after the other (never both servers at once).
+    """
     from modft_utils.serve import command
 
     python = vllm_python(log)
@@ -229,8 +259,11 @@ def check_stack(name: str, what, spec_text: str, *, prompts: list[str], log=prin
     try:
         served = [server.complete(spec.name, p) for p in prompts]
         served_base = [server.complete("base", p) for p in prompts]
+        speed = {"vllm": throughput(server.url, questions)} if questions else {}
     finally:
         server.stop()
+    if questions:
+        speed["embedded"] = embedded_throughput(what, questions, work)
     live_stack, live_base, tok = live_answers(what, spec.refs, prompts)
     prompt_ids_equal = sum(
         ids == tok(p, add_special_tokens=False)["input_ids"] for (ids, _), p in zip(served, prompts) if ids
@@ -257,18 +290,20 @@ def check_stack(name: str, what, spec_text: str, *, prompts: list[str], log=prin
             with_new_tokens=with_new_tokens,
         )
         results.append(row)
-    return results
+    return results, speed
 
 
-def held_out_prompts(profile, tokenizer, n: int = PROMPTS) -> list[str]:
-    """The profile's first ``n`` held-out SFT prompts, rendered as training and scoring render them."""
+def held_out(profile, tokenizer, n: int = PROMPTS) -> tuple[list[str], list[str]]:
+    """The profile's first ``n`` held-out SFT examples: prompts rendered as training and scoring render
+    them, and their questions alone (what a chat client sends)."""
     import tempfile
 
     from modft_utils import data
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "data").mkdir()
-        return [e["prompt"] for e in data.prepare_sft(profile, tokenizer, Path(tmp), progress=False).eval_examples[:n]]
+        examples = data.prepare_sft(profile, tokenizer, Path(tmp), progress=False).eval_examples[:n]
+    return [e["prompt"] for e in examples], [e.get("question") or e["prompt"] for e in examples]
 
 
 def micro_run(log=print) -> Path:
@@ -339,9 +374,14 @@ def rows(log=print) -> list[dict]:
         try:
             what = make()
             tok = modeling.load_tokenizer(command.run_base(what.run, what.profile))
-            prompts = held_out_prompts(what.profile, tok)
-            results = check_stack(
-                label.replace(" ", "-").replace(",", ""), what, "base+domain+task", prompts=prompts, log=log
+            prompts, questions = held_out(what.profile, tok)
+            results, speed = check_stack(
+                label.replace(" ", "-").replace(",", ""),
+                what,
+                "base+domain+task",
+                prompts=prompts,
+                questions=questions,
+                log=log,
             )
         except Exception as err:  # noqa: BLE001 - an engine that refuses the export is a result: say what it said
             note = f"{type(err).__name__}: {err}"[:800]
@@ -361,6 +401,19 @@ def rows(log=print) -> list[dict]:
             out.append(
                 entry(_row_name(label, r["label"] == "base"), 100 * share, "%", 100, goal, share >= GOAL, note=note)
             )
+        if speed:
+            v, e = speed["vllm"], speed["embedded"]
+            for clients in SPEED_REQUESTS:
+                note = (
+                    f"{SPEED_REQUESTS[clients]} chat completions of {NEW_TOKENS} tokens, stack base+domain+task, one "
+                    f"server at a time on this machine; 8 vs 1 clients: vLLM {v[8] / v[1]:.2f}x, embedded "
+                    f"{e[8] / e[1]:.2f}x; vLLM runs --dtype float32 --enforce-eager on the dequantized base, the "
+                    "embedded server the 4-bit base"
+                )
+                name = f"vLLM vs the embedded server, {label}: completion tokens/s at {clients} client(s)"
+                out.append(
+                    entry(name, round(v[clients], 2), "tokens/s", round(e[clients], 2), "report", True, note=note)
+                )
     return out
 
 
