@@ -156,12 +156,6 @@ class VllmServer:
                 self.proc.wait(10)
 
 
-def _free_port() -> int:
-    from modft_utils.serve import free_port
-
-    return free_port()
-
-
 def live_answers(what, refs, prompts: list[str]) -> tuple[list[list[int]], list[list[int]], object]:
     """Greedy completion ids of the live stack and of the base alone, one prompt at a time (no padding)."""
     import torch
@@ -240,7 +234,8 @@ def check_stack(
     Returns the comparisons (stack, base) and, with ``questions``, tokens/s of vLLM and of the embedded
     server at 1 and 8 clients, measured one after the other (never both servers at once).
     """
-    from modft_utils.serve import command
+    from modft_utils import modeling
+    from modft_utils.serve import command, free_port
 
     python = vllm_python(log)
     work = WORK / "exports" / name
@@ -251,7 +246,7 @@ def check_stack(
     export = command.export_from_store("vllm", what, spec, work / "export", dtype="float32")
     export_s = time.perf_counter() - t
     record = json.loads((export / "modft_export.json").read_text())
-    server = VllmServer(python, export, _free_port(), work / "vllm.log")
+    server = VllmServer(python, export, free_port(), work / "vllm.log")
     log(f"{name}: exported in {export_s:.0f} s; starting vLLM: {' '.join(server.argv[3:])}")
     t = time.perf_counter()
     server.start()
@@ -268,8 +263,6 @@ def check_stack(
     prompt_ids_equal = sum(
         ids == tok(p, add_special_tokens=False)["input_ids"] for (ids, _), p in zip(served, prompts) if ids
     )
-    from modft_utils import modeling
-
     extension = modeling.load_decision(what.run.vocab_extension)
     new_ids = set(extension.token_ids) if extension else set()
     with_new_tokens = sum(bool(new_ids & set(tok(p, add_special_tokens=False)["input_ids"])) for p in prompts)

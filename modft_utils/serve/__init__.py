@@ -1,5 +1,6 @@
-"""Serving the stack: exports for engines (``modft export --target vllm|peft|merged``, linted first), checked against the live stack, and the workbook's own
-OpenAI-compatible server (``modft serve``: named stacks on one loaded base, following the store's aliases).
+"""Serving the stack: exports for engines (``modft export --target vllm|peft|merged``, linted first),
+checked against the live stack, and the workbook's own OpenAI-compatible server (``modft serve``:
+named stacks on one loaded base, following the store's aliases).
 
 What notebooks, the CLI and tests call; the modules beside this file hold the rest."""
 
@@ -20,35 +21,35 @@ from modft_utils.serve.stacks import StackSpec, StackSpecError, identity, parse_
 from modft_utils.serve.targets import TARGETS, Finding, LintError, export_stack, lint, vllm_max_lora_rank
 
 __all__ = [
-    "TARGETS",
-    "Finding",
-    "LintError",
-    "add_export_command",
-    "export_from_store",
-    "export_stack",
-    "lint",
-    "vllm_max_lora_rank",
     "EXPORT_RECORD",
+    "TARGETS",
     "Busy",
     "Engine",
     "ExportError",
+    "Finding",
     "Job",
+    "LintError",
     "Loaded",
     "ServeError",
     "ServerProcess",
     "Settings",
     "StackSpec",
     "StackSpecError",
+    "add_export_command",
     "add_serve_command",
     "create_app",
     "dequantized_loader",
     "export_combined",
+    "export_from_store",
     "export_merged",
+    "export_stack",
     "free_port",
     "full_precision_loader",
     "identity",
+    "lint",
     "parity_report",
     "parse_stack",
     "serve_main",
     "stack_specs",
+    "vllm_max_lora_rank",
 ]

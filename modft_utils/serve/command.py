@@ -223,7 +223,7 @@ def serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names `modft export --dtype` takes
 
 
 def add_export_command(subparsers) -> argparse.ArgumentParser:
@@ -241,9 +241,7 @@ def add_export_command(subparsers) -> argparse.ArgumentParser:
         "(domain@production+task@3)",
     )
     p.add_argument("--out", metavar="DIR", help="folder to write (default: <run>/exports/<target>-<stack>)")
-    p.add_argument(
-        "--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the base's weights written (float32)"
-    )
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the base's weights written (float32)")
     p.set_defaults(func=export_main)
     return p
 
@@ -285,7 +283,7 @@ def export_from_store(
         versions=versions,
         base_identity=loaded.base,
         served_name=spec.name,
-        dtype=getattr(torch, DTYPES[dtype]),
+        dtype=getattr(torch, dtype),
         max_len=loaded.window,
     )
 
