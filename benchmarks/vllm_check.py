@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -334,6 +335,223 @@ def _tiny_target():
     return Target(run, profile, store)
 
 
+# which checks run: comma-separated among follow, smollm2-micro-run, smollm2-make-run, tiny (default: all)
+CHECKS_ENV = "MODFT_VLLM_CHECKS"
+FOLLOW = WORK / "follow"
+FOLLOW_MOVES = 10  # promote task@2 / roll back to task@1, alternately
+FOLLOW_PROMPTS = 8
+FOLLOW_GOAL_S = 2.0
+
+
+class _Front:
+    """``modft serve --engine vllm`` over the micro run and a copy of its store, driving ``vllm``."""
+
+    def __init__(self, what, vllm: VllmServer, export: Path, work: Path, token: str):
+        from modft_utils.serve import ServerProcess
+
+        (work / "admin-token").write_text(token)
+        args = ["--run", str(what.run.dir), "--registry", what.registry.uri, "--log", str(work / "requests.jsonl")]
+        args += ["--engine", "vllm", "--engine-url", vllm.url, "--engine-export", str(export)]
+        args += ["--admin-token-file", str(work / "admin-token"), "--poll", "0.5"]
+        # one torch thread: the front only checks and exports adapters, vLLM decodes on the cores
+        self.server = ServerProcess(args, work / "front.log", threads=1)
+
+    def __enter__(self):
+        self.server.start(timeout_s=300)
+        return self.server
+
+    def __exit__(self, *exc):
+        self.server.stop()
+
+
+def follow_check(log=print) -> list[dict]:
+    """`modft serve --engine vllm` driving a real vLLM, tested with the `openai` client.
+
+    On the real-weights micro run (vocabulary extended) and a copy of its store: answers through the
+    front equal vLLM's own on the same adapter; every answer names its versions; promote task@2 / roll
+    back to task@1 reach vLLM (the follow latency is measured: move -> first answer naming it); an
+    emergency switch-off of the task answers as base + domain; the switches are in the store's audit log;
+    a domain version whose token rows the engine's base does not hold is refused, the stack degraded.
+    """
+    import openai
+
+    from benchmarks.run import entry
+    from modft_utils import modeling
+    from modft_utils.serve import command, free_port
+    from modft_utils.store import Registry
+
+    python = vllm_python(log)
+    run_dir = micro_run(log)
+    if FOLLOW.exists():
+        shutil.rmtree(FOLLOW)
+    FOLLOW.mkdir(parents=True)
+    shutil.copytree(MICRO_REGISTRY, FOLLOW / "registry")
+    store = Registry(str(FOLLOW / "registry"))
+    shutil.rmtree(run_dir / "exports" / "vllm-engine", ignore_errors=True)  # exported afresh: measured
+    what = _target(run_dir, store.uri)
+    export = command.export_from_store("vllm", what, command.export_spec("base+domain+task"), FOLLOW / "export")
+    vllm = VllmServer(python, export, free_port(), FOLLOW / "vllm.log").start()
+    token = "follow-check-token"
+    out: list[dict] = []
+    try:
+        with _Front(what, vllm, export, FOLLOW, token) as front:
+            tok = modeling.load_tokenizer(command.run_base(what.run, what.profile))
+            prompts, _ = held_out(what.profile, tok, FOLLOW_PROMPTS)
+            client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="x", max_retries=0, timeout=300)
+            direct = openai.OpenAI(base_url=f"{vllm.url}/v1", api_key="x", max_retries=0, timeout=300)
+
+            def ask(c, model: str, prompt: str):
+                return c.completions.create(model=model, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0)
+
+            def same_as_direct(stack: str, adapter: str) -> tuple[int, list[str]]:
+                got = [ask(client, stack, p) for p in prompts]
+                want = [ask(direct, adapter, p).choices[0].text for p in prompts]
+                return sum(g.choices[0].text == w for g, w in zip(got, want)), sorted(
+                    {g.system_fingerprint for g in got}
+                )
+
+            same, prints = same_as_direct("base+domain+task", "domain@1+task@1")
+            base_same, _ = same_as_direct("base", "base")
+            named = all(p.endswith("+domain@1+task@1") for p in prints)
+            out.append(
+                entry(
+                    "modft serve --engine vllm: answers equal vLLM's own on the same adapter (micro run)",
+                    100 * same / len(prompts),
+                    "%",
+                    100,
+                    "100%, every answer names its versions",
+                    same == len(prompts) and base_same == len(prompts) and named,
+                    note=f"base+domain+task {same}/{len(prompts)}, base {base_same}/{len(prompts)} identical over "
+                    f"{NEW_TOKENS} greedy tokens; fingerprints {prints}",
+                )
+            )
+
+            # One client asks in a loop (the load) while the aliases move; for each move: how long until the
+            # front serves the new versions (its /ready names them) and until an answer names them (that
+            # includes the answer in flight at the move and one whole answer on the new adapter).
+            answers: list[tuple[float, float, str]] = []  # (start, end, fingerprint)
+            stop = threading.Event()
+
+            def loop() -> None:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    fp = ask(client, "base+domain+task", prompts[0]).system_fingerprint
+                    answers.append((t, time.perf_counter(), fp))
+
+            def served_stack() -> str:
+                return httpx.get(f"{front.url}/ready", timeout=10).json()["stacks"]["base+domain+task"]["stack"]
+
+            def wait(what, suffix: str, since: float, limit_s: float = 60.0) -> float:
+                while time.perf_counter() - since < limit_s:
+                    if what(suffix, since):
+                        return time.perf_counter() - since
+                    time.sleep(0.01)
+                raise Unavailable(f"nothing named {suffix} within {limit_s:g} s: {front.log_tail(600)}")
+
+            client_thread = threading.Thread(target=loop, daemon=True)
+            client_thread.start()
+            time.sleep(3)
+            switches: list[float] = []
+            follows: list[float] = []
+            for k in range(FOLLOW_MOVES):
+                moved = time.perf_counter()
+                if k % 2 == 0:
+                    store.promote("task", 2, reason="vllm-check: follow")
+                else:
+                    store.rollback("task", reason="vllm-check: follow")
+                suffix = "+task@2" if k % 2 == 0 else "+task@1"
+                switches.append(wait(lambda sfx, _: served_stack().endswith(sfx), suffix, moved))
+                named = lambda sfx, since: any(e >= since and fp.endswith(sfx) for _, e, fp in list(answers))  # noqa: E731
+                wait(named, suffix, moved)
+                follows.append(min(e for _, e, fp in answers if e >= moved and fp.endswith(suffix)) - moved)
+                time.sleep(1.0)
+            stop.set()
+            client_thread.join(300)
+            spans = [e - t for t, e, _ in answers]
+            promoted_same, _ = same_as_direct("base+domain+task", "domain@1+task@1")  # after the last rollback
+            audit = [e for e in store.audit("task") if e.get("event") == "engine-switch"]
+            caches = sorted({e.get("prefix_cache", "")[:40] for e in audit})
+            lat, sw = sorted(follows), sorted(switches)
+            out.append(
+                entry(
+                    "modft serve --engine vllm: alias follow, promote or rollback -> first answer naming it (p50)",
+                    round(lat[len(lat) // 2], 3),
+                    "s",
+                    FOLLOW_GOAL_S,
+                    f"<= {FOLLOW_GOAL_S:g} s (p50 and max)",
+                    lat[-1] <= FOLLOW_GOAL_S,
+                    ratio=None,
+                    note=f"max {lat[-1]:.2f} s over {len(follows)} moves (promote task@2, roll back to task@1), one "
+                    f"client asking in a loop; its answers of up to {NEW_TOKENS} tokens took "
+                    f"{min(spans):.2f}-{max(spans):.2f} s (median {sorted(spans)[len(spans) // 2]:.2f}); the front "
+                    f"served each move {sw[len(sw) // 2]:.3f} s after it (p50, max {sw[-1]:.3f}: /ready names it); "
+                    f"{len(audit)} engine-switch notes in task's audit log (prefix cache: {caches}); answers after the "
+                    f"last rollback equal vLLM's on domain@1+task@1: {promoted_same}/{len(prompts)}",
+                )
+            )
+
+            admin = {"Authorization": f"Bearer {token}"}
+            r = httpx.post(
+                f"{front.url}/admin/stacks/base+domain+task/disable",
+                json={"adapter": "task", "reason": "vllm-check: emergency off"},
+                headers=admin,
+                timeout=30,
+            )
+            off = [ask(client, "base+domain+task", p) for p in prompts]
+            domain_only = [ask(direct, "domain@1", p).choices[0].text for p in prompts]
+            off_same = sum(o.choices[0].text == d for o, d in zip(off, domain_only))
+            off_named = all(o.system_fingerprint.endswith("+domain@1") for o in off)
+            httpx.post(
+                f"{front.url}/admin/stacks/base+domain+task/enable",
+                json={"adapter": "task", "reason": "vllm-check: back on"},
+                headers=admin,
+                timeout=30,
+            )
+            back = ask(client, "base+domain+task", prompts[0]).system_fingerprint
+            out.append(
+                entry(
+                    "modft serve --engine vllm: emergency off of the task answers as base + domain (vLLM)",
+                    100 * off_same / len(prompts),
+                    "%",
+                    100,
+                    "100%, named base+domain, back on after enable",
+                    r.status_code == 200 and off_same == len(prompts) and off_named and back.endswith("+task@1"),
+                    note=f"disable answered {r.status_code}; {off_same}/{len(prompts)} answers equal vLLM's on the "
+                    f"domain@1 adapter, all named ...+domain@1: {off_named}; after enable: {back}",
+                )
+            )
+
+            # domain@2 trained other rows for the new tokens: the engine's base holds domain@1's
+            store.promote("domain", 2, reason="vllm-check: a domain vLLM's base cannot hold")
+            store.promote("task", 3, reason="vllm-check: the task trained on domain@2")
+            deadline = time.monotonic() + 30
+            status = {}
+            while time.monotonic() < deadline:
+                status = httpx.get(f"{front.url}/ready", timeout=10).json().get("stacks", {}).get("base+domain", {})
+                if status.get("status") == "degraded":
+                    break
+                time.sleep(0.5)
+            still = ask(client, "base+domain", prompts[0]).system_fingerprint
+            refused = status.get("status") == "degraded" and "does not hold" in (status.get("problem") or "")
+            out.append(
+                entry(
+                    "modft serve --engine vllm: a domain version whose token rows vLLM's base lacks is refused",
+                    1.0 if refused else 0.0,
+                    "refused",
+                    1.0,
+                    "degraded with the reason, still serving the last good versions",
+                    refused and still.endswith("+domain@1"),
+                    note=f"base+domain: {status.get('status')}: {(status.get('problem') or '')[:240]}; still "
+                    f"answers as {still}",
+                )
+            )
+            models = sorted(m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"])
+            log(f"follow check: vLLM holds {models}")
+    finally:
+        vllm.stop()
+    return out
+
+
 def _row_name(label: str, base_alone: bool) -> str:
     what = "live base, base alone" if base_alone else "live stack"
     return f"vLLM vs {what}, {label}: same {NEW_TOKENS} greedy tokens"
@@ -358,8 +576,17 @@ def rows(log=print) -> list[dict]:
         "smollm2 make run": (lambda: _target(real)) if real else None,
         "tiny, MiniMax-M2 architecture": _tiny_target,
     }
+    only = {c.strip() for c in os.environ.get(CHECKS_ENV, "").split(",") if c.strip()}
     out = []
+    if not only or "follow" in only:
+        try:
+            out += follow_check(log)
+        except Exception as err:  # noqa: BLE001 - reported as the row, with what failed
+            note = f"{type(err).__name__}: {err}"[:800]
+            out.append(entry("modft serve --engine vllm: follow check", None, "", None, "runs", False, note=note))
     for label, make in checks.items():
+        if only and label.split(",")[0].replace(" ", "-") not in only:
+            continue
         if make is None:
             note = "no `make run` of params/smollm2.yaml in outputs/runs yet: run `make run`, then `make vllm-check`"
             out.append(entry(_row_name(label, False), None, "%", 100, goal, False, skipped=True, note=note))
@@ -415,11 +642,12 @@ def main() -> int:
     from benchmarks import run
 
     run.main(["--only", "bench_vllm", "--merge"])
-    mine = [r for r in json.loads((run.OUT_DIR / "results.json").read_text()) if r["name"].startswith("vLLM vs")]
+    prefixes = ("vLLM vs", "modft serve --engine vllm")
+    mine = [r for r in json.loads((run.OUT_DIR / "results.json").read_text()) if r["name"].startswith(prefixes)]
     for r in mine:
         print(f"{'skipped' if r['skipped'] else 'met' if r['meets_goal'] else 'MISSED'}: {r['name']}: {r['note']}")
     missed = [r for r in mine if not r["skipped"] and not r["meets_goal"]]
-    micro = [r for r in mine if "micro run" in r["name"] and not r["skipped"]]
+    micro = [r for r in mine if ("micro run" in r["name"] or "--engine vllm" in r["name"]) and not r["skipped"]]
     return 1 if missed or not micro else 0  # the micro run is always there to check
 
 

@@ -90,6 +90,26 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--actor", default=None, help="who the audit log names for admin actions (default: this user)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--engine",
+        default="embedded",
+        choices=("embedded", "vllm"),
+        help="who decodes: this process (embedded, the default) or a running vLLM (--engine-url)",
+    )
+    p.add_argument("--engine-url", metavar="URL", help="the vLLM server to drive, e.g. http://127.0.0.1:8001")
+    p.add_argument(
+        "--engine-wait",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for vLLM to answer at start (600)",
+    )
+    p.add_argument(
+        "--engine-export",
+        metavar="DIR",
+        help="the `modft export --target vllm` folder whose base that vLLM serves "
+        "(default: <run>/exports/vllm-base+domain+task, where `modft export --target vllm` writes)",
+    )
     return p
 
 
@@ -164,6 +184,40 @@ def admin_token(args: argparse.Namespace) -> str | None:
     return os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
 
 
+def make_engine(args: argparse.Namespace, what: Target, specs: list[StackSpec], actor: str) -> Engine:
+    """The embedded engine, or with ``--engine vllm`` the one that drives a running vLLM (``serve.remote``)."""
+    if args.engine == "embedded":
+        for option in ("engine_url", "engine_export"):
+            if getattr(args, option):
+                raise ProfileError(f"--{option.replace('_', '-')} needs --engine vllm")
+        return Engine(
+            loader(what.run, what.profile),
+            what.registry,
+            specs,
+            max_batch=args.max_batch,
+            batch_wait_s=args.batch_wait_ms / 1000,
+            max_queue=args.max_queue,
+            poll_s=args.poll,
+        )
+    from modft_utils.serve.remote import VllmEngine
+
+    if not args.engine_url:
+        raise ProfileError("--engine vllm needs --engine-url, the vLLM server to drive (e.g. http://127.0.0.1:8001)")
+    exports = what.run.dir / "exports"
+    return VllmEngine(
+        loader(what.run, what.profile),
+        what.registry,
+        specs,
+        engine_url=args.engine_url,
+        engine_export=args.engine_export or exports / "vllm-base+domain+task",
+        work_dir=exports / "vllm-engine",
+        actor=actor,
+        max_queue=args.max_queue,
+        poll_s=args.poll,
+        connect_wait_s=args.engine_wait,
+    )
+
+
 def serve_main(args: argparse.Namespace) -> int:
     """Run the server until interrupted; our errors are raised for the caller to print (as cli.main does)."""
     import uvicorn  # the server's own dependency: the rest of the CLI runs without it
@@ -171,15 +225,8 @@ def serve_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     what = target(args)
     specs = stack_specs(args.stack, defaults=not args.no_default_stacks)
-    engine = Engine(
-        loader(what.run, what.profile),
-        what.registry,
-        specs,
-        max_batch=args.max_batch,
-        batch_wait_s=args.batch_wait_ms / 1000,
-        max_queue=args.max_queue,
-        poll_s=args.poll,
-    )
+    actor = args.actor or f"modft-serve@{os.uname().nodename}"
+    engine = make_engine(args, what, specs, actor)
     settings = Settings(
         max_tokens=args.max_tokens,
         default_max_tokens=args.default_max_tokens,
@@ -187,7 +234,7 @@ def serve_main(args: argparse.Namespace) -> int:
         request_log=Path(args.log) if args.log else what.run.dir / REQUEST_LOG,
         log_prompts=args.log_prompts,
         admin_token=admin_token(args),
-        actor=args.actor or f"modft-serve@{os.uname().nodename}",
+        actor=actor,
     )
     app = create_app(engine, settings, what.registry)
     log.info(
@@ -298,7 +345,12 @@ def export_main(args: argparse.Namespace) -> int:
     refs = ", ".join(v["ref"] for v in record["versions"]) or "the bare base"
     print(f"exported {spec.name} ({refs}) for {args.target} to {path}")
     if record.get("launch"):
-        print("serve it with:\n  " + " ".join(shlex.quote(a) for a in record["launch"]))
+        env = [f"{k}={shlex.quote(v)}" for k, v in record.get("launch_env", {}).items()]
+        print("serve it with:\n  " + " ".join([*env, *(shlex.quote(a) for a in record["launch"])]))
+        if env:
+            print(
+                f"then follow the store through it: modft serve --engine vllm --engine-url URL --engine-export {path}"
+            )
     return 0
 
 

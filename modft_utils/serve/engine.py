@@ -434,6 +434,7 @@ class Engine:
             )
             assert self.stack is not None
             self.stack.use(*versions)  # loads what is new (checked) and checks parents; flags only otherwise
+            self._adopt(state, versions)
         except ModftError as err:
             reason = f"{label} refused: {err}"
             self._refused[key] = reason
@@ -441,11 +442,20 @@ class Engine:
             return self._set_problem(state, reason)
         except OSError as err:  # a store that cannot be read now: try again at the next sync
             return self._set_problem(state, f"cannot load {label}: {err}")
-        before = self._served_label(state)
+        before, previous = self._served_label(state), state.versions
         with self._lock:
             state.versions = versions
             state.problem = None
         log.info("stack %r serves %s (was %s)", state.spec.name, self._served_label(state), before)
+        self._switched(state, previous)
+
+    def _adopt(self, state: StackState, versions: tuple[AdapterVersion, ...]) -> None:
+        """Make ``versions`` servable for ``state`` before the stack switches to them (raise ModftError to
+        refuse them, OSError to try again at the next sync). The embedded engine needs nothing more than
+        ``AdapterStack.use``; an engine that drives another server exports and loads them there."""
+
+    def _switched(self, state: StackState, previous: tuple[AdapterVersion, ...] | None) -> None:
+        """Called once ``state`` serves new versions (``previous``: what it served before, None at start)."""
 
     def _set_problem(self, state: StackState, problem: str | None) -> None:
         if problem != state.problem and problem is not None and state.versions is None:

@@ -39,6 +39,9 @@ from modft_utils.serve.export import EXPORT_RECORD, ExportError, export_combined
 
 TARGETS = ("vllm", "peft", "merged")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
+VLLM_MAX_LORAS = 4
+# What `modft serve --engine vllm` needs of the vLLM process: the load/unload routes (off by default).
+VLLM_LAUNCH_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKEN_ROWS = "trainable_tokens_delta"  # PEFT's key for the replacement rows of trainable tokens
@@ -252,7 +255,28 @@ def vllm_launch(
     if adapter_dir is not None:
         argv += ["--enable-lora", "--lora-modules", f"{served_name}={adapter_dir}"]
         argv += ["--max-lora-rank", str(vllm_max_lora_rank(rank))]
+        # `modft serve --engine vllm` loads each version set as an adapter of its own; the default stacks
+        # run up to three sets at once (base, base+domain, base+domain+task) and a switch briefly one more.
+        argv += ["--max-loras", str(VLLM_MAX_LORAS)]
     return argv
+
+
+@dataclass
+class VllmAdapter:
+    """A stack written as one pure-LoRA adapter for vLLM: its folder, rank, and the token rows taken out
+    of it (``{module path: (token ids, rows)}``), which belong in the engine's base."""
+
+    path: Path
+    rank: int
+    rows: dict[str, tuple[list[int], torch.Tensor]]
+
+
+def export_vllm_adapter(model, names: Sequence[str], out_dir: str | Path, *, served_name: str) -> VllmAdapter:
+    """Adapters ``names`` of ``model`` as ONE pure-LoRA adapter in ``out_dir`` (PEFT's exact ``cat``), with
+    the trainable-token rows split out (vLLM refuses them; :func:`write_token_rows` puts them in a base)."""
+    adapter = export_combined(model, names, out_dir, combined_name=f"{served_name}-export")
+    rows = split_token_rows(adapter)
+    return VllmAdapter(adapter, int(_read_config(served_name, adapter)["r"]), rows)
 
 
 def _versions_record(versions: Sequence[Any]) -> list[dict[str, Any]]:
@@ -328,11 +352,10 @@ def export_stack(
             rows: dict[str, tuple[list[int], torch.Tensor]] = {}
             rank = 0
             if names:
-                adapter = export_combined(model, names, staged / "adapter", combined_name=f"{served_name}-export")
-                rows = split_token_rows(adapter)
-                rank = int(_read_config(served_name, adapter)["r"])
+                adapter = export_vllm_adapter(model, names, staged / "adapter", served_name=served_name)
+                rows, rank = adapter.rows, adapter.rank
                 record["adapter"] = "adapter"
-                record["adapter_weights_sha256"] = sha256_file(adapter / ADAPTER_WEIGHTS)
+                record["adapter_weights_sha256"] = sha256_file(adapter.path / ADAPTER_WEIGHTS)
             dense = dense_loader()
             record["token_rows_moved_into_base"] = write_token_rows(dense, rows)
             dense = dense.to(dtype)
@@ -356,16 +379,21 @@ def export_stack(
                 max_len=max_len,
             )
             record["max_lora_rank"] = vllm_max_lora_rank(rank) if names else None
+            record["launch_env"] = dict(VLLM_LAUNCH_ENV) if names else {}
         (staged / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return _publish(staged, out_dir)
 
 
 __all__ = [
     "TARGETS",
+    "VLLM_LAUNCH_ENV",
     "VLLM_LORA_RANKS",
+    "VLLM_MAX_LORAS",
     "Finding",
     "LintError",
+    "VllmAdapter",
     "export_stack",
+    "export_vllm_adapter",
     "lint",
     "split_token_rows",
     "vllm_config_fields",
