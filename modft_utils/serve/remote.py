@@ -217,8 +217,9 @@ class VllmEngine(Engine):
 
     def sync(self) -> None:
         super().sync()
-        self._prepare_candidates()
-        self._unload_unreachable()
+        candidates = self._candidates()  # read once per sync: it reads the store (sync runs per dispatch)
+        self._prepare_candidates(candidates)
+        self._unload_unreachable(candidates)
         now = time.monotonic()
         if now - self._last_ping >= self.poll_s:
             self._last_ping = now
@@ -373,12 +374,12 @@ class VllmEngine(Engine):
                         out.append(versions)
         return out
 
-    def _prepare_candidates(self) -> None:
+    def _prepare_candidates(self, candidates: list[tuple[AdapterVersion, ...]]) -> None:
         """Check, export and load the candidates ahead of their promotion, so a move only switches names.
 
         One that cannot be prepared is tried again only when it is promoted (then the stack says why)."""
         assert self.stack is not None
-        for versions in self._candidates():
+        for versions in candidates:
             key = _key(versions)
             if key in self.loras or key in self._unpreparable:
                 continue
@@ -390,12 +391,12 @@ class VllmEngine(Engine):
                 self._unpreparable[key] = str(err)
                 log.info("cannot prepare %s ahead of a move: %s", label(key), err)
 
-    def _unload_unreachable(self) -> None:
+    def _unload_unreachable(self, candidates: list[tuple[AdapterVersion, ...]]) -> None:
         """Unload adapters no stack can serve now, none of a move's candidates, no stack's previous set (a
         rollback is the move that must be fastest) and no request is using."""
         kept = [st.versions for st in self.states.values() if st.versions] + list(self._previous.values())
         reachable = {_key(s) for versions in kept for s in fallback_sets(versions)}
-        reachable |= {_key(c) for c in self._candidates()}
+        reachable |= {_key(c) for c in candidates}
         for key, name in list(self.loras.items()):
             with self._users_lock:
                 if key in reachable or self._users[name]:
