@@ -391,6 +391,11 @@ class DataSpec(_Section):
     tokenizer_min_pieces: int = Field(
         3, ge=2, description="a word added to the tokenizer is now cut into at least this many pieces"
     )
+    generic_eval_file: str | None = Field(
+        None,
+        description="JSONL of {'text': ...} prose outside the domain: every stack's perplexity on it measures "
+        "what the domain adapter made the base forget (none: not measured)",
+    )
 
 
 class LoraSpec(_Section):
@@ -478,6 +483,12 @@ class RollbackSpec(_Section):
         1.0, ge=0, description="how much worse than production a candidate may score on gate_metric (finite)"
     )
     candidate_steps: int = Field(40, ge=1, description="steps of the deliberately regressing candidate in the drill")
+    generic_ppl_tolerance: float = Field(
+        0.05,
+        ge=0,
+        description="how far a candidate domain version may raise perplexity on data.generic_eval_file above "
+        "the base's, relative (0.05: 5%); the domain gate refuses it beyond",
+    )
     probe_examples: int = Field(8, ge=1, description="held-out prompts whose logits are compared exactly")
 
 
@@ -575,6 +586,7 @@ _PATH_KEYS = (
     ("data.sft.train_file", lambda p: p.data.sft.train_file),
     ("data.sft.validation_file", lambda p: p.data.sft.validation_file),
     ("model.tiny.generic_corpus", lambda p: p.model.tiny.generic_corpus if p.model.tiny else None),
+    ("data.generic_eval_file", lambda p: p.data.generic_eval_file),
 )
 
 

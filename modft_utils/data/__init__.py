@@ -6,7 +6,7 @@ What notebooks, the CLI and tests call; the modules beside this file hold the re
 from modft_utils.data.clean import CleanConfig, StepReport, clean_corpus, report_table
 from modft_utils.data.closed_book import load_closed_book, prepare_closed_book
 from modft_utils.data.coverage import decide_tokenizer
-from modft_utils.data.dapt import clean_dapt, clean_metrics, load_dapt_blocks, pack, prepare_dapt
+from modft_utils.data.dapt import clean_dapt, clean_metrics, load_dapt_blocks, load_generic_blocks, pack, prepare_dapt
 from modft_utils.data.drills import probe_batch, shuffled_answer_set
 from modft_utils.data.pii import scrub_pii, scrub_pii_with_spans
 from modft_utils.data.prompts import PromptFormat, prompt_format
@@ -35,6 +35,7 @@ __all__ = [
     "load_closed_book",
     "load_conversations",
     "load_dapt_blocks",
+    "load_generic_blocks",
     "load_rows",
     "load_sft",
     "pack",

@@ -171,6 +171,32 @@ def load_dapt_blocks(run_dir: str | Path) -> tuple[Any, Any]:
     return run.load_dataset(run.dapt_blocks("train")), run.load_dataset(run.dapt_blocks("eval"))
 
 
+def load_generic_blocks(profile: Profile, tokenizer, n: int) -> Any | None:
+    """``n`` packed blocks of ``data.generic_eval_file`` (prose outside the domain), None when it is not set.
+
+    The blocks are the file's last ``n`` (packed as DAPT packs, no cleaning: the text is not the user's
+    domain), so a perplexity on them is comparable across stacks and runs of one profile. For the tiny
+    profile the file is the prose its base was pretrained on: the measure is what a domain adapter made
+    the base forget of it.
+    """
+    if profile.data.generic_eval_file is None:
+        return None
+    from modft_utils.data.validate import read_text_rows
+
+    texts = read_text_rows(profile.resolve(profile.data.generic_eval_file), "data.generic_eval_file")
+    block = profile.data.block_size
+    ids: list[list[int]] = []
+    end = len(texts)
+    while end > 0 and sum(len(t) + 1 for t in ids) < (n + 1) * block:  # only the tail is tokenized
+        start = max(0, end - 64)
+        ids = tokenizer(texts[start:end], add_special_tokens=False)["input_ids"] + ids
+        end = start
+    blocks = pack(ids, block, tokenizer.eos_token_id)
+    if not blocks:
+        raise DataError(f"data.generic_eval_file: fewer tokens than one block of {profile.data.block_size}")
+    return _blocks_dataset(blocks[-n:])
+
+
 def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:
     """``data.clean.<split>.<step>.{rows,chars}_{in,out}`` for metrics.json."""
     out = {}

@@ -68,6 +68,9 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     if profile.model.tiny is not None:
         path = profile.resolve(profile.model.tiny.generic_corpus)
         counts[str(path)] = _check_text_rows(path, "model.tiny.generic_corpus")
+    if profile.data.generic_eval_file is not None:
+        path = profile.resolve(profile.data.generic_eval_file)
+        counts[str(path)] = _check_text_rows(path, "data.generic_eval_file")
     return counts
 
 
@@ -103,11 +106,16 @@ def _check_splits_apart(sources: dict[str, readers.CorpusSource]) -> None:
 
 
 def _check_text_rows(path: Path, key: str) -> int:
+    return len(read_text_rows(path, key))
+
+
+def read_text_rows(path: Path, key: str) -> list[str]:
+    """The ``text`` of every row of a JSON-lines file; DataError naming ``key``, the file and the line otherwise."""
     if path.is_dir():
         raise DataError(f"{key}: {path} is a folder; give the JSON-lines file")
     if (kind := special_file(path)) is not None:  # opening a FIFO would block validate forever
         raise DataError(f"{key}: {path} is {kind}, not a regular file")
-    n = 0
+    texts: list[str] = []
     try:
         for lineno, line in readers.decoded_lines(path, key):
             if not line.strip():
@@ -122,9 +130,9 @@ def _check_text_rows(path: Path, key: str) -> int:
                 raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({cut(str(exc))})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
-            n += 1
+            texts.append(row["text"])
     except readers.SourceError as exc:
         raise DataError(str(exc)) from None
-    if n == 0:
+    if not texts:
         raise DataError(f"{key}: {path} has no rows")
-    return n
+    return texts

@@ -1,4 +1,4 @@
-"""Held-out evaluation of adapter stacks (perplexity, task scores, logit parity), the promotion gate,
+"""Held-out evaluation of adapter stacks (perplexity, task scores, logit parity), the promotion gates (task and domain versions),
 the rollback drills (notebook 05), figures, and the JupyterLab panels that compare stacks and roll back.
 
 What notebooks, the CLI and tests call; the modules beside this file hold the rest."""
@@ -8,6 +8,7 @@ from modft_utils.evaluate.plots import grid_bars, loss_curves
 from modft_utils.evaluate.rollback import (
     force_and_roll_back,
     gate_candidate,
+    gate_domain_candidate,
     promote_published,
     reference_logits,
     roll_back_domain,
@@ -20,6 +21,8 @@ from modft_utils.evaluate.scores import (
     answer_nll,
     compare_answers,
     comparison_grid,
+    domain_gate,
+    gate_table,
     generate,
     generate_plain,
     grid_metrics,
@@ -38,8 +41,11 @@ __all__ = [
     "answer_nll",
     "compare_answers",
     "comparison_grid",
+    "domain_gate",
     "force_and_roll_back",
     "gate_candidate",
+    "gate_domain_candidate",
+    "gate_table",
     "generate",
     "generate_plain",
     "grid_bars",

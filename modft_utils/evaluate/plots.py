@@ -40,12 +40,13 @@ def grid_bars(rows: list[dict[str, Any]], path: str | Path):
 
     metrics = [
         ("domain_ppl", "domain perplexity (lower is better)"),
+        *([("generic_ppl", "generic perplexity: forgetting (lower is better)")] if "generic_ppl" in rows[0] else []),
         ("exact_match", "exact match"),
         ("f1", "F1"),
         ("answer_nll", "answer NLL (lower is better)"),
     ]
     if "rouge_l" in rows[0]:
-        metrics.insert(3, ("rouge_l", "ROUGE-L"))
+        metrics.insert([k for k, _ in metrics].index("f1") + 1, ("rouge_l", "ROUGE-L"))
     if "closed_book_f1" in rows[0]:
         metrics.append(("closed_book_f1", "closed-book F1 (facts from the DAPT corpus)"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.25 * len(metrics), 3.2))

@@ -11,8 +11,9 @@ checks hashes, base and parent). A second base, loaded separately and served fro
   the promotion gate, which refuses it.
 * :func:`force_and_roll_back`: forced into production anyway, it is rolled back, and the version
   restored gives the outputs from before, bit for bit.
-* :func:`train_newer_versions` and :func:`roll_back_domain`: rolling back the domain adapter leaves the
-  task adapter trained on it flagged until it is rolled back too.
+* :func:`train_newer_versions`, :func:`gate_domain_candidate` and :func:`roll_back_domain`: a newer
+  domain version meets the domain gate (domain and generic perplexity, the task retrained on it);
+  rolling it back leaves the task adapter trained on it flagged until it is rolled back too.
 
 Every training run here is short (``rollback.candidate_steps``) and goes through
 :func:`modft_utils.adapters.train_adapter`, so every other adapter of the model stays frozen and is
@@ -40,9 +41,17 @@ from modft_utils.adapters import (
 )
 from modft_utils.adapters.train import TrainResult
 from modft_utils.config import Profile, TrainSpec
-from modft_utils.data import fingerprint_dataset, load_dapt_blocks, load_sft, sft_collator
+from modft_utils.data import fingerprint_dataset, load_dapt_blocks, load_generic_blocks, load_sft, sft_collator
 from modft_utils.data.sft import SftData
-from modft_utils.evaluate.scores import logits, max_abs_diff, promotion_gate, stack_label, stack_scores
+from modft_utils.evaluate.scores import (
+    domain_gate,
+    logits,
+    max_abs_diff,
+    perplexity,
+    promotion_gate,
+    stack_label,
+    stack_scores,
+)
 from modft_utils.runs import Run
 from modft_utils.store import AdapterRef, AdapterVersion, BaseIdentity, Registry
 
@@ -325,6 +334,58 @@ def train_newer_versions(
         note="drill: task on the newer domain",
     )
     return domain_v, task_v
+
+
+def gate_domain_candidate(
+    model,
+    run: Run,
+    sft: SftData,
+    *,
+    candidate: tuple[str, str] = ("domain_next", "task_next"),
+    production: tuple[str, str] = ("domain", "task"),
+    production_task_scores: dict[str, Any],
+) -> dict[str, Any]:
+    """The domain gate (:func:`~modft_utils.evaluate.scores.domain_gate`) for a candidate domain adapter.
+
+    ``candidate`` names the candidate domain adapter of ``model`` and the task adapter retrained on it,
+    ``production`` the production pair. Perplexities are measured on the run's held-out DAPT blocks
+    (``dapt.eval_blocks``) and ``data.generic_eval_file`` for the bare base, base + production domain and
+    base + candidate domain; the retrained task stack is scored as ``gate_candidate`` scores stacks, and
+    compared with ``production_task_scores`` (the production stack's scores on the same held-out
+    examples, as :func:`gate_candidate` returned them: not computed twice). The gate's dict gains the
+    perplexities under ``perplexity``.
+    """
+    profile, tokenizer = run.profile, run.tokenizer
+    _, eval_blocks = load_dapt_blocks(run)
+    eval_blocks = eval_blocks.select(range(min(len(eval_blocks), profile.dapt.eval_blocks)))
+    generic = load_generic_blocks(profile, tokenizer, profile.dapt.eval_blocks)
+    ppl: dict[str, dict[str, float]] = {}
+    for label, names in (("base", []), ("production", [production[0]]), ("candidate", [candidate[0]])):
+        activate(model, names)
+        ppl[label] = {"domain_ppl": perplexity(model, eval_blocks)}
+        if generic is not None:
+            ppl[label]["generic_ppl"] = perplexity(model, generic)
+    n = min(profile.compose.eval_examples, len(sft.eval_examples))
+    activate(model, list(candidate))
+    task_scores = stack_scores(
+        model,
+        tokenizer,
+        sft.eval_examples[:n],
+        sft.eval_tokenized.select(range(n)),
+        sft_collator(tokenizer),
+        max_new_tokens=profile.sft.max_new_tokens,
+    )
+    gate = domain_gate(
+        ppl["candidate"],
+        ppl["production"],
+        ppl["base"],
+        task_candidate=task_scores,
+        task_production=production_task_scores,
+        metric=profile.gate_metric(),
+        task_tolerance=profile.rollback.regression_tolerance,
+        generic_tolerance=profile.rollback.generic_ppl_tolerance,
+    )
+    return {**gate, "perplexity": ppl, "task_candidate": task_scores}
 
 
 @dataclass

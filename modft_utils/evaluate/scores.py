@@ -306,9 +306,14 @@ def comparison_grid(
     collator,
     max_new_tokens: int,
     closed_book: Sequence[dict[str, Any]] = (),
+    generic_blocks=None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Every stack scored on the same held-out data: one row per stack.
+
+    ``generic_blocks`` (from :func:`modft_utils.data.load_generic_blocks`) adds ``generic_ppl``, the
+    perplexity on text outside the domain: beside ``domain_ppl`` it says what the domain adapter
+    bought and what it cost in forgetting.
 
     ``closed_book`` (from :func:`modft_utils.data.prep.load_closed_book`) adds exact match and F1 on
     questions asked without their context, answerable from the DAPT corpus: where base + domain +
@@ -325,6 +330,7 @@ def comparison_grid(
         row = {
             "stack": label,
             "domain_ppl": perplexity(model, eval_blocks, progress=progress),
+            **({"generic_ppl": perplexity(model, generic_blocks, progress=progress)} if generic_blocks else {}),
             **{k: v for k, v in qa.items() if k != "predictions"},
             "answer_nll": answer_nll(model, qa_tokenized, collator, progress=progress),
         }
@@ -343,8 +349,11 @@ def grid_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 def grid_table(rows: list[dict[str, Any]]) -> str:
     closed = "closed_book_f1" in rows[0]
     rouge = "rouge_l" in rows[0]
+    generic = "generic_ppl" in rows[0]
     header = (
-        f"{'stack':<18} {'domain ppl':>10} {'EM':>6} {'F1':>6}"
+        f"{'stack':<18} {'domain ppl':>10}"
+        + (f" {'generic ppl':>11}" if generic else "")
+        + f" {'EM':>6} {'F1':>6}"
         + (f" {'ROUGE-L':>7}" if rouge else "")
         + f" {'answer NLL':>10}"
     )
@@ -352,7 +361,9 @@ def grid_table(rows: list[dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         line = (
-            f"{r['stack']:<18} {r['domain_ppl']:>10.2f} {r['exact_match']:>6.1f} {r['f1']:>6.1f}"
+            f"{r['stack']:<18} {r['domain_ppl']:>10.2f}"
+            + (f" {r['generic_ppl']:>11.2f}" if generic else "")
+            + f" {r['exact_match']:>6.1f} {r['f1']:>6.1f}"
             + (f" {r['rouge_l']:>7.1f}" if rouge else "")
             + f" {r['answer_nll']:>10.3f}"
         )
@@ -362,7 +373,7 @@ def grid_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-LOWER_IS_BETTER = frozenset({"answer_nll", "domain_ppl"})
+LOWER_IS_BETTER = frozenset({"answer_nll", "domain_ppl", "generic_ppl"})
 
 
 def promotion_gate(
@@ -382,6 +393,75 @@ def promotion_gate(
         "tolerance": tolerance,
         "allowed": drop <= tolerance,
     }
+
+
+def domain_gate(
+    candidate: dict[str, float],
+    production: dict[str, float],
+    base: dict[str, float],
+    *,
+    task_candidate: dict[str, float] | None = None,
+    task_production: dict[str, float] | None = None,
+    metric: str = "f1",
+    task_tolerance: float,
+    generic_tolerance: float,
+) -> dict[str, Any]:
+    """Refuse a candidate domain version unless it earns its place; every check is returned with its numbers.
+
+    ``candidate``, ``production`` and ``base`` hold ``domain_ppl`` (and ``generic_ppl`` when measured) of
+    base + candidate domain, base + production domain and the bare base. The candidate is refused when
+    its domain perplexity does not improve on production's, when its generic perplexity is more than
+    ``generic_tolerance`` (relative) above the base's (forgetting is measured against the base, which
+    never saw the domain), or when the task adapter retrained on it (``task_candidate``: that stack's
+    scores) loses more than ``task_tolerance`` on ``metric`` against the production stack
+    (``task_production``), as :func:`promotion_gate` decides for a task version.
+    """
+    checks = [
+        {
+            "check": "domain perplexity improves on production's",
+            "candidate": candidate["domain_ppl"],
+            "reference": production["domain_ppl"],
+            "passed": candidate["domain_ppl"] < production["domain_ppl"],
+        }
+    ]
+    if "generic_ppl" in candidate and "generic_ppl" in base:
+        limit = base["generic_ppl"] * (1 + generic_tolerance)
+        checks.append(
+            {
+                "check": f"generic perplexity within {generic_tolerance:.0%} of the base's",
+                "candidate": candidate["generic_ppl"],
+                "reference": base["generic_ppl"],
+                "limit": limit,
+                "passed": candidate["generic_ppl"] <= limit,
+            }
+        )
+    if task_candidate is not None and task_production is not None:
+        task = promotion_gate(task_candidate, task_production, metric=metric, tolerance=task_tolerance)
+        checks.append(
+            {
+                "check": f"the task retrained on it loses at most {task_tolerance:g} {metric}",
+                "candidate": task["candidate"],
+                "reference": task["production"],
+                "drop": task["drop"],
+                "passed": task["allowed"],
+            }
+        )
+    return {
+        "allowed": all(c["passed"] for c in checks),
+        "refused_because": [c["check"] for c in checks if not c["passed"]],
+        "checks": checks,
+    }
+
+
+def gate_table(gate: dict[str, Any]) -> str:
+    """The domain gate's checks, one line each, and its decision."""
+    lines = [
+        f"{'PASS' if c['passed'] else 'FAIL'}  {c['check']}: candidate {c['candidate']:.3f} vs {c['reference']:.3f}"
+        + (f" (limit {c['limit']:.3f})" if "limit" in c else "")
+        for c in gate["checks"]
+    ]
+    verdict = "promote" if gate["allowed"] else "REFUSED: " + "; ".join(gate["refused_because"])
+    return "\n".join([*lines, f"-> {verdict}"])
 
 
 def stack_scores(

@@ -246,3 +246,51 @@ def test_domain_rollback_flags_the_task_trained_on_it_until_it_follows(published
     assert drill.max_abs_diff == 0.0 and served.active == ["domain@1", "task@1"]
     assert store.aliases("domain")["production"] == store.aliases("task")["production"] == 1
     assert [e["reason"] for e in store.audit("domain")[-1:]] == ["drill: newer domain regressed"]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "task", "refused"),
+    [
+        ({"domain_ppl": 9.0, "generic_ppl": 10.4}, {"f1": 50.0}, []),
+        ({"domain_ppl": 10.0, "generic_ppl": 10.0}, {"f1": 50.0}, ["domain perplexity improves on production's"]),
+        ({"domain_ppl": 9.0, "generic_ppl": 10.6}, {"f1": 50.0}, ["generic perplexity within 5% of the base's"]),
+        ({"domain_ppl": 9.0, "generic_ppl": 10.0}, {"f1": 48.9}, ["the task retrained on it loses at most 1 f1"]),
+    ],
+)
+def test_the_domain_gate_refuses_for_each_reason_and_names_it(candidate, task, refused):
+    production, base = {"domain_ppl": 10.0, "generic_ppl": 10.2}, {"domain_ppl": 12.0, "generic_ppl": 10.0}
+    gate = evaluate.domain_gate(
+        candidate,
+        production,
+        base,
+        task_candidate=task,
+        task_production={"f1": 50.0},
+        metric="f1",
+        task_tolerance=1.0,
+        generic_tolerance=0.05,
+    )
+    assert gate["refused_because"] == refused and gate["allowed"] is (not refused)
+    limit = next(c["limit"] for c in gate["checks"] if "generic" in c["check"])
+    assert limit == pytest.approx(10.5)  # against the base, which never saw the domain
+    assert ("REFUSED" in evaluate.gate_table(gate)) is bool(refused)
+
+
+def test_generic_blocks_are_the_files_tail_packed_and_bad_rows_are_named(micro_profile, tok, tmp_path):
+    path = tmp_path / "generic.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": " ".join(f"w{3 + (i + j) % 90}" for j in range(7))}) + "\n" for i in range(40))
+    )
+    profile = micro_profile.model_copy(
+        update={"data": micro_profile.data.model_copy(update={"generic_eval_file": str(path), "block_size": 16})}
+    )
+    blocks = data.load_generic_blocks(profile, tok, 3)
+    assert len(blocks) == 3 and all(len(b) == 16 for b in blocks["input_ids"])
+    full = [t for line in path.read_text().splitlines() for t in (*tok(json.loads(line)["text"])["input_ids"], 1)]
+    stream = [t for b in blocks["input_ids"] for t in b]
+    starts = [i for i in range(len(full) - len(stream) + 1) if full[i : i + len(stream)] == stream]
+    assert starts and len(full) - (starts[-1] + len(stream)) < 16  # the tail, less a partial block
+    assert micro_profile.data.generic_eval_file is None
+    assert data.load_generic_blocks(micro_profile, tok, 3) is None
+    path.write_text('{"text": "w3 w4"}\n{"txt": 1}\n')
+    with pytest.raises(data.DataError, match=r"data.generic_eval_file: .*generic.jsonl, line 2"):
+        data.load_generic_blocks(profile, tok, 3)
