@@ -63,7 +63,7 @@ def select(names: list[str] | None) -> list[str]:
 # The real-weights profile at a micro size: the paths `make run` takes (GGUF conversion, 4-bit loading,
 # training, composition, exports, the drills), a few steps each. Its numbers are invariants, not quality.
 MICRO = {
-    "data.sft_eval_size": 10,
+    "data.sft_eval_size": 6,
     "dapt.eval_blocks": 4,
     "dapt.train.max_steps": 2,
     "dapt.train.batch_size": 2,
@@ -78,7 +78,7 @@ MICRO = {
     "sft.train.logging_steps": 1,
     "sft.max_new_tokens": 8,
     "compose.eval_examples": 4,
-    "compose.closed_book_examples": 8,  # 64 by default: 4 stacks x 64 closed-book generations in notebook 04
+    "compose.closed_book_examples": 4,  # 64 by default: 4 stacks x 64 closed-book generations in notebook 04
     "compose.switch_repeats": 20,
     "rollback.candidate_steps": 2,
     "rollback.probe_examples": 2,

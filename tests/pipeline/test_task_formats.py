@@ -39,7 +39,9 @@ def _profile(tmp_path, root, sft: dict, *, extra: dict | None = None):
         "train_file": str(sample / "wikitext" / "train.jsonl"),
         "validation_file": str(sample / "wikitext" / "validation.jsonl"),
     }
-    tree["model"]["tiny"]["generic_corpus"] = str(sample / "generic" / "train.jsonl")
+    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
+        sample / "generic" / "train.jsonl"
+    )
     tree["data"]["sft"] = sft
     tree["data"]["min_sft_examples"] = 2
     for key, value in (extra or {}).items():

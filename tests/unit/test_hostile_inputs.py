@@ -86,7 +86,9 @@ def _tree(root: Path) -> dict:
     for part in ("dapt", "sft"):
         for key in ("train_file", "validation_file"):
             tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
-    tree["model"]["tiny"]["generic_corpus"] = str((root / "data/sample/generic/train.jsonl").resolve())
+    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
+        (root / "data/sample/generic/train.jsonl").resolve()
+    )
     return tree
 
 

@@ -27,7 +27,9 @@ def _profile(root, tmp_path, train: str, validation: str, **dapt):
         for key in ("train_file", "validation_file"):
             tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
     tree["data"]["dapt"] = {"train_file": train, "validation_file": validation, **dapt}
-    tree["model"]["tiny"]["generic_corpus"] = str((root / "data/sample/generic/train.jsonl").resolve())
+    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
+        (root / "data/sample/generic/train.jsonl").resolve()
+    )
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(tree))
     return config.load_profile(path)

@@ -45,7 +45,9 @@ def _profile(root, tmp_path, train: str, validation: str, **extra):
         for key in ("train_file", "validation_file"):
             tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
     tree["data"]["sft"] = {"train_file": train, "validation_file": validation}
-    tree["model"]["tiny"]["generic_corpus"] = str((root / "data/sample/generic/train.jsonl").resolve())
+    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
+        (root / "data/sample/generic/train.jsonl").resolve()
+    )
     tree["data"].update({"sft_subset_size": 40, "sft_eval_size": 10, **extra})
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(tree))

@@ -18,6 +18,7 @@ def _profile(root, tmp_path, model: dict, cache=None, **extra):
     for key in ("train_file", "validation_file"):
         for part in ("dapt", "sft"):
             tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
+    tree["data"]["generic_eval_file"] = str((root / "params" / tree["data"]["generic_eval_file"]).resolve())
     tree["cache_dir"] = str(cache or tmp_path / "cache")
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(tree))
