@@ -63,7 +63,7 @@ def select(names: list[str] | None) -> list[str]:
 # The real-weights profile at a micro size: the paths `make run` takes (GGUF conversion, 4-bit loading,
 # training, composition, exports, the drills), a few steps each. Its numbers are invariants, not quality.
 MICRO = {
-    "data.sft_eval_size": 6,
+    "data.sft_eval_size": 10,
     "dapt.eval_blocks": 4,
     "dapt.train.max_steps": 2,
     "dapt.train.batch_size": 2,
