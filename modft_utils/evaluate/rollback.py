@@ -189,13 +189,7 @@ def gate_candidate(
     move); the gate compares it with production on ``profile.gate_metric()`` within
     ``rollback.regression_tolerance``.
     """
-    n = min(profile.compose.eval_examples, len(sft.eval_examples))
-    held_out = dict(
-        qa_examples=sft.eval_examples[:n],
-        qa_tokenized=sft.eval_tokenized.select(range(n)),
-        collator=sft_collator(tokenizer),
-        max_new_tokens=profile.sft.max_new_tokens,
-    )
+    held_out = _gate_held_out(profile, tokenizer, sft)
     activate(model, [candidate.over, candidate.name])
     candidate_scores = stack_scores(model, tokenizer, **held_out)
     activate(model, list(production))
@@ -336,6 +330,21 @@ def train_newer_versions(
     return domain_v, task_v
 
 
+def _gate_held_out(profile: Profile, tokenizer, sft: SftData) -> dict[str, Any]:
+    """``stack_scores``' arguments for the gates: the first ``compose.eval_examples`` held-out examples.
+
+    One definition, so the domain gate's retrained task is scored on exactly the examples drill 3's
+    production scores (which it reuses) came from.
+    """
+    n = min(profile.compose.eval_examples, len(sft.eval_examples))
+    return dict(
+        qa_examples=sft.eval_examples[:n],
+        qa_tokenized=sft.eval_tokenized.select(range(n)),
+        collator=sft_collator(tokenizer),
+        max_new_tokens=profile.sft.max_new_tokens,
+    )
+
+
 def gate_domain_candidate(
     model,
     run: Run,
@@ -365,16 +374,8 @@ def gate_domain_candidate(
         ppl[label] = {"domain_ppl": perplexity(model, eval_blocks)}
         if generic is not None:
             ppl[label]["generic_ppl"] = perplexity(model, generic)
-    n = min(profile.compose.eval_examples, len(sft.eval_examples))
     activate(model, list(candidate))
-    task_scores = stack_scores(
-        model,
-        tokenizer,
-        sft.eval_examples[:n],
-        sft.eval_tokenized.select(range(n)),
-        sft_collator(tokenizer),
-        max_new_tokens=profile.sft.max_new_tokens,
-    )
+    task_scores = stack_scores(model, tokenizer, **_gate_held_out(profile, tokenizer, sft))
     gate = domain_gate(
         ppl["candidate"],
         ppl["production"],
