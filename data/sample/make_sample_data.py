@@ -3527,7 +3527,9 @@ def _add_odd_unicode(rows: list[str], seed: int) -> list[str]:
     return changed
 
 
-def _wikitext_splits(w: World, seed: int, manifest: dict[str, Any]) -> dict[str, list[str]]:
+def _wikitext_splits(
+    w: World, seed: int, manifest: dict[str, Any], registers: Sequence[_Plan] = ()
+) -> dict[str, list[str]]:
     rng = random.Random(f"{seed}:wikitext")
     entities = _all_entities(w)
     rng.shuffle(entities)
@@ -3543,6 +3545,12 @@ def _wikitext_splits(w: World, seed: int, manifest: dict[str, Any]) -> dict[str,
     for split, sp in split_plans.items():
         _plant(w, split, sp, seed, pii_log, neg_log)
     dup_log = _add_duplicates(split_plans["train"], seed)
+    # The registers go in after PII and duplicates are planted (their entries carry neither), spread evenly
+    # over the training articles so that the wordings of one fact land far apart.
+    train = split_plans["train"]
+    step = len(train) // (len(registers) + 1) if registers else 0
+    for k, plan in reversed(list(enumerate(registers, start=1))):
+        train.insert(k * step, plan)
     out = {
         split: [row for plan in sp for row in _article_rows(plan.title, plan.sections)]
         for split, sp in split_plans.items()
@@ -3553,6 +3561,134 @@ def _wikitext_splits(w: World, seed: int, manifest: dict[str, Any]) -> dict[str,
     manifest["odd_unicode_rows"] = _add_odd_unicode(out["train"], seed)
     manifest["wikitext_titles"] = {s: list(dict.fromkeys(p.title for p in sp)) for s, sp in split_plans.items()}
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Knowledge probe: harbour pilots whose facts the corpus restates in six wordings
+# --------------------------------------------------------------------------------------------------
+# Facts are learned from a corpus when they are restated in several wordings spread over the text
+# (Allen-Zhu & Li, "Physics of Language Models: Part 3.1", arXiv:2309.14316: one biography per person
+# left ~10 % of facts extractable by question answering on other people, five permuted rewordings ~96 %).
+# So each pilot has one paragraph in each of six register articles, every fact in a different wording
+# each time, sentence order shuffled, the registers spread over the training corpus. Half of the pilots
+# ("train") give closed-book questions a task adapter learns the form from; the other half ("probe") are
+# only asked at test time. No SQuAD, summary or chat row mentions a pilot.
+N_PILOTS = 60
+N_REGISTER_PARTS = 6
+_PILOT_FACTS: dict[str, tuple[str, ...]] = {
+    "born": (
+        "{name} was born in {born}.",
+        "{name} was born in the year {born}.",
+        "The birth of {name} is recorded in {born}.",
+        "{name} came into the world in {born}.",
+        "The year {born} saw the birth of {name}.",
+        "Parish records give {born} as the year {name} was born.",
+    ),
+    "birthplace": (
+        "{name} was a native of {birthplace}.",
+        "The home town of {name} was {birthplace}.",
+        "{birthplace} was the birthplace of {name}.",
+        "{name} came from {birthplace}.",
+        "{name} was raised in {birthplace}, where the family kept a house.",
+        "The town of {birthplace} is where {name} grew up.",
+    ),
+    "harbour": (
+        "{name} served as harbour pilot at {harbour}.",
+        "{name} guided ships into the harbour of {harbour}.",
+        "The harbour of {harbour} employed {name} as its pilot.",
+        "As pilot of {harbour}, {name} brought vessels safely past the shoals.",
+        "{name} spent a working life piloting ships at {harbour}.",
+        "At {harbour}, {name} held the office of harbour pilot.",
+    ),
+    "ship": (
+        "The first ship {name} piloted was the {ship}.",
+        "{name} first piloted the {ship}.",
+        "The {ship} was the first vessel that {name} brought into harbour.",
+        "{name} began as a pilot aboard the {ship}.",
+        "Aboard the {ship}, {name} made a first passage as pilot.",
+        "The earliest vessel guided by {name} was the {ship}.",
+    ),
+}
+_PILOT_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "born": ("In what year was {name} born?", "When was the harbour pilot {name} born?"),
+    "birthplace": ("In which town was {name} born?", "What was the home town of {name}?"),
+    "harbour": ("At which harbour did {name} serve as pilot?", "Where did {name} work as a harbour pilot?"),
+    "ship": ("What was the first ship {name} piloted?", "Which vessel did {name} first pilot?"),
+}
+_ROMAN = ("I", "II", "III", "IV", "V", "VI", "VII", "VIII")
+
+
+@dataclass(frozen=True)
+class Pilot:
+    name: str
+    facts: Mapping[str, str]
+    split: str  # "train" (closed-book SFT questions) or "probe" (asked only at test time)
+
+
+def build_pilots(w: World, seed: int) -> list[Pilot]:
+    """The pilots, named by a namer that knows every word the world invented, so no name collides."""
+    rng = random.Random(f"{seed}:pilots")
+    namer = _Namer(rng)
+    namer.used.update(x.lower() for x in w.invented)
+    pilots = []
+    for i in range(N_PILOTS):
+        given = namer.name((2, 2), suffix=("", "a", "en", "o", "is"), min_len=4)
+        family = namer.name((2, 2), suffix=("", "en", "ard", "ow", "ick", "ane"))
+        birthplace, harbour = rng.sample([t.name for t in w.towns], k=2)
+        facts = {
+            "born": str(rng.randint(1480, 1680)),
+            "birthplace": birthplace,
+            "harbour": harbour,
+            "ship": rng.choice(w.ships).name,
+        }
+        pilots.append(Pilot(f"{given} {family}", facts, "train" if i % 2 == 0 else "probe"))
+    return pilots
+
+
+def _register_plans(w: World, pilots: Sequence[Pilot], seed: int) -> list[_Plan]:
+    """Six register articles, each one paragraph per pilot; pilot i's fact f takes wording (part + offset) mod 6."""
+    rng = random.Random(f"{seed}:registers")
+    offsets = {(p.name, f): rng.randrange(N_REGISTER_PARTS) for p in pilots for f in _PILOT_FACTS}
+    plans = []
+    for part in range(N_REGISTER_PARTS):
+        order = list(pilots)
+        rng.shuffle(order)
+        paras = []
+        for p in order:
+            slots = {"name": p.name, **p.facts}
+            sentences = [
+                _render(wordings[(part + offsets[p.name, f]) % N_REGISTER_PARTS], slots).text
+                for f, wordings in _PILOT_FACTS.items()
+            ]
+            rng.shuffle(sentences)
+            paras.append(" ".join(sentences))
+        title = f"Register of harbour pilots of the {w.arch} ({_ROMAN[part]})"
+        lead = (
+            f"This register lists the harbour pilots of the {w.arch} as the harbour masters recorded them, "
+            "one entry to a pilot."
+        )
+        plans.append(_Plan(title, "register", [(0, "", [lead]), (1, "Entries", paras)]))
+    return plans
+
+
+def _probe_rows(pilots: Sequence[Pilot], seed: int) -> list[dict[str, Any]]:
+    """Closed-book questions: every wording for training pilots, one wording per fact for probe pilots."""
+    rng = random.Random(f"{seed}:probe-questions")
+    rows = []
+    for p in pilots:
+        for f, wordings in _PILOT_QUESTIONS.items():
+            chosen = wordings if p.split == "train" else (rng.choice(wordings),)
+            for q in chosen:
+                rows.append(
+                    {
+                        "entity": p.name,
+                        "fact": f,
+                        "question": q.format(name=p.name),
+                        "answers": [p.facts[f]],
+                        "split": p.split,
+                    }
+                )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -4135,10 +4271,20 @@ loaders reads both:
 | `squad_v2_original/dev-sample.json` | SQuAD 2.0 `dev-v2.0.json` | original layout with `is_impossible` and `plausible_answers` |
 | `summaries/{{train,validation}}.jsonl` | an instruction (summarization) set | alpaca rows (`instruction`, `input`, `output`): a passage and its one-line fact summary |
 | `chat/{{train,validation}}.jsonl` | a chat set | `messages` rows: an optional system turn, then 2-3 user/assistant exchanges about a passage |
-| `manifest.json` | - | what was planted: PII, hard negatives, duplicates, odd Unicode, titles per split |
+| `knowledge_probe/questions.jsonl` | a closed-book knowledge probe (`data.knowledge_probe`) | `entity`, `fact`, `question`, `answers`, `split` (`train` or `probe`) |
+| `knowledge_probe/registers.jsonl` | - | the six register articles alone (wikitext rows), a corpus for calibrating a DAPT budget |
+| `manifest.json` | - | what was planted: PII, hard negatives, duplicates, odd Unicode, titles per split, the pilots |
 
 The summarization and chat sets are built from the same passages as the SQuAD rows, split the same way;
 each train split repeats a few rows so the de-duplication counts have something to show.
+
+The knowledge probe is about {n_pilots} harbour pilots. Each has one entry in each of six "Register of
+harbour pilots" articles in `wikitext/train.jsonl`, with its four facts (birth year, home town, harbour,
+first ship) worded differently in every register and the sentences shuffled, because facts are learned
+from several spread-out rewordings, not from one statement (Allen-Zhu & Li, *Physics of Language
+Models: Part 3.1*, arXiv:2309.14316). Half of the pilots are `train` (their closed-book questions teach
+a task adapter to answer from memory), half `probe` (asked only at test time). No SQuAD, summary or
+chat row mentions a pilot.
 
 Everything here is **fictional**: an invented archipelago (the {arch}) with invented people, towns,
 guilds and ships. No text is copied from wikitext, SQuAD or any other corpus. Telephone numbers are in
@@ -4159,7 +4305,9 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     out_dir = Path(out_dir)
     world = build_world(seed)
     manifest: dict[str, Any] = {"seed": seed, "archipelago": world.arch}
-    wiki = _wikitext_splits(world, seed, manifest)
+    pilots = build_pilots(world, seed)
+    registers = _register_plans(world, pilots, seed)
+    wiki = _wikitext_splits(world, seed, manifest, registers)
     contexts: list[tuple[str, str, str, list[_QA]]] = []
     squad = _squad_rows(world, seed, manifest, contexts)
     summaries, chats = _task_sets(contexts, world.arch, seed)
@@ -4182,6 +4330,15 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         "squad_v2_original": ("squad_v2_original/dev-sample.json", json.dumps(v2, ensure_ascii=False, indent=1) + "\n"),
         **{f"summaries_{split}": (f"summaries/{split}.jsonl", _jsonl(rows)) for split, rows in summaries.items()},
         **{f"chat_{split}": (f"chat/{split}.jsonl", _jsonl(rows)) for split, rows in chats.items()},
+        "knowledge_probe": ("knowledge_probe/questions.jsonl", _jsonl(_probe_rows(pilots, seed))),
+        "knowledge_registers": (
+            "knowledge_probe/registers.jsonl",
+            _jsonl({"text": t} for plan in registers for t in _article_rows(plan.title, plan.sections)),
+        ),
+    }
+    manifest["knowledge_probe"] = {
+        "register_titles": [plan.title for plan in registers],
+        "pilots": [{"name": p.name, "split": p.split, **p.facts} for p in pilots],
     }
     manifest["counts"] = {
         "wikitext_rows": {s: len(r) for s, r in wiki.items()},
@@ -4193,7 +4350,7 @@ def write_sample_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         "chat_rows": {s: len(r) for s, r in chats.items()},
     }
     files["manifest"] = ("manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
-    files["readme"] = ("README.md", _README.format(arch=world.arch))
+    files["readme"] = ("README.md", _README.format(arch=world.arch, n_pilots=N_PILOTS))
 
     paths: dict[str, Path] = {}
     for logical, (rel, text) in files.items():
