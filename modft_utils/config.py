@@ -396,6 +396,13 @@ class DataSpec(_Section):
         description="JSONL of {'text': ...} prose outside the domain: every stack's perplexity on it measures "
         "what the domain adapter made the base forget (none: not measured)",
     )
+    knowledge_probe: str | None = Field(
+        None,
+        description="JSON lines of closed-book questions {'entity', 'question', 'answers', 'split': 'train'|'probe'} "
+        "about entities of the DAPT corpus: train questions join SFT (closed-book), probe ones are only asked in "
+        "notebook 04's grid, so their score is what the domain adapter stored (none: held-out SQuAD questions the "
+        "corpus answers); SQuAD-format SFT sets only",
+    )
 
 
 class LoraSpec(_Section):
@@ -443,6 +450,12 @@ class DaptSpec(_Section):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval_blocks: int = Field(64, ge=1, description="held-out blocks used for perplexity")
+    min_fact_exposures: int = Field(
+        100,
+        ge=1,
+        description="training blocks holding a fact that storing it took in the calibration (docs/knowledge.md): "
+        "notebook 02 warns when DAPT showed the median data.knowledge_probe fact fewer times",
+    )
 
 
 class SftSpec(_Section):
@@ -587,6 +600,7 @@ _PATH_KEYS = (
     ("data.sft.validation_file", lambda p: p.data.sft.validation_file),
     ("model.tiny.generic_corpus", lambda p: p.model.tiny.generic_corpus if p.model.tiny else None),
     ("data.generic_eval_file", lambda p: p.data.generic_eval_file),
+    ("data.knowledge_probe", lambda p: p.data.knowledge_probe),
 )
 
 

@@ -111,6 +111,11 @@ class RunFolder:
         return self.data / "closed_book.jsonl"
 
     @property
+    def knowledge_probe(self) -> Path:
+        """The checked ``data.knowledge_probe`` (notebook 01), when the profile gives one."""
+        return self.data / "knowledge_probe.json"
+
+    @property
     def vocab_extension(self) -> Path:
         """Notebook 01's vocabulary extension, when it decided on one."""
         return self.dir / "tokenizer" / modeling.EXTENSION_FILE

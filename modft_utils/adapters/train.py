@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,14 @@ def _adapter_trainer():
         """The Trainer, except that resuming restores only the adapter being trained (upstream_fixes.restore_adapter)."""
 
         adapter_name: str = ""
+        on_batch: Callable[[Any], None] | None = None
         _parameter_count: int | None = None
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            # Every batch trained on, as trained (evaluation batches never come here).
+            if self.on_batch is not None and "input_ids" in inputs:
+                self.on_batch(inputs["input_ids"])
+            return super().training_step(model, inputs, *args, **kwargs)
 
         def floating_point_ops(self, inputs) -> int:
             # The Trainer's FLOP estimate counts the model's parameters again on every step (1.4%
@@ -125,11 +133,14 @@ def train_adapter(
     compute_dtype: str = "float32",
     progress: bool = True,
     resume: bool = True,
+    on_batch: Callable[[Any], None] | None = None,
 ) -> TrainResult:
     """Train adapter ``adapter_name`` of ``model`` and save it to ``output_dir/adapter``.
 
     Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
     checkpoint from an interrupted run and ``resume`` is set, training continues from it.
+    ``on_batch`` is called with the ``input_ids`` of every training micro-batch (after a resume,
+    only of those trained since), e.g. a :class:`modft_utils.data.ExposureCounter`.
     """
     output_dir = Path(output_dir)
     trainable = state.check_only_trainable(model, adapter_name)
@@ -149,6 +160,7 @@ def train_adapter(
         data_collator=collator,
     )
     trainer.adapter_name = adapter_name
+    trainer.on_batch = on_batch
     resume_from = last_complete_checkpoint(output_dir / "checkpoints") if resume else None
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)

@@ -8,6 +8,13 @@ from modft_utils.data.closed_book import load_closed_book, prepare_closed_book
 from modft_utils.data.coverage import decide_tokenizer
 from modft_utils.data.dapt import clean_dapt, clean_metrics, load_dapt_blocks, load_generic_blocks, pack, prepare_dapt
 from modft_utils.data.drills import probe_batch, shuffled_answer_set
+from modft_utils.data.knowledge import (
+    ExposureCounter,
+    KnowledgeProbe,
+    budget_advice,
+    load_knowledge_probe,
+    prepare_knowledge_probe,
+)
 from modft_utils.data.pii import scrub_pii, scrub_pii_with_spans
 from modft_utils.data.prompts import PromptFormat, prompt_format
 from modft_utils.data.sft import fingerprint_dataset, load_sft, prepare_sft, sft_collator
@@ -19,12 +26,15 @@ from modft_utils.errors import DataError
 
 __all__ = [
     "DataError",
+    "ExposureCounter",
+    "KnowledgeProbe",
     "CleanConfig",
     "PromptFormat",
     "QAExample",
     "SquadFormatError",
     "StepReport",
     "TaskFormatError",
+    "budget_advice",
     "clean_corpus",
     "clean_dapt",
     "clean_metrics",
@@ -36,11 +46,13 @@ __all__ = [
     "load_conversations",
     "load_dapt_blocks",
     "load_generic_blocks",
+    "load_knowledge_probe",
     "load_rows",
     "load_sft",
     "pack",
     "prepare_closed_book",
     "prepare_dapt",
+    "prepare_knowledge_probe",
     "prepare_sft",
     "probe_batch",
     "prompt_format",

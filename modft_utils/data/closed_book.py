@@ -8,13 +8,18 @@ from typing import Any
 
 from modft_utils import runs
 from modft_utils.config import Profile
+from modft_utils.data.knowledge import KnowledgeProbe
 from modft_utils.data.prompts import prompt_format
 
 
 def prepare_closed_book(
-    profile: Profile, tokenizer, run_dir: str | Path, train_docs: list[str]
+    profile: Profile, tokenizer, run_dir: str | Path, train_docs: list[str], probe: KnowledgeProbe | None = None
 ) -> list[dict[str, Any]]:
-    """Held-out questions whose answer the DAPT training corpus states, to be asked without their context.
+    """Closed-book questions for notebook 04: the knowledge probe's probe split, or held-out SQuAD questions.
+
+    With a ``probe`` (``data.knowledge_probe``), its ``probe`` questions are asked: about entities no
+    SFT example names, whose answers notebook 01 checked the corpus states. Without one, the held-out
+    questions whose answer the DAPT training corpus states, to be asked without their context.
 
     On extractive QA the context holds the answer, so the domain adapter adds little to the task;
     asked closed-book, a question can only be answered from what the model knows, which is what
@@ -25,6 +30,21 @@ def prepare_closed_book(
     """
     fmt = prompt_format(profile, tokenizer)
     run = runs.folder(run_dir)
+    if probe is not None:
+        kept = [
+            {
+                "id": f"probe-{q.line}",
+                "title": q.entity,
+                "entity": q.entity,
+                "fact": q.fact,
+                "question": q.question,
+                "answers": list(q.answers),
+                "prompt": fmt.prompt(tokenizer, None, q.question),
+                "squad_version": "v1.1",
+            }
+            for q in probe.probe[: profile.compose.closed_book_examples]
+        ]
+        return _save(run, kept)
     with open(run.require(run.sft_eval), encoding="utf-8") as fh:
         evals = [json.loads(line) for line in fh]
     kept = []
@@ -44,6 +64,10 @@ def prepare_closed_book(
             )
         if len(kept) >= profile.compose.closed_book_examples:
             break
+    return _save(run, kept)
+
+
+def _save(run: runs.RunFolder, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with open(run.closed_book, "w", encoding="utf-8") as fh:
         for rec in kept:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import zlib
 from collections.abc import Iterator
@@ -291,3 +292,19 @@ def read(source: CorpusSource, text_column: str = "text"):
     if len(table) == 0:
         raise SourceError(f"{source.key}: {source.describe()}: no rows")
     return table
+
+
+def json_lines(path: Path, key: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of every non-blank line of a JSON-lines file; SourceError naming
+    ``key``, the file and the line when one is not JSON."""
+    for lineno, line in decoded_lines(path, key):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:  # json recurses once per [ or {
+            raise SourceError(f"{key}: {path}, line {lineno}: not valid JSON (nested too deeply)") from None
+        except ValueError as exc:  # an integer of more than 4,300 digits
+            raise SourceError(f"{key}: {path}, line {lineno}: not valid JSON ({cut(str(exc))})") from None

@@ -15,6 +15,7 @@ from typing import Any
 from modft_utils import runs
 from modft_utils.config import Profile
 from modft_utils.data import squad, tasks
+from modft_utils.data.knowledge import KnowledgeProbe
 from modft_utils.data.pii import placeholder, remap_span, scrub_pii, scrub_pii_with_spans
 from modft_utils.data.prompts import PromptFormat, prompt_format
 from modft_utils.data.sources import (
@@ -36,6 +37,8 @@ class SftReport:
     answers_dropped_pii: int = 0
     contexts_cut: int = 0
     overlapping_titles_removed: int = 0
+    probe_entity_rows_removed: int = 0  # training rows naming a data.knowledge_probe probe entity
+    closed_book_train_examples: int = 0  # data.knowledge_probe train questions, asked without context
     dropped_too_long: int = 0  # conversations whose final exchange alone exceeds data.max_sft_tokens
     train_examples: int = 0
     eval_examples: int = 0
@@ -52,6 +55,8 @@ class SftReport:
                 f"{prefix}.dropped_pii_answer": self.answers_dropped_pii,
                 f"{prefix}.dropped_too_long": self.dropped_too_long,
                 f"{prefix}.train_examples": self.train_examples,
+                f"{prefix}.probe_entity_rows_removed": self.probe_entity_rows_removed,
+                f"{prefix}.closed_book_train_examples": self.closed_book_train_examples,
                 f"{prefix}.eval_examples": self.eval_examples,
             }
         )
@@ -73,6 +78,11 @@ class SftReport:
             f"  dropped: PII answer {self.answers_dropped_pii}, too long {self.dropped_too_long}; "
             f"contexts cut around the answer {self.contexts_cut}; PII replaced {self.pii_replacements}"
         )
+        if self.probe_entity_rows_removed or self.closed_book_train_examples:
+            lines.append(
+                f"  knowledge probe: training rows naming a probe entity removed {self.probe_entity_rows_removed}; "
+                f"closed-book questions about train entities added {self.closed_book_train_examples}"
+            )
         lines.append(f"  -> train {self.train_examples}, held-out {self.eval_examples}")
         return "\n".join(lines)
 
@@ -168,13 +178,35 @@ def _eval_record(ex: squad.QAExample, tokenizer, fmt: PromptFormat, version: str
     }
 
 
-def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True) -> SftData:
-    """Validate, scrub, subset and tokenize the QA set; save train and eval sets in the run folder."""
+def tokenize_closed_book(
+    question: str, answer: str, tokenizer, max_tokens: int, fmt: PromptFormat
+) -> dict[str, Any] | None:
+    """The closed-book prompt (no context) + answer + EOS, loss on the answer only; None when over ``max_tokens``."""
+    prompt_ids = tokenizer(fmt.prompt(tokenizer, None, question), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(prompt_ids) + len(answer_ids) > max_tokens:
+        return None
+    ids = prompt_ids + answer_ids
+    return {"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids, "attention_mask": [1] * len(ids)}
+
+
+def prepare_sft(
+    profile: Profile, tokenizer, run_dir: str | Path, *, progress: bool = True, probe: KnowledgeProbe | None = None
+) -> SftData:
+    """Validate, scrub, subset and tokenize the QA set; save train and eval sets in the run folder.
+
+    With a knowledge ``probe`` (:func:`modft_utils.data.knowledge.prepare_knowledge_probe`), training
+    rows that name a probe entity are removed before the subset is drawn, and the probe's ``train``
+    questions are added closed-book (no context): the task adapter learns to answer from memory on
+    other entities than the ones the grid asks about.
+    """
     from datasets import Dataset
     from tqdm.auto import tqdm
 
     fmt = prompt_format(profile, tokenizer)  # a chat profile on a base without a template stops here
     if profile.data.sft.format != "squad":
+        if probe is not None:
+            raise DataError("data.knowledge_probe: closed-book questions join SQuAD-format SFT sets only")
         return _prepare_conversations(profile, tokenizer, fmt, run_dir, progress=progress)
     rows = load_sft_rows(profile)
     spec = profile.data.sft
@@ -191,6 +223,11 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
     train_titles = {e.title for e in examples["train"]} | {e.context for e in examples["train"]}
     eval_pool = [e for e in examples["validation"] if e.title not in train_titles and e.context not in train_titles]
     report.overlapping_titles_removed = len(examples["validation"]) - len(eval_pool)
+    if probe is not None:
+        names = probe.probe_entities
+        pool = [e for e in examples["train"] if not any(n in e.context or n in e.question for n in names)]
+        report.probe_entity_rows_removed = probe.sft_rows_removed = len(examples["train"]) - len(pool)
+        examples["train"] = pool
     train = squad.subset(examples["train"], profile.data.sft_subset_size, profile.seed)
     evals = squad.subset(eval_pool, profile.data.sft_eval_size, profile.seed)
 
@@ -216,6 +253,27 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
             row, cut = tokenize_example(ex, tokenizer, profile.data.max_sft_tokens, fmt)
             report.contexts_cut += int(cut)
             sink.append(row)
+    train_rows = [asdict(ex) for ex in train]
+    for q in probe.train if probe is not None else ():
+        row = tokenize_closed_book(q.question, q.answers[0], tokenizer, profile.data.max_sft_tokens, fmt)
+        if row is None:
+            raise DataError(
+                f"data.knowledge_probe: {probe.source}, line {q.line}: the closed-book question and its answer "
+                f"exceed data.max_sft_tokens={profile.data.max_sft_tokens}"
+            )
+        tok_train.append(row)
+        train_rows.append(
+            {
+                "id": f"knowledge-{q.line}",
+                "title": q.entity,
+                "context": None,
+                "question": q.question,
+                "answers": list(q.answers),
+            }
+        )
+        report.closed_book_train_examples += 1
+    if probe is not None:
+        probe.save(run_dir)
     report.train_examples, report.eval_examples = len(tok_train), len(tok_eval)
     if not tok_train or not tok_eval:
         raise DataError("data.sft: no usable training or evaluation examples left")
@@ -226,7 +284,7 @@ def prepare_sft(profile: Profile, tokenizer, run_dir: str | Path, *, progress: b
         eval_examples=[_eval_record(e, tokenizer, fmt, version) for e in evals],
         report=report,
     )
-    return _save_sft(data, [asdict(ex) for ex in train], run_dir)
+    return _save_sft(data, train_rows, run_dir)
 
 
 def _save_sft(data: SftData, train_rows: list[dict[str, Any]], run_dir: str | Path) -> SftData:

@@ -7,12 +7,11 @@ template renders, the DAPT splits share no file, and ``data.block_size`` fits th
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from modft_utils.config import Profile, cut, special_file
-from modft_utils.data import readers, squad
+from modft_utils.data import knowledge, readers, squad
 from modft_utils.data.prompts import check_chat_template
 from modft_utils.data.sft import check_collapse, check_sft_examples
 from modft_utils.data.sources import (
@@ -71,6 +70,14 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     if profile.data.generic_eval_file is not None:
         path = profile.resolve(profile.data.generic_eval_file)
         counts[str(path)] = _check_text_rows(path, "data.generic_eval_file")
+    if profile.data.knowledge_probe is not None:
+        if profile.data.sft.format != "squad":
+            raise DataError(
+                f"data.knowledge_probe: closed-book questions join SQuAD-format SFT sets only, and data.sft.format "
+                f"is {profile.data.sft.format!r}; unset data.knowledge_probe or use a SQuAD-format task set"
+            )
+        path = profile.resolve(profile.data.knowledge_probe)
+        counts[str(path)] = len(knowledge.read_probe(path))  # whether the corpus states each answer: notebook 01
     return counts
 
 
@@ -117,17 +124,7 @@ def read_text_rows(path: Path, key: str) -> list[str]:
         raise DataError(f"{key}: {path} is {kind}, not a regular file")
     texts: list[str] = []
     try:
-        for lineno, line in readers.decoded_lines(path, key):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({exc.msg})") from None
-            except RecursionError:  # json recurses once per [ or {
-                raise DataError(f"{key}: {path}, line {lineno}: not valid JSON (nested too deeply)") from None
-            except ValueError as exc:  # an integer of more than 4,300 digits
-                raise DataError(f"{key}: {path}, line {lineno}: not valid JSON ({cut(str(exc))})") from None
+        for lineno, row in readers.json_lines(path, key):
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise DataError(f"{key}: {path}, line {lineno}: expected an object with a string 'text' field")
             texts.append(row["text"])

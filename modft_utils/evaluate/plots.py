@@ -48,6 +48,7 @@ def grid_bars(rows: list[dict[str, Any]], path: str | Path):
     if "rouge_l" in rows[0]:
         metrics.insert([k for k, _ in metrics].index("f1") + 1, ("rouge_l", "ROUGE-L"))
     if "closed_book_f1" in rows[0]:
+        metrics.append(("closed_book_exact_match", "closed-book exact match (facts from the DAPT corpus)"))
         metrics.append(("closed_book_f1", "closed-book F1 (facts from the DAPT corpus)"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.25 * len(metrics), 3.2))
     labels = [r["stack"] for r in rows]

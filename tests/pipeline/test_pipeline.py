@@ -39,14 +39,14 @@ def test_every_metric_is_recorded(pipeline):
 # across thread counts; the tiny base is the one `make test` builds).
 # A change meant to move them updates them here, saying why in its commit.
 PINNED = {
-    "dapt.train_loss": 7.1262605,
-    "dapt.final_eval_loss": 6.1812353,
-    "dapt.ppl_base": 129405.27,
-    "dapt.ppl_domain": 483.58914,
-    "sft.train_loss": 6.011343,
-    "sft.answer_nll_domain": 7.617019,
-    "sft.answer_nll_stack": 5.7316023,
-    "rollback.candidate_answer_nll": 6.4029646,
+    "dapt.train_loss": 7.0821692,
+    "dapt.final_eval_loss": 6.1882973,
+    "dapt.ppl_base": 129050.44,
+    "dapt.ppl_domain": 487.01601,
+    "sft.train_loss": 5.9899676,
+    "sft.answer_nll_domain": 7.6122848,
+    "sft.answer_nll_stack": 5.7003396,
+    "rollback.candidate_answer_nll": 6.3540139,
 }
 
 
@@ -64,6 +64,22 @@ def test_outputs_are_in_the_run_folder(pipeline):
         assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
         assert not list(adapter.glob("*.bin"))
     assert (run / "figures" / "dapt_loss.png").is_file() and (run / "figures" / "compose_grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_knowledge_probe_is_split_by_entity_and_its_exposures_counted(pipeline):
+    """The sample probe: 30 train pilots join SFT closed-book, 30 probe pilots are asked in 04, and 02 counts
+    each probe fact in every block DAPT trained on (max_steps x batch_size blocks)."""
+    m = pipeline.metrics
+    assert m["data.knowledge.train_entities"] == m["data.knowledge.probe_entities"] == 30
+    assert m["data.sft.squad.closed_book_train_examples"] == m["data.knowledge.train_questions"] == 240
+    assert m["data.closed_book_questions"] == min(64, m["data.knowledge.probe_questions"])
+    assert m["dapt.knowledge_exposures.facts"] == m["data.knowledge.probe_questions"] == 120
+    assert m["dapt.knowledge_exposures.blocks"] == m["dapt.steps"] * 16
+    assert 0 < m["dapt.knowledge_exposures.facts_seen"] <= 120
+    assert (
+        m["dapt.knowledge_exposures.min"] <= m["dapt.knowledge_exposures.median"] <= m["dapt.knowledge_exposures.max"]
+    )
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import yaml
+from profile_tree import portable_tree
 
 from modft_utils import config, data, evaluate, runs
 from modft_utils.config import ProfileError
@@ -33,15 +34,9 @@ def byte_tokenizer():
 
 def _profile(tmp_path, root, sft: dict, *, extra: dict | None = None):
     """tiny.yaml with the SFT set replaced (files written by the test), validated like any profile."""
-    tree = yaml.safe_load((root / "params" / "tiny.yaml").read_text())
-    sample = root / "data" / "sample"
-    tree["data"]["dapt"] = {
-        "train_file": str(sample / "wikitext" / "train.jsonl"),
-        "validation_file": str(sample / "wikitext" / "validation.jsonl"),
-    }
-    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
-        sample / "generic" / "train.jsonl"
-    )
+    tree = portable_tree(root, "tiny")
+    if sft.get("format", "squad") != "squad":
+        tree["data"]["knowledge_probe"] = None  # closed-book probe questions join SQuAD-format sets only
     tree["data"]["sft"] = sft
     tree["data"]["min_sft_examples"] = 2
     for key, value in (extra or {}).items():

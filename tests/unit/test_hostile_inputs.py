@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from profile_tree import portable_tree
 
 from modft_utils import config, data
 from modft_utils.cli import main
@@ -82,14 +83,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _tree(root: Path) -> dict:
     """params/tiny.yaml with its data paths absolute, so a copy anywhere reads the same files."""
-    tree = yaml.safe_load((root / "params" / "tiny.yaml").read_text())
-    for part in ("dapt", "sft"):
-        for key in ("train_file", "validation_file"):
-            tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
-    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
-        (root / "data/sample/generic/train.jsonl").resolve()
-    )
-    return tree
+    return portable_tree(root, "tiny")
 
 
 def _write(root: Path, tmp_path: Path, changes: dict | None = None, name: str = "profile.yaml") -> Path:
@@ -109,7 +103,13 @@ def _jsonl(path: Path, rows: list[Any]) -> str:
 
 def _sft(train: str, validation: str, fmt: str = "prompt_response") -> dict:
     """Profile changes for an SFT set of a few rows (min_sft_examples lowered to 1 for them)."""
-    return {"data": {"sft": {"format": fmt, "train_file": train, "validation_file": validation}, "min_sft_examples": 1}}
+    return {
+        "data": {
+            "sft": {"format": fmt, "train_file": train, "validation_file": validation},
+            "min_sft_examples": 1,
+            "knowledge_probe": None,  # closed-book probe questions join SQuAD-format sets only
+        }
+    }
 
 
 def _dapt(root: Path, train: str, **extra: Any) -> dict:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from profile_tree import portable_tree
 
 from modft_utils import config, data
 
@@ -22,14 +23,8 @@ def _raw(rows: list[str], newline: str = "\n") -> str:
 
 
 def _profile(root, tmp_path, train: str, validation: str, **dapt):
-    tree = yaml.safe_load((root / "params" / "tiny.yaml").read_text())
-    for part in ("dapt", "sft"):
-        for key in ("train_file", "validation_file"):
-            tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
+    tree = portable_tree(root, "tiny")
     tree["data"]["dapt"] = {"train_file": train, "validation_file": validation, **dapt}
-    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
-        (root / "data/sample/generic/train.jsonl").resolve()
-    )
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(tree))
     return config.load_profile(path)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from profile_tree import portable_tree
 
 from modft_utils import config, data
 from modft_utils.modeling import tiny
@@ -40,14 +41,8 @@ def _original_layout(rows: list[dict]) -> dict:
 
 
 def _profile(root, tmp_path, train: str, validation: str, **extra):
-    tree = yaml.safe_load((root / "params" / "tiny.yaml").read_text())
-    for part in ("dapt", "sft"):
-        for key in ("train_file", "validation_file"):
-            tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
+    tree = portable_tree(root, "tiny")
     tree["data"]["sft"] = {"train_file": train, "validation_file": validation}
-    tree["model"]["tiny"]["generic_corpus"] = tree["data"]["generic_eval_file"] = str(
-        (root / "data/sample/generic/train.jsonl").resolve()
-    )
     tree["data"].update({"sft_subset_size": 40, "sft_eval_size": 10, **extra})
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(tree))

