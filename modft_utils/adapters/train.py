@@ -35,6 +35,9 @@ class TrainResult:
     frozen_unchanged: dict[str, bool]
     resumed_from: str | None
     world_size: int = 1
+    # torch's intra-op threads while training: the order in which sums are taken, so the losses'
+    # last digits depend on it (the tiny profile's DAPT loss differs by 0.17% between 1 and 2).
+    threads: int = 1
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -190,6 +193,7 @@ def train_adapter(
         frozen_unchanged=unchanged,
         resumed_from=resume_from,
         world_size=trainer.args.world_size,
+        threads=torch.get_num_threads(),
         log_history=history,
     )
 

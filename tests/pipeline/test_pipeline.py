@@ -35,25 +35,44 @@ def test_every_metric_is_recorded(pipeline):
 
 
 # The tiny profile's losses and perplexities as of 2026-12-03 (100 DAPT and 150 SFT steps), pinned so a
-# change that alters the numbers is seen here (seeded CPU runs in fp32; the tolerance covers summation order
-# across thread counts; the tiny base is the one `make test` builds).
+# change that alters the numbers is seen here (seeded CPU runs in fp32; the tiny base is the one
+# `make test` builds). They are pinned per torch thread count: the threads decide the order in which
+# sums are taken, and 100 training steps carry that rounding into the losses (measured on the same
+# machine and base: DAPT train loss 7.0944 with 1 thread, 7.0822 with 2; held-out perplexity 494.3 vs
+# 487.0). rel=1e-3 is room for another CPU's kernels at the same thread count.
 # A change meant to move them updates them here, saying why in its commit.
 PINNED = {
-    "dapt.train_loss": 7.0943822,
-    "dapt.final_eval_loss": 6.2031851,
-    "dapt.ppl_base": 129050.44,
-    "dapt.ppl_domain": 494.3211,
-    "sft.train_loss": 5.9924056,
-    "sft.answer_nll_domain": 7.6007549,
-    "sft.answer_nll_stack": 5.7017458,
-    "rollback.candidate_answer_nll": 6.3496592,
+    1: {
+        "dapt.train_loss": 7.0943822,
+        "dapt.final_eval_loss": 6.2031851,
+        "dapt.ppl_base": 129050.44,
+        "dapt.ppl_domain": 494.3211,
+        "sft.train_loss": 5.9924056,
+        "sft.answer_nll_domain": 7.6007549,
+        "sft.answer_nll_stack": 5.7017458,
+        "rollback.candidate_answer_nll": 6.3496592,
+    },
+    2: {
+        "dapt.train_loss": 7.0821692,
+        "dapt.final_eval_loss": 6.1882973,
+        "dapt.ppl_base": 129050.44,
+        "dapt.ppl_domain": 487.01601,
+        "sft.train_loss": 5.9899676,
+        "sft.answer_nll_domain": 7.6122848,
+        "sft.answer_nll_stack": 5.7003396,
+        "rollback.candidate_answer_nll": 6.3540139,
+    },
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(PINNED))
+@pytest.mark.parametrize("key", sorted(PINNED[1]))
 def test_tiny_profile_numbers_are_pinned(pipeline, key):
-    assert pipeline.metrics[key] == pytest.approx(PINNED[key], rel=1e-3)
+    threads = pipeline.metrics["dapt.threads"]
+    assert pipeline.metrics["sft.threads"] == threads  # one thread count for the whole chain
+    if threads not in PINNED:
+        pytest.skip(f"the chain ran with {threads} torch threads; its numbers are pinned for {sorted(PINNED)}")
+    assert pipeline.metrics[key] == pytest.approx(PINNED[threads][key], rel=1e-3)
 
 
 @pytest.mark.slow
