@@ -383,6 +383,7 @@ def combined(model, names: Sequence[str], combined_name: str):
         owner = next((n for n in names if getattr(model.peft_config[n], "trainable_token_indices", None)), None)
         ordered = [owner, *(n for n in names if n != owner)] if owner else names
         model.add_weighted_adapter(ordered, [1.0] * len(names), combined_name, combination_type="cat")
+        _cat_in_float32(model, ordered, combined_name)
         if owner:
             _copy_token_rows(model, owner, combined_name)
         activate(model, [], None)
@@ -394,6 +395,31 @@ def combined(model, names: Sequence[str], combined_name: str):
             activate(model, [combined_name], None)
             model.delete_adapter(combined_name)
         activate(model, was_active, trainable=was_trainable)
+
+
+def _cat_in_float32(model, names: Sequence[str], target: str) -> None:
+    """Redo PEFT's ``cat`` (A scaled and stacked, B side by side) into float32 weights.
+
+    PEFT 0.22 creates the combined adapter in the base layer's dtype. Over a bf16 base that rounds the
+    float32 LoRA weights to 8 bits of mantissa (measured on the micro base: weights off by up to 1e-3,
+    the export no longer the stack). The same sums in float32 give float32 runs the very weights
+    PEFT's gave them.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, LoraLayer) or target not in module.lora_A:
+                continue
+            parts = [n for n in names if n in module.lora_A]
+            a = torch.cat([module.lora_A[n].weight.float() * module.scaling[n] for n in parts], dim=0)
+            b = torch.cat([module.lora_B[n].weight.float() for n in parts], dim=1)
+            weight_a, weight_b = module.lora_A[target].weight, module.lora_B[target].weight
+            full_a = torch.zeros(weight_a.shape, dtype=torch.float32, device=weight_a.device)
+            full_b = torch.zeros(weight_b.shape, dtype=torch.float32, device=weight_b.device)
+            full_a[: a.shape[0], :] = a
+            full_b[:, : b.shape[1]] = b
+            weight_a.data, weight_b.data = full_a, full_b
 
 
 def _copy_token_rows(model, source: str, target: str) -> None:
