@@ -1173,17 +1173,6 @@ def bench_serve(b: Bench) -> list[dict]:
 MATMUL_SHAPES = ((1024, 576, 576), (1024, 576, 1536), (1024, 1536, 576), (1024, 576, 49152), (2048, 2048, 2048))
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def matmul_gflops(m: int, k: int, n: int, dtype, device: str = "cpu", repeats: int = 5) -> float:
     """Best-of-``repeats`` GFLOP/s of one (m x k) @ (k x n) matmul (2mkn FLOPs)."""
     import torch
@@ -1246,13 +1235,11 @@ def bench_roofline(b: Bench) -> list[dict]:
     every prompt token and every generated one); padding not counted.
     """
     import torch
-    from transformers import default_data_collator
 
-    from modft_utils import adapters, config, data, evaluate, modeling
+    from modft_utils import machine
 
     peak = machine_peak(repeats=b.steps(2, 5))
-    flags = cpu_flags()
-    bf16_hw = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    bf16_hw = sorted(machine.cpu_flags() & machine.CPU_BF16_FLAGS)
     rows = [
         entry(
             f"machine matmul peak, {d}",
@@ -1266,16 +1253,30 @@ def bench_roofline(b: Bench) -> list[dict]:
         )
         for d, (g, s) in peak.items()
     ]
-    if b.quick:  # the peak only: the steps below load and train SmolLM2 (about a minute)
+    if b.quick:  # the peak only: the steps below load and train SmolLM2 (about a minute per dtype)
         return rows
-    prof = config.load_profile(ROOT / "params" / "smollm2.yaml", cache_override())
+    # float32, and beside it what `compute_dtype: auto` picks on this machine, when that differs.
+    dtypes = list(dict.fromkeys(["float32", machine.native_compute_dtype()]))
+    for dtype in dtypes:
+        rows += _roofline_rows(b, dtype, peak)
+    return rows
+
+
+def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
+    """The DAPT step, SFT step and scoring rows of SmolLM2 computing in ``dtype``."""
+    from transformers import default_data_collator
+
+    from modft_utils import adapters, config, data, evaluate, modeling
+
+    prof = config.load_profile(ROOT / "params" / "smollm2.yaml", {**cache_override(), "model.compute_dtype": dtype})
     base = modeling.ensure_base(prof, progress=False)
     tok = modeling.load_tokenizer(base)
-    run = b.tmp / "roofline"
+    run = b.tmp / f"roofline-{dtype}"
     (run / "data").mkdir(parents=True)
     dapt = data.prepare_dapt(prof, tok, run, progress=False)
     sft = data.prepare_sft(prof, tok, run, progress=False)
     steps, warm = 3, 1
+    rows = []
     model = modeling.load_base(prof, base)
     model = adapters.add_adapter(model, "domain", modeling.lora_config(prof.dapt.lora))
     for stage, name, ds, collator in (
@@ -1296,9 +1297,9 @@ def bench_roofline(b: Bench) -> list[dict]:
                     ds,
                     ds.select(range(1)),
                     _spec(section, n),
-                    b.tmp / f"roof-{stage}-{n}",
+                    run / f"{stage}-{n}",
                     collator,
-                    compute_dtype=prof.model.compute_dtype,
+                    compute_dtype=dtype,
                     progress=False,
                     resume=False,
                 )  # fmt: skip
@@ -1307,11 +1308,11 @@ def bench_roofline(b: Bench) -> list[dict]:
         tokens = _useful_tokens(ds, section.train.batch_size, steps)
         rows.append(
             _roofline_entry(
-                f"{stage.upper()} step",
+                f"{stage.upper()} step, compute {dtype}",
                 4 * params * tokens / seconds / 1e9,
                 peak,
                 f"{steps} steps x batch {section.train.batch_size}, {tokens / steps:.0f} useful tokens a step, "
-                f"{seconds / steps:.2f} s a step, {params / 1e6:.1f}M matmul weights, compute {prof.model.compute_dtype}",
+                f"{seconds / steps:.2f} s a step, {params / 1e6:.1f}M matmul weights",
             )
         )
     examples = sft.eval_examples[:32]
@@ -1327,7 +1328,7 @@ def bench_roofline(b: Bench) -> list[dict]:
     params = matmul_params(model)
     rows.append(
         _roofline_entry(
-            "scoring (evaluate.generate, base + domain + task)",
+            f"scoring (evaluate.generate, base + domain + task), compute {dtype}",
             2 * params * tokens / seconds / 1e9,
             peak,
             f"{len(prompts)} questions, {tokens:,} prompt + generated tokens in {seconds:.1f} s",

@@ -276,8 +276,11 @@ class ModelSpec(_Section):
         True,
         description="with load_in_4bit, store the fused MoE experts in NF4 too (stock bitsandbytes leaves them 16-bit)",
     )
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="dtype of matmuls and LoRA weights; float32 on CPU keeps invariants bit-exact"
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "bfloat16",
+        description="dtype of the base's matmuls (LoRA weights and optimizer state stay float32); 'auto' is "
+        "resolved when the profile is read: bfloat16 where the hardware multiplies in it (a CPU with "
+        "AVX512-BF16 or AMX, a recent GPU), float16 on an older GPU, float32 elsewhere",
     )
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm"] | None = Field(
         None, description="transformers MoE kernel; None keeps the model default (eager is fastest on CPU)"
@@ -285,6 +288,17 @@ class ModelSpec(_Section):
     attn_implementation: Literal["eager", "sdpa"] = Field("sdpa", description="attention kernel")
     device_map: str | None = Field(None, description="'auto' spreads the base across GPUs/CPU (accelerate)")
     requires_cuda: bool = Field(False, description="refuse to start on a machine without a CUDA GPU")
+
+    @field_validator("compute_dtype")
+    @classmethod
+    def _resolve_auto(cls, value: str) -> str:
+        # Resolved once, here: the run folder's profile.resolved.json records the dtype it ran in, and
+        # a run reopened on another machine keeps it.
+        if value != "auto":
+            return value
+        from modft_utils.machine import native_compute_dtype
+
+        return native_compute_dtype()
 
     @model_validator(mode="after")
     def _tiny_needs_spec(self) -> ModelSpec:
@@ -484,6 +498,12 @@ class ComposeSpec(_Section):
         64, ge=0, description="held-out questions the DAPT corpus answers, asked without context (what DAPT buys)"
     )
     switch_repeats: int = Field(200, ge=1, description="stack switches timed for compose.switch_ms")
+    parity_dtype: Literal["float32", "live"] = Field(
+        "float32",
+        description="dtype exports are checked in: float32 loads the base a second time in float32 when the "
+        "run computes in bf16/fp16 (bf16 rounding would hide a wrong export; costs a second base in memory); "
+        "live compares with the running stack as it computes",
+    )
 
 
 class RollbackSpec(_Section):
@@ -581,6 +601,12 @@ class Profile(_Section):
     def registry_uri(self) -> str:
         """The artifact store: an fsspec URL as written, or a folder resolved like other paths."""
         return self.registry if "://" in self.registry else str(self.resolve(self.registry))
+
+    def computing_in(self, dtype: Literal["float32", "bfloat16", "float16"]) -> Profile:
+        """This profile with ``model.compute_dtype`` set to ``dtype`` (itself when it already is)."""
+        if self.model.compute_dtype == dtype:
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"compute_dtype": dtype})})
 
     def resolve(self, path: str) -> Path:
         """A path from this profile, absolute; relative ones are relative to the profile's folder."""

@@ -13,6 +13,7 @@ from modft_utils.serve.export import (
     export_combined,
     export_merged,
     full_precision_loader,
+    parity_reference,
     parity_report,
 )
 from modft_utils.serve.process import ServerProcess, free_port
@@ -47,6 +48,7 @@ __all__ = [
     "full_precision_loader",
     "identity",
     "lint",
+    "parity_reference",
     "parity_report",
     "parse_stack",
     "serve_main",

@@ -110,3 +110,30 @@ def test_modft_validate_checks_the_profile_not_this_machine(root, capsys):
 
     assert main(["validate", "--profile", str(root / "params" / "tiny.yaml"), "--set", "model.requires_cuda=true"]) == 0
     assert "needs a CUDA GPU to run" in capsys.readouterr().out
+
+
+def test_compute_dtype_auto_is_resolved_when_read(root, monkeypatch):
+    """``auto`` never reaches a run: the profile holds the dtype this machine multiplies in natively."""
+    from modft_utils import machine
+
+    for native in ("bfloat16", "float32"):
+        monkeypatch.setattr(machine, "native_compute_dtype", lambda native=native: native)
+        prof = load_profile(root / "params" / "tiny.yaml", {"model.compute_dtype": "auto"})
+        assert prof.model.compute_dtype == native
+        assert prof.model_dump()["model"]["compute_dtype"] == native
+    explicit = load_profile(root / "params" / "tiny.yaml", {"model.compute_dtype": "float16"})
+    assert explicit.model.compute_dtype == "float16"
+
+
+def test_native_compute_dtype_follows_the_hardware(tmp_path):
+    from modft_utils.machine import cpu_flags, native_compute_dtype
+
+    assert native_compute_dtype(cuda=False, flags={"avx2", "avx512f"}) == "float32"
+    assert native_compute_dtype(cuda=False, flags={"avx512f", "avx512_bf16"}) == "bfloat16"
+    assert native_compute_dtype(cuda=False, flags={"amx_bf16", "amx_tile"}) == "bfloat16"
+    assert native_compute_dtype(cuda=True, cuda_bf16=True) == "bfloat16"
+    assert native_compute_dtype(cuda=True, cuda_bf16=False) == "float16"
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16\n")
+    assert cpu_flags(info) == {"fpu", "sse2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "absent") == set()

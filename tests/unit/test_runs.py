@@ -165,3 +165,20 @@ def test_a_file_where_the_run_folder_belongs_is_named(tiny, tmp_path, where):
     with pytest.raises(ProfileError, match=f"{target.name}|is a file"):
         runs.folder(tmp_path / "run").create(tiny.profile)
     assert target.read_text() == "not a folder"
+
+
+def test_compute_dtype_auto_is_what_the_run_ran_in(root, tmp_path, isolated, monkeypatch):
+    """``auto`` is resolved where the run starts and recorded; the same profile opened on a machine that
+    resolves it otherwise is refused, naming the key, instead of mixing dtypes in one run."""
+    from modft_utils import machine
+
+    auto = {**isolated, "model.compute_dtype": "auto"}
+    monkeypatch.setattr(machine, "native_compute_dtype", lambda: "bfloat16")
+    run = runs.open_run(root / "params" / "tiny.yaml", tmp_path / "run", auto, fresh=True, progress=False)
+    assert json.loads(run.resolved_profile.read_text())["model"]["compute_dtype"] == "bfloat16"
+    assert runs.open_run(root / "params" / "tiny.yaml", run.dir, auto, progress=False).profile.model.compute_dtype == (
+        "bfloat16"
+    )
+    monkeypatch.setattr(machine, "native_compute_dtype", lambda: "float32")
+    with pytest.raises(ProfileError, match=r"model\.compute_dtype: the run has 'bfloat16', asked 'float32'"):
+        runs.open_run(root / "params" / "tiny.yaml", run.dir, auto, progress=False)

@@ -93,3 +93,42 @@ def test_refusals(micro_profile, adapter_dirs, tmp_path, random_adapter):
     four_bit_loader = lambda: modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))  # noqa: E731
     with pytest.raises(serve.ExportError, match="quantized base"):
         serve.export_merged(four_bit_loader, adapter_dirs, tmp_path / "merged")
+
+
+def test_exports_are_checked_in_float32_when_the_stack_computes_in_bf16(micro_profile, adapter_dirs, tmp_path):
+    """parity_reference: the bf16 stack recomputed in float32 (equal to one loaded in float32), or the
+    live stack itself when it computes in float32 or the profile says ``live``."""
+    bf16 = micro_profile.computing_in("bfloat16")
+    live = _live(bf16, adapter_dirs, four_bit=True)
+    assert next(p for n, p in live.named_parameters() if "lora_A" in n).dtype == torch.float32  # LoRA stays fp32
+    reference, exact = serve.parity_reference(live, bf16, BaseRef(bf16.model.id), list(adapter_dirs.values()), None)
+    assert reference is not live and exact.model.compute_dtype == "float32"
+    assert adapters.active_adapters(reference) == ["domain", "task"]
+    fp32 = _live(micro_profile, adapter_dirs, four_bit=True)
+    assert serve.parity_report(fp32, reference, X)["exact"]
+    assert serve.parity_reference(fp32, micro_profile, None, [], None) == (fp32, micro_profile)
+    as_it_runs = bf16.model_copy(update={"compose": bf16.compose.model_copy(update={"parity_dtype": "live"})})
+    assert serve.parity_reference(live, as_it_runs, None, [], None) == (live, as_it_runs)
+
+    out = serve.export_combined(live, ["domain", "task"], tmp_path / "stack")
+    served = adapters.load_adapter(modeling.load_base(exact, BaseRef(exact.model.id)), out, "stack")
+    adapters.activate(served, ["stack"])
+    assert serve.parity_report(reference, served, X)["within_1e-5"]
+
+
+def test_bf16_fallbacks_are_exact(micro_profile, adapter_dirs):
+    """In bf16 as in float32, switching adapters off gives what a base loaded without them computes,
+    bit for bit: both sides compute the same way, in the same order."""
+    bf16 = micro_profile.computing_in("bfloat16")
+    live = _live(bf16, adapter_dirs, four_bit=True)
+    adapters.activate(live, ["domain"])
+    task_off = evaluate.logits(live, X)
+    adapters.activate(live, [])
+    all_off = evaluate.logits(live, X)
+    assert (
+        evaluate.max_abs_diff(
+            task_off, evaluate.logits(_live(bf16, {"domain": adapter_dirs["domain"]}, four_bit=True), X)
+        )
+        == 0.0
+    )
+    assert evaluate.max_abs_diff(all_off, evaluate.logits(_live(bf16, {}, four_bit=True), X)) == 0.0
