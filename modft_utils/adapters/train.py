@@ -85,7 +85,7 @@ def _adapter_trainer():
     return AdapterTrainer
 
 
-def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str, progress: bool):
+def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str, progress: bool, evaluate: bool = True):
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
@@ -100,7 +100,7 @@ def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str,
         warmup_steps=spec.warmup_steps,
         weight_decay=spec.weight_decay,
         logging_steps=spec.logging_steps,
-        eval_strategy="steps",
+        eval_strategy="steps" if evaluate else "no",
         eval_steps=spec.eval_steps,
         save_strategy="steps" if spec.save_steps else "no",
         save_steps=spec.save_steps or 500,
@@ -140,7 +140,8 @@ def train_adapter(
 ) -> TrainResult:
     """Train adapter ``adapter_name`` of ``model`` and save it to ``output_dir/adapter``.
 
-    Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
+    ``eval_dataset`` None trains without evaluating (``final_eval_loss`` None): for short runs whose
+    held-out scores are taken afterwards anyway. Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
     checkpoint from an interrupted run and ``resume`` is set, training continues from it.
     ``on_batch`` is called with the ``input_ids`` of every training micro-batch (after a resume,
     only of those trained since), e.g. a :class:`modft_utils.data.ExposureCounter`.
@@ -154,7 +155,13 @@ def train_adapter(
     }
     if spec.gradient_checkpointing:
         model.enable_input_require_grads()
-    args = training_arguments(spec, output_dir / "checkpoints", compute_dtype=compute_dtype, progress=progress)
+    args = training_arguments(
+        spec,
+        output_dir / "checkpoints",
+        compute_dtype=compute_dtype,
+        progress=progress,
+        evaluate=eval_dataset is not None,
+    )
     trainer = _adapter_trainer()(
         model=model,
         args=args,

@@ -18,6 +18,7 @@ from modft_utils.evaluate.rollback import (
 )
 from modft_utils.evaluate.scores import (
     STACKS,
+    RecordedGrid,
     answer_nll,
     compare_answers,
     comparison_grid,
@@ -31,6 +32,7 @@ from modft_utils.evaluate.scores import (
     max_abs_diff,
     perplexity,
     promotion_gate,
+    recorded_grid,
     score_line,
     stack_scores,
     task_scores,
@@ -38,6 +40,7 @@ from modft_utils.evaluate.scores import (
 
 __all__ = [
     "STACKS",
+    "RecordedGrid",
     "answer_nll",
     "compare_answers",
     "comparison_grid",
@@ -50,6 +53,7 @@ __all__ = [
     "generate_plain",
     "grid_bars",
     "grid_metrics",
+    "recorded_grid",
     "grid_table",
     "logits",
     "loss_curves",

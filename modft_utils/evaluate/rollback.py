@@ -44,6 +44,7 @@ from modft_utils.config import Profile, TrainSpec
 from modft_utils.data import fingerprint_dataset, load_dapt_blocks, load_generic_blocks, load_sft, sft_collator
 from modft_utils.data.sft import SftData
 from modft_utils.evaluate.scores import (
+    RecordedGrid,
     domain_gate,
     logits,
     max_abs_diff,
@@ -60,12 +61,11 @@ if TYPE_CHECKING:
     from peft import LoraConfig
 
 PRODUCTION = "production"
-DAPT_EVAL_BLOCKS = 8  # held-out blocks the newer domain version is evaluated on while it trains
 
 
 def short_run(spec: TrainSpec, steps: int, *, seed: int | None = None) -> TrainSpec:
-    """``spec`` cut to ``steps`` steps (evaluated once, at the end), with another ``seed`` if given."""
-    update: dict[str, Any] = {"max_steps": steps, "eval_steps": steps}
+    """``spec`` cut to ``steps`` steps, with another ``seed`` if given."""
+    update: dict[str, Any] = {"max_steps": steps}
     if seed is not None:
         update["seed"] = seed
     return spec.model_copy(update=update)
@@ -126,7 +126,6 @@ def train_candidate(
     model,
     profile: Profile,
     train_set,
-    eval_set,
     collator,
     output_dir,
     lora: LoraConfig,
@@ -138,8 +137,9 @@ def train_candidate(
 
     ``model`` is a PeftModel holding ``over``; the candidate is added to it (``lora``: the task
     adapter's shape, ``modeling.lora_config(profile.sft.lora)``) and trained like the task adapter, cut
-    to ``rollback.candidate_steps``. The rollback drill gives it ``data.shuffled_answer_set``: the
-    task's questions with the answers shuffled between them, so it learns to answer wrongly.
+    to ``rollback.candidate_steps``, without evaluating while it trains: the gate scores it on held-out
+    examples afterwards. The rollback drill gives it ``data.shuffled_answer_set``: the task's questions
+    with the answers shuffled between them, so it learns to answer wrongly.
     """
     spec = short_run(profile.sft.train, profile.rollback.candidate_steps)
     model = add_adapter(model, name, lora)
@@ -148,7 +148,7 @@ def train_candidate(
         model,
         name,
         train_set,
-        eval_set,
+        None,
         spec,
         output_dir,
         collator,
@@ -180,6 +180,7 @@ def gate_candidate(
     base: BaseIdentity,
     parent: AdapterRef,
     production: Sequence[str] = ("domain", "task"),
+    grid: RecordedGrid | None = None,
 ) -> GateDrill:
     """Score the candidate stack and the ``production`` stack, publish the candidate, and ask the gate.
 
@@ -188,12 +189,18 @@ def gate_candidate(
     version trained on ``parent``, with its scores, under the ``candidate`` alias (production does not
     move); the gate compares it with production on ``profile.gate_metric()`` within
     ``rollback.regression_tolerance``.
+
+    ``grid`` (notebook 04's, :func:`~modft_utils.evaluate.scores.recorded_grid`) gives the production
+    stack's scores when it scored that stack on the same examples: the same calls on the same weights,
+    so they are taken from it instead of computed again.
     """
     held_out = _gate_held_out(profile, tokenizer, sft)
     activate(model, [candidate.over, candidate.name])
     candidate_scores = stack_scores(model, tokenizer, **held_out)
-    activate(model, list(production))
-    production_scores = stack_scores(model, tokenizer, **held_out)
+    production_scores = grid.stack_scores(production, len(held_out["qa_examples"])) if grid else None
+    if production_scores is None:
+        activate(model, list(production))
+        production_scores = stack_scores(model, tokenizer, **held_out)
     version = store.publish(
         "task",
         candidate.result.adapter_dir,
@@ -275,7 +282,7 @@ def train_newer_versions(
     """
     profile, steps = run.profile, run.profile.rollback.candidate_steps
     domain_name, task_name = names
-    train_blocks, eval_blocks = load_dapt_blocks(run)
+    train_blocks, _ = load_dapt_blocks(run)
     sft = load_sft(run)
 
     domain_spec = short_run(profile.dapt.train, steps, seed=seed)
@@ -285,7 +292,7 @@ def train_newer_versions(
         model,
         domain_name,
         train_blocks,
-        eval_blocks.select(range(min(DAPT_EVAL_BLOCKS, len(eval_blocks)))),
+        None,  # the domain gate scores it afterwards
         domain_spec,
         run.training(domain_name),
         default_data_collator,
@@ -310,7 +317,7 @@ def train_newer_versions(
         model,
         task_name,
         sft.train,
-        sft.eval_tokenized,
+        None,
         task_spec,
         run.training(task_name),
         sft_collator(run.tokenizer),
@@ -353,6 +360,7 @@ def gate_domain_candidate(
     candidate: tuple[str, str] = ("domain_next", "task_next"),
     production: tuple[str, str] = ("domain", "task"),
     production_task_scores: dict[str, Any],
+    grid: RecordedGrid | None = None,
 ) -> dict[str, Any]:
     """The domain gate (:func:`~modft_utils.evaluate.scores.domain_gate`) for a candidate domain adapter.
 
@@ -361,8 +369,9 @@ def gate_domain_candidate(
     (``dapt.eval_blocks``) and ``data.generic_eval_file`` for the bare base, base + production domain and
     base + candidate domain; the retrained task stack is scored as ``gate_candidate`` scores stacks, and
     compared with ``production_task_scores`` (the production stack's scores on the same held-out
-    examples, as :func:`gate_candidate` returned them: not computed twice). The gate's dict gains the
-    perplexities under ``perplexity``.
+    examples, as :func:`gate_candidate` returned them: not computed twice). ``grid`` (notebook 04's)
+    gives the perplexities of the base and of base + production domain, measured there on the same
+    blocks. The gate's dict gains the perplexities under ``perplexity``.
     """
     profile, tokenizer = run.profile, run.tokenizer
     _, eval_blocks = load_dapt_blocks(run)
@@ -370,6 +379,10 @@ def gate_domain_candidate(
     generic = load_generic_blocks(profile, tokenizer, profile.dapt.eval_blocks)
     ppl: dict[str, dict[str, float]] = {}
     for label, names in (("base", []), ("production", [production[0]]), ("candidate", [candidate[0]])):
+        known = grid.perplexities(names) if grid and label != "candidate" else None
+        if known is not None and ("generic_ppl" in known) == (generic is not None):
+            ppl[label] = known
+            continue
         activate(model, names)
         ppl[label] = {"domain_ppl": perplexity(model, eval_blocks)}
         if generic is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -344,6 +345,50 @@ def comparison_grid(
 def grid_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """``compose.grid.<stack>.<metric>`` keys for metrics.json."""
     return {f"compose.grid.{r['stack']}.{k}": v for r in rows for k, v in r.items() if k != "stack"}
+
+
+# What a grid row holds beyond what stack_scores computes for the same stack.
+_GRID_ONLY = frozenset({"domain_ppl", "generic_ppl", "closed_book_exact_match", "closed_book_f1"})
+
+
+@dataclass
+class RecordedGrid:
+    """Notebook 04's grid as ``metrics.json`` holds it: the rows by stack, and how many held-out QA
+    examples (the first ones) each row was scored on."""
+
+    qa_examples: int
+    rows: dict[str, dict[str, float]]
+
+    def stack_scores(self, names: Sequence[str], qa_examples: int) -> dict[str, float] | None:
+        """What :func:`stack_scores` gives the stack of adapters ``names`` on the first ``qa_examples``:
+        the grid row made the same calls on the same examples. None when the grid scored other examples
+        or not that stack."""
+        label = _grid_label(names)
+        if label not in self.rows or qa_examples != self.qa_examples:
+            return None
+        return {k: v for k, v in self.rows[label].items() if k not in _GRID_ONLY}
+
+    def perplexities(self, names: Sequence[str]) -> dict[str, float] | None:
+        """``domain_ppl`` (and ``generic_ppl``) of the stack ``names``, on dapt.eval_blocks; None when not in the grid."""
+        row = self.rows.get(_grid_label(names))
+        return None if row is None else {k: row[k] for k in ("domain_ppl", "generic_ppl") if k in row}
+
+
+def _grid_label(names: Sequence[str]) -> str | None:
+    """The grid's name (a key of :data:`STACKS`) of the stack of adapters ``names``."""
+    return next((label for label, stack in STACKS.items() if list(stack) == list(names)), None)
+
+
+def recorded_grid(metrics: dict[str, Any]) -> RecordedGrid | None:
+    """The grid notebook 04 recorded (:func:`grid_metrics`, ``compose.grid_qa_examples``); None before it ran."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("compose.grid."):
+            stack, metric = key.removeprefix("compose.grid.").split(".", 1)
+            rows.setdefault(stack, {})[metric] = value
+    if not rows or "compose.grid_qa_examples" not in metrics:
+        return None
+    return RecordedGrid(int(metrics["compose.grid_qa_examples"]), rows)
 
 
 def grid_table(rows: list[dict[str, Any]]) -> str:

@@ -135,7 +135,6 @@ def test_candidate_trains_over_a_frozen_domain_and_meets_the_gate(published, pro
         model,
         profile,
         bad.train,
-        held_out.eval_tokenized,
         data.sft_collator(tok),
         tmp_path / "candidate",
         modeling.lora_config(TASK),
@@ -143,6 +142,7 @@ def test_candidate_trains_over_a_frozen_domain_and_meets_the_gate(published, pro
     assert candidate.result.steps == profile.rollback.candidate_steps == candidate.spec.max_steps
     assert candidate.examples == 12 and candidate.data_fingerprint == data.fingerprint_dataset(bad.train)
     assert candidate.result.frozen_unchanged == {"domain": True, "task": True}
+    assert candidate.result.final_eval_loss is None  # the gate scores it; training does not evaluate
     assert {n: adapters.fingerprint(adapters.adapter_state(model, n)) for n in frozen} == frozen
     assert not any(p.requires_grad for p in model.parameters())  # nothing left trainable
 
@@ -172,6 +172,39 @@ def test_candidate_trains_over_a_frozen_domain_and_meets_the_gate(published, pro
     assert drill.version.ref == store.get("task", 2).ref and drill.version.manifest.parent == store.get("domain", 1).ref
     assert store.aliases("task") == {"production": 1, "candidate": 2}
     assert drill.version.manifest.metrics == drill.candidate
+
+
+def test_the_gates_take_what_the_grid_measured(published, profile, tok):
+    """Notebook 04's grid rows are what the gates compute for the production stacks (the same calls on the
+    same examples and blocks give the same numbers), so notebook 05 takes them from metrics.json; rows
+    scored on other examples are not taken."""
+    _, store = published
+    _promote_first(store)
+    model, _ = _live(profile, store)
+    held_out = _sft(tok, 6, seed=2)
+    blocks = Dataset.from_dict({"input_ids": X.tolist(), "labels": X.tolist()})
+    collator, n = data.sft_collator(tok), len(held_out.eval_examples)
+    rows = evaluate.comparison_grid(
+        model,
+        tok,
+        stacks=evaluate.STACKS,
+        eval_blocks=blocks,
+        qa_examples=held_out.eval_examples,
+        qa_tokenized=held_out.eval_tokenized,
+        collator=collator,
+        max_new_tokens=profile.sft.max_new_tokens,
+    )
+    grid = evaluate.recorded_grid({**evaluate.grid_metrics(rows), "compose.grid_qa_examples": n, "other.key": 1})
+    adapters.activate(model, ["domain", "task"])
+    computed = evaluate.stack_scores(
+        model, tok, held_out.eval_examples, held_out.eval_tokenized, collator, max_new_tokens=profile.sft.max_new_tokens
+    )
+    assert grid.stack_scores(["domain", "task"], n) == computed
+    assert grid.stack_scores(["domain", "task"], n - 1) is None
+    for names in ([], ["domain"]):
+        adapters.activate(model, names)
+        assert grid.perplexities(names) == {"domain_ppl": evaluate.perplexity(model, blocks)}
+    assert evaluate.recorded_grid({"compose.switch_ms": 0.1}) is None
 
 
 def test_forced_candidate_rolled_back_restores_the_outputs_bit_for_bit(published, profile, random_adapter, tmp_path):
