@@ -1463,6 +1463,22 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
 LEGACY_MERGE_KEYS = ("only", "merged_when", "merged_rows")
 
 
+def merge_results(old: list[dict], new: list[dict], rerun: set[str]) -> list[dict]:
+    """``old`` rows with the ``new`` ones in their places (by name) and the rest of ``new`` after them.
+
+    An old row that a re-run function measured (its ``bench``) but no longer produces, a renamed figure
+    say, is dropped: otherwise it would stay beside its new name, with older numbers.
+    """
+    fresh = {r["name"]: r for r in new}
+    merged = []
+    for row in old:
+        if row["name"] in fresh:
+            merged.append(fresh.pop(row["name"]))
+        elif row.get("bench") not in rerun:
+            merged.append(row)
+    return merged + list(fresh.values())
+
+
 def merge_history(old_meta: dict, only: list[str], when: str, rows: list[str]) -> list[dict]:
     """Every ``--merge`` with the rows it re-measured; a row measured again counts only under its latest.
 
@@ -1515,6 +1531,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             print(f"{fn.__name__}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for r in rows:
+                r["bench"] = fn.__name__  # which function measured it: a --merge that re-runs it replaces them all
                 print(
                     f"  {r['name']}: {_fmt(r['value'])} vs {_fmt(r['reference'])} (ratio {_fmt(r['ratio'])}, goal {r['goal']}, "
                     f"{'skipped' if r['skipped'] else 'met' if r['meets_goal'] else 'MISSED'})",
@@ -1534,13 +1551,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge and (out / "results.json").is_file():
-        fresh = {r["name"]: r for r in results}
-        measured_now = list(fresh)
+        measured_now = [r["name"] for r in results]
         old = json.loads((out / "results.json").read_text(encoding="utf-8"))
         old_meta = (
             json.loads((out / "meta.json").read_text(encoding="utf-8")) if (out / "meta.json").is_file() else meta
         )
-        results = [fresh.pop(r["name"], r) for r in old] + list(fresh.values())
+        results = merge_results(old, results, set(args.only or []))
         merges = merge_history(old_meta, args.only or [], meta["when"], measured_now)
         meta = {k: v for k, v in old_meta.items() if k not in LEGACY_MERGE_KEYS} | {"merges": merges}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

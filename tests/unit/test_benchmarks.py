@@ -77,3 +77,27 @@ def test_each_merge_keeps_the_rows_it_measured():
     ]
     second = merge_history({"merges": first}, ["bench_plain_recipe"], "day 3", ["DAPT speed"])
     assert [m["when"] for m in second] == ["day 2", "day 3"] and second[-1]["rows"] == ["DAPT speed"]
+
+
+def test_a_merge_replaces_every_row_of_the_functions_it_reruns():
+    """Rows are replaced by name; an older row of a re-run function that it no longer produces (a renamed
+    figure) goes; rows of other functions, and rows from before rows named their function, stay."""
+    from benchmarks.run import merge_results
+
+    old = [
+        {"name": "peak", "value": 1, "bench": "bench_roofline"},
+        {"name": "DAPT step", "value": 2, "bench": "bench_roofline"},  # renamed since
+        {"name": "packing", "value": 3, "bench": "bench_packing"},
+        {"name": "legacy", "value": 4},
+    ]
+    new = [
+        {"name": "peak", "value": 10, "bench": "bench_roofline"},
+        {"name": "DAPT step, compute bfloat16", "value": 20, "bench": "bench_roofline"},
+    ]
+    merged = merge_results(old, new, {"bench_roofline"})
+    assert [(r["name"], r["value"]) for r in merged] == [
+        ("peak", 10),
+        ("packing", 3),
+        ("legacy", 4),
+        ("DAPT step, compute bfloat16", 20),
+    ]
