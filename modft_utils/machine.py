@@ -1,9 +1,9 @@
 """What this machine computes in natively: the dtype ``model.compute_dtype: auto`` resolves to.
 
 A CPU with AVX512-BF16 or AMX multiplies bfloat16 in hardware: on the 2-core AMD EPYC this workbook
-is measured on, a bf16 matmul at SmolLM2's shapes ran 2.4-2.9x a float32 one (``make bench``,
-``machine matmul peak`` rows). Without those instructions bf16 is emulated and slower than float32,
-so float32 stays. A CUDA GPU computes in bf16 where it supports it (Ampere and newer), else in
+is measured on, a bf16 matmul at SmolLM2's shapes ran 2.3-2.9x a float32 one (``make bench``,
+``machine matmul peak`` rows). Without those instructions the CPU has no bf16 multiply and the
+gain is not there to take (not measured here: no such CPU was at hand), so float32 stays. A CUDA GPU computes in bf16 where it supports it (Ampere and newer), else in
 float16, as QLoRA does.
 """
 
