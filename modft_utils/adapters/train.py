@@ -140,9 +140,10 @@ def train_adapter(
 ) -> TrainResult:
     """Train adapter ``adapter_name`` of ``model`` and save it to ``output_dir/adapter``.
 
-    ``eval_dataset`` None trains without evaluating (``final_eval_loss`` None): for short runs whose
-    held-out scores are taken afterwards anyway. Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
+    Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
     checkpoint from an interrupted run and ``resume`` is set, training continues from it.
+    ``eval_dataset`` None trains without evaluating (``final_eval_loss`` None): for short runs whose
+    held-out scores are taken afterwards anyway.
     ``on_batch`` is called with the ``input_ids`` of every training micro-batch (after a resume,
     only of those trained since), e.g. a :class:`modft_utils.data.ExposureCounter`.
     """

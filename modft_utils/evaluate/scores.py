@@ -327,13 +327,14 @@ def comparison_grid(
     rows = []
     for label, names in stacks.items():
         adapters.activate(model, names)
-        qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
         row = {
             "stack": label,
             "domain_ppl": perplexity(model, eval_blocks, progress=progress),
             **({"generic_ppl": perplexity(model, generic_blocks, progress=progress)} if generic_blocks else {}),
-            **{k: v for k, v in qa.items() if k != "predictions"},
-            "answer_nll": answer_nll(model, qa_tokenized, collator, progress=progress),
+            # the gates' own call: RecordedGrid.stack_scores hands these to notebook 05
+            **stack_scores(
+                model, tokenizer, qa_examples, qa_tokenized, collator, max_new_tokens=max_new_tokens, progress=progress
+            ),
         }
         if closed_book:
             cb = task_scores(model, tokenizer, closed_book, max_new_tokens=max_new_tokens, progress=progress)
@@ -361,7 +362,7 @@ class RecordedGrid:
 
     def stack_scores(self, names: Sequence[str], qa_examples: int) -> dict[str, float] | None:
         """What :func:`stack_scores` gives the stack of adapters ``names`` on the first ``qa_examples``:
-        the grid row made the same calls on the same examples. None when the grid scored other examples
+        :func:`comparison_grid` called it on the same examples. None when the grid scored other examples
         or not that stack."""
         label = _grid_label(names)
         if label not in self.rows or qa_examples != self.qa_examples:
@@ -510,13 +511,20 @@ def gate_table(gate: dict[str, Any]) -> str:
 
 
 def stack_scores(
-    model, tokenizer, qa_examples: Sequence[dict[str, Any]], qa_tokenized, collator, *, max_new_tokens: int
+    model,
+    tokenizer,
+    qa_examples: Sequence[dict[str, Any]],
+    qa_tokenized,
+    collator,
+    *,
+    max_new_tokens: int,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The active stack's held-out scores for its format and its answer NLL: what the promotion gate compares."""
-    qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens)
+    qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
     return {
         **{k: v for k, v in qa.items() if k != "predictions"},
-        "answer_nll": answer_nll(model, qa_tokenized, collator),
+        "answer_nll": answer_nll(model, qa_tokenized, collator, progress=progress),
     }
 
 
