@@ -1276,27 +1276,47 @@ def bench_roofline(b: Bench) -> list[dict]:
     return rows
 
 
-def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
-    """The DAPT step, SFT step and scoring rows of SmolLM2 computing in ``dtype``."""
-    from transformers import default_data_collator
+def _smollm2_prepared(b: Bench, folder: str, overrides: dict | None = None):
+    """(profile, base, tokenizer, DAPT data, SFT data) of params/smollm2.yaml, prepared in ``b.tmp/folder``."""
+    from modft_utils import config, data, modeling
 
-    from modft_utils import adapters, config, data, evaluate, modeling
-
-    prof = config.load_profile(ROOT / "params" / "smollm2.yaml", {**cache_override(), "model.compute_dtype": dtype})
+    prof = config.load_profile(ROOT / "params" / "smollm2.yaml", {**cache_override(), **(overrides or {})})
     base = modeling.ensure_base(prof, progress=False)
     tok = modeling.load_tokenizer(base)
-    run = b.tmp / f"roofline-{dtype}"
+    run = b.tmp / folder
     (run / "data").mkdir(parents=True)
-    dapt = data.prepare_dapt(prof, tok, run, progress=False)
-    sft = data.prepare_sft(prof, tok, run, progress=False)
+    return (
+        prof,
+        base,
+        tok,
+        data.prepare_dapt(prof, tok, run, progress=False),
+        data.prepare_sft(prof, tok, run, progress=False),
+    )
+
+
+def _training_stages(dapt, sft, tok):
+    """(stage, adapter it trains, training set, collator): DAPT, then SFT on top of the domain adapter."""
+    from transformers import default_data_collator
+
+    from modft_utils import data
+
+    return (
+        ("dapt", "domain", dapt.train_blocks, default_data_collator),
+        ("sft", "task", sft.train, data.sft_collator(tok)),
+    )
+
+
+def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
+    """The DAPT step, SFT step and scoring rows of SmolLM2 computing in ``dtype``."""
+
+    from modft_utils import adapters, evaluate, modeling
+
+    prof, base, tok, dapt, sft = _smollm2_prepared(b, f"roofline-{dtype}", {"model.compute_dtype": dtype})
     steps, warm = 3, 1
     rows = []
     model = modeling.load_base(prof, base)
     model = adapters.add_adapter(model, "domain", modeling.lora_config(prof.dapt.lora))
-    for stage, name, ds, collator in (
-        ("dapt", "domain", dapt.train_blocks, default_data_collator),
-        ("sft", "task", sft.train, data.sft_collator(tok)),
-    ):
+    for stage, name, ds, collator in _training_stages(dapt, sft, tok):
         section = getattr(prof, stage)
         if stage == "sft":
             model = adapters.add_adapter(model, "task", modeling.lora_config(prof.sft.lora))
@@ -1311,7 +1331,7 @@ def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
                     ds,
                     ds.select(range(1)),
                     _spec(section, n),
-                    run / f"{stage}-{n}",
+                    b.tmp / f"roofline-{dtype}" / f"{stage}-{n}",
                     collator,
                     compute_dtype=dtype,
                     progress=False,
@@ -1348,6 +1368,136 @@ def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
             f"{len(prompts)} questions, {tokens:,} prompt + generated tokens in {seconds:.1f} s",
         )
     )
+    return rows
+
+
+# ----------------------------------------------------------------------------- where a step's time goes
+
+# torch.profiler op names, by what they do: the first pattern an op's name contains decides.
+PROFILE_CATEGORIES = (
+    ("4-bit dequantize", ("bitsandbytes", "dequantize", "4bit")),
+    ("attention (sdpa)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")),
+    ("LM-head loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("optimizer (AdamW)", ("_foreach", "adamw", "lerp", "addcdiv", "addcmul")),
+    ("copies and casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::clone", "aten::cat")),
+    ("elementwise (norms, activations, RoPE, adds)", ("aten::",)),
+)
+
+
+def profile_step(model, batches, *, lr: float) -> dict:
+    """One profiled training step per batch after a warm-up one: forward, backward and AdamW, timed by
+    phase, and torch.profiler's self CPU time per op grouped by PROFILE_CATEGORIES.
+
+    What no op accounts for (``wall - ops``) is Python and framework overhead between ops. The loop is
+    train_adapter's work without the Trainer around it (bench_overhead measures that wrapper at >= 0.95).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def step(batch, timed: bool) -> None:
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if timed:
+            for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                phases[k] += v
+
+    step(batches[0], False)  # warm-up: AdamW's state and first-call allocations
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for batch in batches[1:]:
+            step(batch, True)
+        wall = time.perf_counter() - start
+    model.eval()
+    by_category = dict.fromkeys([c for c, _ in PROFILE_CATEGORIES], 0.0)
+    for ev in prof.key_averages():
+        name = ev.key.lower()
+        for category, patterns in PROFILE_CATEGORIES:
+            if any(p.lower() in name for p in patterns):
+                by_category[category] += ev.self_cpu_time_total / 1e6
+                break
+    ops = sum(by_category.values())
+    n = len(batches) - 1
+    return {
+        "steps": n,
+        "wall_s": wall,
+        "phases_s": phases,
+        "categories_s": by_category,
+        "overhead_s": max(0.0, wall - ops),
+        "per_step_s": wall / n,
+    }
+
+
+def profile_table(result: dict) -> str:
+    """The profile as a Markdown table: seconds per step and share of the step, by category."""
+    n, wall = result["steps"], result["wall_s"]
+    rows = [*result["categories_s"].items(), ("Python and framework overhead (no op)", result["overhead_s"])]
+    lines = ["| where | s per step | share |", "|---|---|---|"]
+    for what, seconds in sorted(rows, key=lambda r: -r[1]):
+        lines.append(f"| {what} | {seconds / n:.3f} | {100 * seconds / wall:.0f}% |")
+    phases = ", ".join(f"{k} {v / n:.2f} s" for k, v in result["phases_s"].items())
+    lines.append(f"| whole step ({phases}) | {wall / n:.3f} | 100% |")
+    return "\n".join(lines)
+
+
+def bench_step_profile(b: Bench) -> list[dict]:
+    """Where a DAPT and an SFT step of the default profile (smollm2, in the dtype `auto` picks here) spend
+    their time: the table is printed, and each row's note carries it in short. Quick mode profiles the
+    tiny profile instead (seconds, no SmolLM2 load)."""
+    import torch
+
+    from modft_utils import adapters, modeling
+
+    if b.quick:
+        prof, base, tok, dapt, sft = b.profile, b.base, b.tokenizer, b.dapt, b.sft
+        label = "tiny"
+    else:
+        prof, base, tok, dapt, sft = _smollm2_prepared(b, "step-profile")
+        label = "smollm2"
+    steps = b.steps(1, 3)
+    model = modeling.load_base(prof, base)
+    model = adapters.add_adapter(model, "domain", modeling.lora_config(prof.dapt.lora))
+    rows = []
+    for stage, name, ds, collator in _training_stages(dapt, sft, tok):
+        section = getattr(prof, stage)
+        if stage == "sft":
+            model = adapters.add_adapter(model, "task", modeling.lora_config(prof.sft.lora))
+        adapters.activate(model, ["domain", "task"] if stage == "sft" else ["domain"], trainable=name)
+        size = section.train.batch_size
+        if stage == "sft":  # batches of similar length, as group_by_length gives the Trainer
+            order = sorted(range(len(ds)), key=lambda i: len(ds[i]["input_ids"]))
+            ds = ds.select(order[len(order) // 2 :] + order[: len(order) // 2])
+        batches = [collator([ds[i] for i in range(k * size, (k + 1) * size)]) for k in range(steps + 1)]
+        result = profile_step(model, batches, lr=section.train.learning_rate)
+        table = profile_table(result)
+        print(f"step profile, {label} {stage.upper()} ({prof.model.compute_dtype}, {torch.get_num_threads()} threads):\n"
+              f"{table}", file=sys.stderr)  # fmt: skip
+        shares = {k: v / result["wall_s"] for k, v in result["categories_s"].items()}
+        shares["overhead"] = result["overhead_s"] / result["wall_s"]
+        top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+        rows.append(
+            entry(
+                f"step profile, {label}: {stage.upper()} step in {prof.model.compute_dtype}, share of the step in matmuls",
+                round(shares["matmul"], 3),
+                "share",
+                None,
+                "report",
+                True,
+                note=f"{result['per_step_s']:.2f} s a step, batch {size}, {steps} profiled step(s) after a warm-up; "
+                f"self CPU time by op: {top}",
+            )
+        )
     return rows
 
 
@@ -1409,6 +1559,7 @@ BENCHES = [
     bench_scoring,
     bench_serve,
     bench_roofline,
+    bench_step_profile,
     bench_end_to_end,
     bench_gpu,
     bench_vllm,

@@ -55,6 +55,7 @@ def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
         "serving, tiny",
         "alias follow",
         "machine matmul peak",
+        "step profile",
         "end to end",
         "GPU",
     ):
