@@ -101,7 +101,7 @@ def calibrate(
             model,
             name,
             sft_train,
-            sft_train.select(range(8)),
+            None,  # scored by task_scores below
             sft_spec,
             work / name,
             sft_collator(tokenizer),
@@ -120,7 +120,7 @@ def calibrate(
         model,
         "domain",
         dapt.train_blocks,
-        dapt.eval_blocks.select(range(min(16, len(dapt.eval_blocks)))),
+        evaluate.held_out_nll(dapt.eval_blocks.select(range(min(16, len(dapt.eval_blocks))))),
         prof.dapt.train,
         work / "domain",
         default_data_collator,

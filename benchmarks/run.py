@@ -132,7 +132,7 @@ def bench_overhead(b: Bench) -> list[dict]:
     model = modeling.load_base(prof, b.base)
     model = adapters.add_adapter(model, "domain", modeling.lora_config(prof.dapt.lora))
     batch, lr = prof.dapt.train.batch_size, prof.dapt.train.learning_rate
-    blocks, evals = b.dapt.train_blocks, b.dapt.eval_blocks.select(range(2))
+    blocks = b.dapt.train_blocks
     short, long = b.steps(2, 20), b.steps(8, 60)  # quick: enough steps between that jitter cannot flip the sign
 
     def ours(n: int) -> tuple[int, float]:
@@ -141,7 +141,7 @@ def bench_overhead(b: Bench) -> list[dict]:
             model,
             "domain",
             blocks,
-            evals,
+            None,  # no held-out measurement inside the timed steps
             _spec(prof.dapt, n),
             b.tmp / f"ovh{time.monotonic_ns()}",
             default_data_collator,
@@ -260,7 +260,6 @@ def _plain_recipe_row(b: Bench, stage: str, *, steps: int, warm: int) -> dict:
     prof = b.profile
     section = getattr(prof, stage)
     ds = b.dapt.train_blocks if stage == "dapt" else b.sft.train
-    evals = (b.dapt.eval_blocks if stage == "dapt" else b.sft.eval_tokenized).select(range(2))
     ours_collator = default_data_collator if stage == "dapt" else data.sft_collator(b.tokenizer)
     plain_collator = (
         default_data_collator
@@ -284,7 +283,7 @@ def _plain_recipe_row(b: Bench, stage: str, *, steps: int, warm: int) -> dict:
             ours_model,
             name,
             ds,
-            evals,
+            None,
             _spec(section, n),
             b.tmp / f"{stage}{time.monotonic_ns()}",
             ours_collator,
@@ -1329,7 +1328,7 @@ def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
                     model,
                     name,
                     ds,
-                    ds.select(range(1)),
+                    None,
                     _spec(section, n),
                     b.tmp / f"roofline-{dtype}" / f"{stage}-{n}",
                     collator,

@@ -438,7 +438,7 @@ class TrainSpec(_Section):
     warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     logging_steps: int = Field(10, ge=1, description="log the loss every N steps")
-    eval_steps: int = Field(50, ge=1, description="evaluate the held-out loss every N steps")
+    eval_steps: int = Field(50, ge=1, description="measure the held-out loss every N steps and at the last step")
     save_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final adapter)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     group_by_length: bool = Field(

@@ -28,6 +28,7 @@ class TrainResult:
     trainable_params: int
     steps: int
     train_loss: float
+    # The held-out loss of the adapter as saved (measured at the last step), None without ``held_out``.
     final_eval_loss: float | None
     train_seconds: float
     tokens_seen: int
@@ -85,7 +86,7 @@ def _adapter_trainer():
     return AdapterTrainer
 
 
-def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str, progress: bool, evaluate: bool = True):
+def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str, progress: bool):
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
@@ -93,15 +94,14 @@ def training_arguments(spec: TrainSpec, output_dir: Path, *, compute_dtype: str,
         output_dir=str(output_dir),
         max_steps=spec.max_steps,
         per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=spec.batch_size,
         gradient_accumulation_steps=spec.grad_accum,
         learning_rate=spec.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=spec.warmup_steps,
         weight_decay=spec.weight_decay,
         logging_steps=spec.logging_steps,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=spec.eval_steps,
+        # Held-out losses are train_adapter's own (held_out), not the Trainer's evaluation loop.
+        eval_strategy="no",
         save_strategy="steps" if spec.save_steps else "no",
         save_steps=spec.save_steps or 500,
         save_total_limit=2,
@@ -128,7 +128,7 @@ def train_adapter(
     model,
     adapter_name: str,
     train_dataset,
-    eval_dataset,
+    held_out: Callable[[Any], float] | None,
     spec: TrainSpec,
     output_dir: str | Path,
     collator,
@@ -142,8 +142,12 @@ def train_adapter(
 
     Refuses to start if anything but that adapter is trainable. If ``output_dir`` holds a
     checkpoint from an interrupted run and ``resume`` is set, training continues from it.
-    ``eval_dataset`` None trains without evaluating (``final_eval_loss`` None): for short runs whose
-    held-out scores are taken afterwards anyway.
+
+    ``held_out(model)`` returns the held-out loss (e.g. :func:`modft_utils.evaluate.held_out_nll`); it
+    is measured every ``spec.eval_steps`` steps and at the last one, with the model in eval mode, into
+    the log history as ``eval_loss``. The last value is ``final_eval_loss``: the adapter as saved,
+    measured the way a notebook measures it afterwards, so it need not be measured again. None trains
+    without measuring (``final_eval_loss`` None), for short runs scored afterwards anyway.
     ``on_batch`` is called with the ``input_ids`` of every training micro-batch (after a resume,
     only of those trained since), e.g. a :class:`modft_utils.data.ExposureCounter`.
     """
@@ -156,29 +160,24 @@ def train_adapter(
     }
     if spec.gradient_checkpointing:
         model.enable_input_require_grads()
-    args = training_arguments(
-        spec,
-        output_dir / "checkpoints",
-        compute_dtype=compute_dtype,
-        progress=progress,
-        evaluate=eval_dataset is not None,
-    )
-    trainer = _adapter_trainer()(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-    )
+    args = training_arguments(spec, output_dir / "checkpoints", compute_dtype=compute_dtype, progress=progress)
+    trainer = _adapter_trainer()(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
     trainer.adapter_name = adapter_name
     trainer.on_batch = on_batch
+    if held_out is not None:
+        trainer.add_callback(_held_out_callback(trainer, model, held_out, spec.eval_steps))
     resume_from = last_complete_checkpoint(output_dir / "checkpoints") if resume else None
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     model.eval()
     history = list(trainer.state.log_history)
-    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    if held_out is not None and (not evals or evals[-1].get("step") != trainer.state.global_step):
+        # resumed from a checkpoint of the last step: nothing trained, so nothing measured yet
+        with torch.no_grad():
+            evals.append({"eval_loss": float(held_out(model)), "step": trainer.state.global_step})
+        history.append(evals[-1])
     tokens = _tokens_seen(train_dataset, spec, trainer.state.global_step) * trainer.args.world_size
     unchanged = {name: state.fingerprint(state.adapter_state(model, name)) == fp for name, fp in frozen.items()}
     if not all(unchanged.values()):
@@ -194,7 +193,7 @@ def train_adapter(
         trainable_params=trainable,
         steps=trainer.state.global_step,
         train_loss=float(out.training_loss),
-        final_eval_loss=eval_losses[-1] if eval_losses else None,
+        final_eval_loss=evals[-1]["eval_loss"] if held_out is not None else None,
         train_seconds=seconds,
         tokens_seen=tokens,
         tokens_per_second=tokens / seconds if seconds else 0.0,
@@ -204,6 +203,34 @@ def train_adapter(
         threads=torch.get_num_threads(),
         log_history=history,
     )
+
+
+def _held_out_callback(trainer, model, held_out: Callable[[Any], float], every: int):
+    """A TrainerCallback measuring ``held_out(model)`` every ``every`` steps and at the last step.
+
+    It runs after the step's optimizer update (``on_step_end``), outside the training step's autocast,
+    in eval mode and without gradients: what the same call gives once training has returned. Under a
+    data-parallel launch each rank measures (the adapters are identical); the Trainer's evaluation
+    loop would have shared the batches out.
+    """
+    from transformers import TrainerCallback
+
+    class HeldOut(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every and state.global_step < state.max_steps:
+                return
+            start = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                loss = float(held_out(model))
+            model.train()
+            # Trainer.log reaches the trackers (report_to) too; it also clears should_log, which
+            # would drop this step's training-loss log: kept as it was.
+            should_log = control.should_log
+            trainer.log({"eval_loss": loss, "eval_runtime": time.perf_counter() - start})
+            control.should_log = should_log
+
+    return HeldOut()
 
 
 def _tokens_seen(dataset, spec: TrainSpec, steps: int) -> int:

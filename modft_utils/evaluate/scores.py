@@ -57,18 +57,33 @@ def _batches(dataset, batch_size: int, collator):
 
 def perplexity(model, blocks, *, batch_size: int = 8, progress: bool = False) -> float:
     """exp(mean NLL per predicted token) over packed blocks (``input_ids``, ``labels`` columns)."""
-    from transformers import default_data_collator
-
-    total, count = token_nll(
-        model, _batches(blocks, batch_size, default_data_collator), progress=progress, desc="perplexity"
-    )
-    return math.exp(total / max(count, 1))
+    return math.exp(held_out_nll(blocks, batch_size=batch_size, progress=progress, desc="perplexity")(model))
 
 
 def answer_nll(model, examples, collator, *, batch_size: int = 16, progress: bool = False) -> float:
     """Mean NLL per answer token of tokenized SFT examples (prompt tokens carry label -100)."""
-    total, count = token_nll(model, _batches(examples, batch_size, collator), progress=progress, desc="answer NLL")
-    return total / max(count, 1)
+    return held_out_nll(examples, collator, batch_size=batch_size, progress=progress, desc="answer NLL")(model)
+
+
+def held_out_nll(
+    dataset, collator=None, *, batch_size: int | None = None, progress: bool = False, desc: str = "held-out NLL"
+):
+    """``model -> mean NLL per labelled token of dataset``: what ``train_adapter(held_out=...)`` measures.
+
+    Without a collator, ``dataset`` is packed blocks and this is log(:func:`perplexity`) (batches of 8);
+    with one, tokenized SFT examples and this is :func:`answer_nll` (batches of 16). The same
+    arguments give the same number, so a loss measured at training's last step is not measured again.
+    """
+    from transformers import default_data_collator
+
+    size = batch_size or (8 if collator is None else 16)
+    collate = collator or default_data_collator
+
+    def measure(model) -> float:
+        total, count = token_nll(model, _batches(dataset, size, collate), progress=progress, desc=desc)
+        return total / max(count, 1)
+
+    return measure
 
 
 def clean_generation(text: str, *, one_line: bool = True) -> str:

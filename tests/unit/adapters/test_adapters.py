@@ -29,7 +29,14 @@ def _train(model, name, tmp_path, steps=3, seed=0):
         max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=seed
     )
     return adapters.train_adapter(
-        model, name, _blocks(), _blocks(4, seed=1), spec, tmp_path / name, default_data_collator, progress=False
+        model,
+        name,
+        _blocks(),
+        evaluate.held_out_nll(_blocks(4, seed=1)),
+        spec,
+        tmp_path / name,
+        default_data_collator,
+        progress=False,
     )
 
 
@@ -153,3 +160,31 @@ def test_training_is_deterministic(micro_profile, tmp_path):
     assert len(losses[0]) == 8
     torch.testing.assert_close(losses[0], losses[1])
     assert losses[0][-1] < losses[0][0]
+
+
+def test_the_held_out_loss_of_the_last_step_is_the_saved_adapters(micro_profile, base, tmp_path):
+    """Notebooks 02 and 03 take their held-out numbers from training's last step instead of measuring
+    again: that value must be what the same measurement gives afterwards, to the bit, at every
+    eval_steps too, and with or without a collator (perplexity, answer NLL)."""
+    model = adapters.add_adapter(base, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    held = _blocks(6, seed=1)
+    spec = TrainSpec(
+        max_steps=5, batch_size=4, eval_steps=2, logging_steps=1, warmup_steps=0, learning_rate=5e-2, seed=0
+    )
+    result = adapters.train_adapter(
+        model, "domain", _blocks(), evaluate.held_out_nll(held), spec, tmp_path / "d", default_data_collator,
+        progress=False,
+    )  # fmt: skip
+    assert [step for step, _ in adapters.loss_curves(result.log_history)["eval"]] == [2, 4, 5]
+    adapters.activate(model, ["domain"])
+    assert result.final_eval_loss == evaluate.held_out_nll(held)(model)
+    assert evaluate.perplexity(model, held) == pytest.approx(torch.tensor(result.final_eval_loss).exp().item())
+    assert evaluate.answer_nll(model, held, default_data_collator) == evaluate.held_out_nll(
+        held, default_data_collator
+    )(model)
+    # The saved adapter, loaded afresh, measures the same.
+    fresh = load_adapter(
+        modeling.load_base(micro_profile, BaseRef(micro_profile.model.id)), result.adapter_dir, "domain"
+    )
+    adapters.activate(fresh, ["domain"])
+    assert evaluate.held_out_nll(held)(fresh) == result.final_eval_loss

@@ -16,7 +16,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import default_data_collator
 
-from modft_utils import adapters, modeling, upstream_fixes
+from modft_utils import adapters, evaluate, modeling, upstream_fixes
 from modft_utils.config import LoraSpec, TrainSpec
 from modft_utils.modeling import BaseRef
 
@@ -32,7 +32,7 @@ import json, pathlib, sys, time
 import torch
 from datasets import Dataset
 from transformers import default_data_collator
-from modft_utils import adapters, modeling
+from modft_utils import adapters, evaluate, modeling
 from modft_utils.config import LoraSpec, TrainSpec, load_profile
 from modft_utils.modeling import BaseRef
 
@@ -56,7 +56,7 @@ model = modeling.load_base(profile, BaseRef(profile.model.id))
 model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
 spec = TrainSpec(max_steps=steps, batch_size=4, eval_steps=steps, logging_steps=1, warmup_steps=2,
                  learning_rate=5e-2, save_steps=save_every, seed=0)
-res = adapters.train_adapter(model, "domain", data, data.select(range(4)), spec, out_dir, collate,
+res = adapters.train_adapter(model, "domain", data, evaluate.held_out_nll(data.select(range(4))), spec, out_dir, collate,
                           progress=False, resume=(mode == "resume"))
 pathlib.Path(result_path).write_text(json.dumps({"resumed_from": res.resumed_from, "steps": res.steps}))
 """
@@ -159,13 +159,16 @@ def _stack(profile):
     return model
 
 
+def _train_task(model, spec, out):
+    held_out = evaluate.held_out_nll(_blocks(4, seed=1))
+    return adapters.train_adapter(model, "task", _blocks(), held_out, spec, out, default_data_collator, progress=False)
+
+
 def test_resume_restores_only_the_adapter_being_trained(micro_profile, tmp_path):
     spec = _spec(save_steps=4)
     straight = _stack(micro_profile)
     domain = adapters.fingerprint(adapters.adapter_state(straight, "domain"))
-    want = adapters.train_adapter(
-        straight, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "a", default_data_collator, progress=False
-    )
+    want = _train_task(straight, spec, tmp_path / "a")
     assert want.resumed_from is None
     # A run folder as an interruption after step 4 leaves it: only the first checkpoint.
     ckpt = tmp_path / "a" / "checkpoints" / "checkpoint-4"
@@ -174,9 +177,7 @@ def test_resume_restores_only_the_adapter_being_trained(micro_profile, tmp_path)
     at_checkpoint = load_file(str(ckpt / "task" / "adapter_model.safetensors"))
     shutil.copytree(ckpt, tmp_path / "b" / "checkpoints" / "checkpoint-4")
     model = _stack(micro_profile)
-    got = adapters.train_adapter(
-        model, "task", _blocks(), _blocks(4, seed=1), spec, tmp_path / "b", default_data_collator, progress=False
-    )
+    got = _train_task(model, spec, tmp_path / "b")
     assert got.resumed_from == str(tmp_path / "b" / "checkpoints" / "checkpoint-4")
     assert got.steps == want.steps == 8 and got.frozen_unchanged == {"domain": True}
     assert adapters.fingerprint(adapters.adapter_state(model, "domain")) == domain
@@ -193,7 +194,14 @@ def test_no_checkpoints_when_save_steps_is_zero(micro_profile, tmp_path):
     model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
     spec = _spec(max_steps=2, eval_steps=2, save_steps=0)
     result = adapters.train_adapter(
-        model, "domain", _blocks(8), _blocks(4, seed=1), spec, tmp_path, default_data_collator, progress=False
+        model,
+        "domain",
+        _blocks(8),
+        evaluate.held_out_nll(_blocks(4, seed=1)),
+        spec,
+        tmp_path,
+        default_data_collator,
+        progress=False,
     )
     assert result.resumed_from is None and result.steps == 2
     assert not list(tmp_path.glob("checkpoints/checkpoint-*"))
