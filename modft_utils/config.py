@@ -285,7 +285,11 @@ class ModelSpec(_Section):
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm"] | None = Field(
         None, description="transformers MoE kernel; None keeps the model default (eager is fastest on CPU)"
     )
-    attn_implementation: Literal["eager", "sdpa"] = Field("sdpa", description="attention kernel")
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        "sdpa",
+        description="attention kernel; 'auto' is resolved when the profile is read: sdpa on a CUDA GPU, eager on "
+        "a CPU (where torch's bf16 sdpa was slower)",
+    )
     device_map: str | None = Field(None, description="'auto' spreads the base across GPUs/CPU (accelerate)")
     requires_cuda: bool = Field(False, description="refuse to start on a machine without a CUDA GPU")
 
@@ -299,6 +303,15 @@ class ModelSpec(_Section):
         from modft_utils.machine import native_compute_dtype
 
         return native_compute_dtype()
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _resolve_auto_attention(cls, value: str) -> str:
+        if value != "auto":
+            return value
+        from modft_utils.machine import native_attention
+
+        return native_attention()
 
     @model_validator(mode="after")
     def _tiny_needs_spec(self) -> ModelSpec:

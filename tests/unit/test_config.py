@@ -125,6 +125,19 @@ def test_compute_dtype_auto_is_resolved_when_read(root, monkeypatch):
     assert explicit.model.compute_dtype == "float16"
 
 
+def test_attention_auto_is_resolved_when_read(root, monkeypatch):
+    """``auto`` attention is eager on a CPU and sdpa on a GPU, fixed in the profile a run records."""
+    from modft_utils import machine
+
+    assert machine.native_attention(cuda=False) == "eager" and machine.native_attention(cuda=True) == "sdpa"
+    for native in ("eager", "sdpa"):
+        monkeypatch.setattr(machine, "native_attention", lambda native=native: native)
+        prof = load_profile(root / "params" / "smollm2.yaml")
+        assert prof.model.attn_implementation == native
+        assert prof.model_dump()["model"]["attn_implementation"] == native
+    assert load_profile(root / "params" / "tiny.yaml", {}).model.attn_implementation == "sdpa"  # pinned numbers
+
+
 def test_native_compute_dtype_follows_the_hardware(tmp_path):
     from modft_utils.machine import cpu_flags, native_compute_dtype
 
