@@ -1251,18 +1251,24 @@ def bench_roofline(b: Bench) -> list[dict]:
 
     from modft_utils import machine
 
-    peak = machine_peak(repeats=b.steps(2, 5))
-    bf16_hw = sorted(machine.cpu_flags() & machine.CPU_BF16_FLAGS)
+    # Where CUDA is, the base loads onto the GPU (modeling.load_base), so the steps are measured against
+    # the GPU's own peak, and every row says so.
+    cuda = torch.cuda.is_available()
+    peak = machine_peak("cuda" if cuda else "cpu", repeats=b.steps(2, 5))
+    if cuda:
+        where = f"on {torch.cuda.get_device_name(0)}"
+    else:
+        bf16_hw = sorted(machine.cpu_flags() & machine.CPU_BF16_FLAGS)
+        where = f"{torch.get_num_threads()} threads; CPU bf16 instructions: {', '.join(bf16_hw) or 'none'}"
     rows = [
         entry(
-            f"machine matmul peak, {d}",
+            f"machine matmul peak{', GPU' if cuda else ''}, {d}",
             round(g, 1),
             "GFLOP/s",
             round(peak["float32"][0], 1),
             "report",
             True,
-            note=f"best of {len(MATMUL_SHAPES)} shapes (best {s[0]}x{s[1]}x{s[2]}), {torch.get_num_threads()} threads; "
-            f"CPU bf16 instructions: {', '.join(bf16_hw) or 'none'}",
+            note=f"best of {len(MATMUL_SHAPES)} shapes (best {s[0]}x{s[1]}x{s[2]}), {where}",
         )
         for d, (g, s) in peak.items()
     ]
@@ -1271,7 +1277,7 @@ def bench_roofline(b: Bench) -> list[dict]:
     # float32, and beside it what `compute_dtype: auto` picks on this machine, when that differs.
     dtypes = list(dict.fromkeys(["float32", machine.native_compute_dtype()]))
     for dtype in dtypes:
-        rows += _roofline_rows(b, dtype, peak)
+        rows += _roofline_rows(b, dtype, peak, gpu=cuda)
     return rows
 
 
@@ -1305,10 +1311,12 @@ def _training_stages(dapt, sft, tok):
     )
 
 
-def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
-    """The DAPT step, SFT step and scoring rows of SmolLM2 computing in ``dtype``."""
+def _roofline_rows(b: Bench, dtype: str, peak: dict, *, gpu: bool = False) -> list[dict]:
+    """The DAPT step, SFT step and scoring rows of SmolLM2 computing in ``dtype``; with ``gpu``, each
+    training step's peak GPU memory against what `modft plan` prices for it, too."""
+    import torch
 
-    from modft_utils import adapters, evaluate, modeling
+    from modft_utils import adapters, evaluate, modeling, plan
 
     prof, base, tok, dapt, sft = _smollm2_prepared(b, f"roofline-{dtype}", {"model.compute_dtype": dtype})
     steps, warm = 3, 1
@@ -1321,6 +1329,8 @@ def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
             model = adapters.add_adapter(model, "task", modeling.lora_config(prof.sft.lora))
         params = matmul_params(model)
         results = []
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
         for n in (warm, steps):  # the first warms up; training leaves every adapter frozen
             adapters.activate(model, ["domain", "task"] if stage == "sft" else ["domain"], trainable=name)
             results.append(
@@ -1341,13 +1351,28 @@ def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
         tokens = _useful_tokens(ds, section.train.batch_size, steps)
         rows.append(
             _roofline_entry(
-                f"{stage.upper()} step, compute {dtype}",
+                f"{stage.upper()} step, compute {dtype}{', GPU' if gpu else ''}",
                 4 * params * tokens / seconds / 1e9,
                 peak,
                 f"{steps} steps x batch {section.train.batch_size}, {tokens / steps:.0f} useful tokens a step, "
                 f"{seconds / steps:.2f} s a step, {params / 1e6:.1f}M matmul weights",
             )
         )
+        if gpu:
+            measured = torch.cuda.max_memory_allocated()
+            planned = plan.plan(prof, stage=stage).training_bytes
+            rows.append(
+                entry(
+                    f"GPU memory, smollm2 {stage.upper()} step, compute {dtype}: plan.training_bytes vs peak allocated",
+                    planned,
+                    "bytes",
+                    measured,
+                    "within 15% (0.85-1.15)",
+                    0.85 <= planned / measured <= 1.15,
+                    note=f"torch.cuda.max_memory_allocated over {warm + steps} steps of batch {section.train.batch_size}, "
+                    f"the base loaded since before the first; measured - planned = {(measured - planned) / 2**20:.1f} MiB",
+                )
+            )
     examples = sft.eval_examples[:32]
     prompts = [e["prompt"] for e in examples]
     kw = {"max_new_tokens": prof.sft.max_new_tokens, "batch_size": prof.sft.eval_batch_size, "one_line": False}
@@ -1361,7 +1386,7 @@ def _roofline_rows(b: Bench, dtype: str, peak: dict) -> list[dict]:
     params = matmul_params(model)
     rows.append(
         _roofline_entry(
-            f"scoring (evaluate.generate, base + domain + task), compute {dtype}",
+            f"scoring (evaluate.generate, base + domain + task), compute {dtype}{', GPU' if gpu else ''}",
             2 * params * tokens / seconds / 1e9,
             peak,
             f"{len(prompts)} questions, {tokens:,} prompt + generated tokens in {seconds:.1f} s",
@@ -1519,21 +1544,17 @@ def bench_gpu(b: Bench) -> list[dict]:
                 note="no GPU was available (torch.cuda.is_available() is False): skipped",
             )
         ]
-    peak = machine_peak("cuda", repeats=b.steps(3, 10))
     return [
-        entry("GPU", torch.cuda.get_device_name(0), "", None, "n/a", True, note="the measurements above ran with CUDA")
-    ] + [
         entry(
-            f"GPU matmul peak, {d}",
-            round(g, 1),
-            "GFLOP/s",
-            round(peak["float32"][0], 1),
-            "report",
+            "GPU",
+            torch.cuda.get_device_name(0),
+            "",
+            None,
+            "n/a",
             True,
-            note=f"best of {len(MATMUL_SHAPES)} shapes (best {s[0]}x{s[1]}x{s[2]}); the training and scoring roofline "
-            "rows on CUDA are not built yet",
+            note="the measurements above ran with CUDA: the roofline rows (', GPU') against this GPU's matmul peak, "
+            "with each training step's peak memory against `modft plan`",
         )
-        for d, (g, s) in peak.items()
     ]
 
 
