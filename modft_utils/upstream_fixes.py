@@ -16,6 +16,8 @@ fix                                         seen on                without it
                                                                    saving changes the base's logits
 :func:`bnb_dequantize_shape`                bitsandbytes 0.50.2    wrong weights from the CPU dequantize
                                                                    kernel for some shapes
+:func:`contiguous_lm_head_input`            torch 2.13.0           every generate call copies the LM-head
+                                                                   weight once per row (a second a batch)
 :func:`last_complete_checkpoint`            transformers 5.24.0    resuming picks a half-written checkpoint
 :func:`restore_adapter`                     transformers 5.24.0    resuming a task adapter on a frozen
                                                                    domain adapter trains the domain one
@@ -126,6 +128,30 @@ def bnb_dequantize_shape(shape: tuple[int, int], blocksize: int) -> tuple[int, i
     """
     rows, cols = shape
     return shape if cols % blocksize == 0 else (1, rows * cols)
+
+
+# ---------------------------------------------------------------- torch
+
+
+def contiguous_lm_head_input(model) -> None:
+    """Hand the LM head a contiguous input, so that its matmul is one ``mm``.
+
+    Generation takes the logits of the last position only, ``hidden_states[:, -1:, :]``: a
+    [rows, 1, hidden] view whose size-1 dimension keeps the whole sequence's stride. torch 2.13.0's
+    matmul does not fold such a view into a matrix (pytorch/pytorch#186148) and copies the weight
+    once per row for a ``bmm`` instead: measured on SmolLM2's head (49,152 x 576, bf16), 990 ms for 16
+    rows against 7 ms for the same rows contiguous, once per ``generate`` call. Idempotent.
+    """
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "_modft_contiguous_input", False):
+        return
+
+    def contiguous(module, args):
+        x = args[0]
+        return None if x.is_contiguous() else (x.contiguous(), *args[1:])
+
+    head.register_forward_pre_hook(contiguous)
+    head._modft_contiguous_input = True
 
 
 # ---------------------------------------------------------------- transformers Trainer

@@ -23,7 +23,7 @@ from modft_utils.modeling.vocab import (
     extend_tokenizer,
     trainable_token_indices,
 )
-from modft_utils.upstream_fixes import keep_cpu_4bit_exact
+from modft_utils.upstream_fixes import contiguous_lm_head_input, keep_cpu_4bit_exact
 
 
 @dataclass
@@ -168,6 +168,7 @@ def load_base(profile: Profile, base: BaseRef, *, load_in_4bit: bool | None = No
     if base.vocab_extension is not None:
         extend_model(model, base.vocab_extension)
     keep_cpu_4bit_exact(model)
+    contiguous_lm_head_input(model)
     if quant is not None and spec.experts_4bit:
         quantize_experts(
             model,
@@ -213,5 +214,6 @@ def load_merged(path: str | os.PathLike, profile: Profile):
     if profile.model.experts_implementation:
         kwargs["experts_implementation"] = profile.model.experts_implementation
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    contiguous_lm_head_input(model)
     model.eval()
     return model

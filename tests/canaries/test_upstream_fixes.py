@@ -95,6 +95,40 @@ def test_canary_bitsandbytes_repacks_4bit_weights_for_cpu_bf16():
     assert layer.support_avx512bf16_for_cpu is False
 
 
+def _ops(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def test_canary_torch_matmul_copies_the_weight_for_a_last_position_view():
+    """torch 2.13.0 gives a [rows, 1, hidden] view of a longer sequence to bmm, after copying the weight once per row."""
+    weight = torch.randn(64, 16)
+    hidden = torch.randn(4, 7, 16)
+    last = hidden[:, -1:, :]
+    ops = _ops(lambda: torch.nn.functional.linear(last, weight))
+    assert "aten::bmm" in ops, FIXED_UPSTREAM.format(lib="torch", fix="contiguous_lm_head_input")
+    assert "aten::bmm" not in _ops(lambda: torch.nn.functional.linear(last.contiguous(), weight))
+
+
+def test_the_lm_head_gets_a_contiguous_input(micro_base_dir):
+    """The fix: the loaded model's LM head multiplies a last-position view with one mm, same logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(micro_base_dir).eval()
+    head = model.get_output_embeddings()
+    last = torch.randn(4, 7, head.in_features)[:, -1:, :]
+    before = head(last)
+    upstream_fixes.contiguous_lm_head_input(model)
+    upstream_fixes.contiguous_lm_head_input(model)  # idempotent: one hook
+    assert len(head._forward_pre_hooks) == 1
+    ops = _ops(lambda: head(last))
+    assert "aten::bmm" not in ops
+    torch.testing.assert_close(head(last), before)
+
+
 def test_canary_transformers_picks_a_half_written_checkpoint(tmp_path):
     from transformers.trainer_utils import get_last_checkpoint
 
