@@ -1500,7 +1500,8 @@ def bench_step_profile(b: Bench) -> list[dict]:
         adapters.activate(model, ["domain", "task"] if stage == "sft" else ["domain"], trainable=name)
         size = section.train.batch_size
         if stage == "sft":  # batches of similar length, as group_by_length gives the Trainer
-            order = sorted(range(len(ds)), key=lambda i: len(ds[i]["input_ids"]))
+            lengths = [len(ids) for ids in ds["input_ids"]]
+            order = sorted(range(len(ds)), key=lengths.__getitem__)
             ds = ds.select(order[len(order) // 2 :] + order[: len(order) // 2])
         batches = [collator([ds[i] for i in range(k * size, (k + 1) * size)]) for k in range(steps + 1)]
         result = profile_step(model, batches, lr=section.train.learning_rate)

@@ -293,25 +293,17 @@ class ModelSpec(_Section):
     device_map: str | None = Field(None, description="'auto' spreads the base across GPUs/CPU (accelerate)")
     requires_cuda: bool = Field(False, description="refuse to start on a machine without a CUDA GPU")
 
-    @field_validator("compute_dtype")
+    @field_validator("compute_dtype", "attn_implementation")
     @classmethod
-    def _resolve_auto(cls, value: str) -> str:
-        # Resolved once, here: the run folder's profile.resolved.json records the dtype it ran in, and
-        # a run reopened on another machine keeps it.
+    def _resolve_auto(cls, value: str, info) -> str:
+        # Resolved once, here: the run folder's profile.resolved.json records the dtype and kernel it
+        # ran with, and a run reopened on another machine keeps them.
         if value != "auto":
             return value
-        from modft_utils.machine import native_compute_dtype
+        from modft_utils import machine
 
-        return native_compute_dtype()
-
-    @field_validator("attn_implementation")
-    @classmethod
-    def _resolve_auto_attention(cls, value: str) -> str:
-        if value != "auto":
-            return value
-        from modft_utils.machine import native_attention
-
-        return native_attention()
+        native = {"compute_dtype": machine.native_compute_dtype, "attn_implementation": machine.native_attention}
+        return native[info.field_name]()
 
     @model_validator(mode="after")
     def _tiny_needs_spec(self) -> ModelSpec:
