@@ -58,6 +58,7 @@ def calibrate(
         "dapt.train.learning_rate": lr,
         "dapt.train.warmup_steps": min(10, steps // 10),
         "dapt.train.save_steps": save_every,
+        "dapt.train.keep_checkpoints": points,  # every point of the curve is scored after training
         "dapt.train.eval_steps": steps,
         "compose.closed_book_examples": probe_questions,
         "registry": str(work / "registry"),
@@ -129,6 +130,9 @@ def calibrate(
         on_batch=count,
     )
     dapt_seconds = time.perf_counter() - start
+    # The training loss near each point: whether the registers were memorized at all, beside whether
+    # the task adapter could extract what was memorized.
+    train_losses = dict(adapters.loss_curves(result.log_history)["train"])
     curve = []
     for ckpt in sorted((work / "domain/checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         step = int(ckpt.name.split("-")[1])
@@ -138,6 +142,7 @@ def calibrate(
         point.update(
             dapt_steps=step,
             exposures_median=medians[step - 1],
+            dapt_train_loss=train_losses[max(s for s in train_losses if s <= step)],
             dapt_tokens=step * prof.dapt.train.batch_size * prof.data.block_size,
         )
         curve.append(point)
@@ -154,6 +159,7 @@ def calibrate(
         "block_size": prof.data.block_size,
         "dapt_seconds": dapt_seconds,
         "dapt_tokens_per_second": result.tokens_per_second,
+        "compute_dtype": prof.model.compute_dtype,
         "sft_steps": sft_steps,
         "floor_base_task": floor,
         "curve": curve,

@@ -445,6 +445,9 @@ class TrainSpec(_Section):
     logging_steps: int = Field(10, ge=1, description="log the loss every N steps")
     eval_steps: int = Field(50, ge=1, description="measure the held-out loss every N steps and at the last step")
     save_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only the final adapter)")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="checkpoints kept on disk, newest first (older ones are deleted); a curve keeps them all"
+    )
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     group_by_length: bool = Field(
         False, description="batch examples of similar length (SFT: far less padding); packed DAPT blocks need none"

@@ -208,6 +208,17 @@ def test_no_checkpoints_when_save_steps_is_zero(micro_profile, tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("keep, kept", [(2, [4, 6]), (3, [2, 4, 6])])
+def test_keep_checkpoints_bounds_what_stays_on_disk(micro_profile, tmp_path, keep, kept):
+    # A calibration curve scores every checkpoint after training; the default keeps the newest two.
+    model = modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))
+    model = adapters.add_adapter(model, "domain", modeling.lora_config(LoraSpec(r=4, alpha=8)))
+    spec = _spec(max_steps=6, eval_steps=6, save_steps=2, keep_checkpoints=keep)
+    adapters.train_adapter(model, "domain", _blocks(8), None, spec, tmp_path, default_data_collator, progress=False)
+    steps = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoints/checkpoint-*"))
+    assert steps == kept
+
+
 def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
     # trainer_state.json is the last file the Trainer writes into a checkpoint.
     for step, complete in [(4, True), (8, False)]:
