@@ -184,6 +184,18 @@ def micro_base_dir(tmp_path_factory) -> Path:
     return save_micro_base(tmp_path_factory.mktemp("micro_base"))
 
 
+@pytest.fixture(scope="session")
+def micro_tokenizer():
+    """A word-level tokenizer over the micro base's 96-token vocabulary (pad 0, EOS 1)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "\n"] + [f"w{i}" for i in range(3, 96)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+
+
 @pytest.fixture(scope="module")
 def micro_store(tmp_path_factory):
     """The store tests' micro base, adapters for it and a wider base's adapter (tests/micro.py)."""

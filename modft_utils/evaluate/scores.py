@@ -35,9 +35,15 @@ def token_nll(model, batches, *, progress: bool = False, desc: str = "scoring") 
         input_ids = batch["input_ids"].to(device)
         labels = batch["labels"].to(device)
         mask = batch.get("attention_mask")
-        logits = model(input_ids=input_ids, attention_mask=None if mask is None else mask.to(device)).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = labels[:, 1:]
+        attention = None if mask is None else mask.to(device)
+        if "logits_to_keep" in batch:
+            # The collator kept the head to the positions the loss reads (sft_collator): same sum, less work.
+            keep = batch["logits_to_keep"].to(device)
+            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits
+            shift_logits, shift_labels = logits.float(), batch["shift_labels"].to(device)
+        else:
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
         loss = F.cross_entropy(
             shift_logits.reshape(-1, shift_logits.shape[-1]),
             shift_labels.reshape(-1),
@@ -185,7 +191,9 @@ def generate(
             mask[r, width - len(rest) :] = 1
         kwargs: dict[str, Any] = {}
         if shared:
-            cache = model(input_ids=ids[:1, :shared].to(device), use_cache=True).cache
+            # Only the prefix's KV cache is used: one logit row instead of one per prefix token.
+            prefix = ids[:1, :shared].to(device)
+            cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
             cache.batch_repeat_interleave(len(rows))
             kwargs["cache"] = cache
         gen = model.generate(

@@ -1,5 +1,7 @@
 """Adapter control: the invariants the rollback policy rests on, checked as numbers."""
 
+import math
+
 import pytest
 import torch
 from datasets import Dataset
@@ -188,3 +190,44 @@ def test_the_held_out_loss_of_the_last_step_is_the_saved_adapters(micro_profile,
     )
     adapters.activate(fresh, ["domain"])
     assert evaluate.held_out_nll(held)(fresh) == result.final_eval_loss
+
+
+def test_the_sft_loss_on_answer_positions_only_is_the_whole_heads(micro_profile, base, micro_tokenizer):
+    """sft_collator keeps the LM head to the positions the loss reads (logits_to_keep, shift_labels):
+    the loss, its gradients and the held-out NLL are those of the head over every position."""
+    from modft_utils import data
+
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for prompt, answer in [(7, 2), (11, 3), (4, 1), (9, 4)]:  # prompts padded to the longest row
+        ids = torch.randint(3, 96, (prompt + answer,), generator=g).tolist()
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * prompt + ids[prompt:]})
+    batch = data.sft_collator(micro_tokenizer)(rows)
+    assert batch["logits_to_keep"].shape == batch["input_ids"].shape
+    # Every answer token is predicted by the position before it, the first by the prompt's last.
+    assert int(batch["logits_to_keep"].sum()) == batch["shift_labels"].numel() == 2 + 3 + 1 + 4
+    model = adapters.add_adapter(base, "task", modeling.lora_config(LoraSpec(r=2, alpha=4)), seed=0, b_std=0.1)
+    adapters.activate(model, ["task"], trainable="task")
+    n = batch["shift_labels"].numel()
+
+    def loss_and_grads(**kw):
+        model.zero_grad()
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            num_items_in_batch=torch.tensor(n),
+            **kw,
+        )
+        out.loss.backward()
+        return out.loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    whole, whole_grads = loss_and_grads()
+    kept, kept_grads = loss_and_grads(logits_to_keep=batch["logits_to_keep"], shift_labels=batch["shift_labels"])
+    torch.testing.assert_close(kept, whole, rtol=1e-6, atol=0)
+    for key in whole_grads:
+        torch.testing.assert_close(kept_grads[key], whole_grads[key], rtol=1e-5, atol=1e-7, msg=key)
+    plain = {k: v for k, v in batch.items() if k not in ("logits_to_keep", "shift_labels")}
+    nll = evaluate.held_out_nll(Dataset.from_list(rows), data.sft_collator(micro_tokenizer), batch_size=4)(model)
+    nll_plain = evaluate.held_out_nll(Dataset.from_list(rows), lambda _rows: plain, batch_size=4)(model)
+    assert math.isclose(nll, nll_plain, rel_tol=1e-6) and math.isclose(nll, float(whole), rel_tol=1e-6)

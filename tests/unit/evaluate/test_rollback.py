@@ -29,15 +29,8 @@ def profile(micro_profile):
 
 
 @pytest.fixture(scope="module")
-def tok():
-    """A word-level tokenizer over the micro base's 96-token vocabulary (pad 0, EOS 1)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<eos>", "\n"] + [f"w{i}" for i in range(3, 96)]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+def tok(micro_tokenizer):
+    return micro_tokenizer
 
 
 def _base(profile):
