@@ -280,21 +280,6 @@ def time_switch(model, stacks: Sequence[Sequence[str]], repeats: int) -> float:
 # --------------------------------------------------------------------------- combining adapters
 
 
-def _adapted_modules(model, names: Sequence[str]) -> dict[str, set[str]]:
-    """For each adapter in ``names``: the names of the modules it adapts."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    found: dict[str, set[str]] = {n: set() for n in names}
-    for mod_name, module in model.named_modules():
-        if not isinstance(module, BaseTunerLayer):
-            continue
-        held = set(getattr(module, "lora_A", {})) | set(getattr(module, "lora_embedding_A", {}))
-        for n in names:
-            if n in held:
-                found[n].add(mod_name)
-    return found
-
-
 def check_combinable(model, names: Sequence[str]) -> None:
     """Refuse adapters whose PEFT ``cat`` combination would not equal them stacked.
 
@@ -302,7 +287,8 @@ def check_combinable(model, names: Sequence[str]) -> None:
     adapter of rank sum(r) and scaling 1, which is the stacked output up to float summation order.
     It stops being that with DoRA or rsLoRA (the new adapter's scaling would be sqrt(rank)), and
     PEFT refuses LoRA on fused parameters (``target_parameters``). Adapters that adapt different
-    modules are refused too, so a combined adapter never silently covers a different set of layers.
+    modules (a domain adapter on every linear layer, a task adapter on attention) combine over the
+    union: where one lacks a module its rows are zero there, which is what the stack computes.
     """
     names = list(names)
     unknown = [n for n in names if n not in loaded_adapters(model)]
@@ -332,32 +318,6 @@ def check_combinable(model, names: Sequence[str]) -> None:
         raise AdapterError(
             f"adapters {with_tokens} all train embedding rows (trainable_token_indices); at most one of a stack may"
         )
-    modules = _adapted_modules(model, names)
-    if len({frozenset(m) for m in modules.values()}) > 1:
-        detail = "; ".join(
-            f"{n!r} targets {sorted(map(str, _as_list(model.peft_config[n].target_modules)))} "
-            f"({len(modules[n])} modules)"
-            for n in names
-        )
-        first = names[0]
-        diffs = [
-            f"{n!r} lacks {sorted(modules[first] - modules[n])[:2]} and adds {sorted(modules[n] - modules[first])[:2]}"
-            for n in names[1:]
-            if modules[n] != modules[first]
-        ]
-        raise AdapterError(
-            f"adapters {names} adapt different modules, so they are not combined into one adapter: {detail}. "
-            f"Relative to {first!r}: {'; '.join(diffs)}. Export them separately, or merge them into the base "
-            "(export.export_merged)"
-        )
-
-
-def _as_list(targets) -> list:
-    if targets is None:
-        return []
-    if isinstance(targets, str):
-        return [targets]
-    return list(targets)
 
 
 @contextmanager

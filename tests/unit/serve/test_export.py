@@ -81,15 +81,26 @@ def test_merged_model_equals_live_stack_in_fp32(micro_profile, adapter_dirs, tmp
     assert report_4bit["max_abs_diff"] > 0 and report_4bit["verdict"].startswith("NOT equal")
 
 
-def test_refusals(micro_profile, adapter_dirs, tmp_path, random_adapter):
+def test_adapters_on_different_modules_combine_over_their_union(micro_profile, adapter_dirs, tmp_path, random_adapter):
+    """A task adapter on q and v only, over a domain adapter on more: the combined adapter covers both
+    sets, with zero rows where one adapter lacks a module, and computes the stack."""
     live = _live(micro_profile, adapter_dirs, four_bit=False)
     live = random_adapter(live, "qv", LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), 3)
     adapters.activate(live, ["domain", "qv"])
-    with pytest.raises(adapters.AdapterError, match=r"adapt different modules.*'domain' targets .*'qv' targets"):
-        serve.export_combined(live, ["domain", "qv"], tmp_path / "bad")
-    assert adapters.loaded_adapters(live) == ["domain", "task", "qv"] and not (tmp_path / "bad").exists()
-    assert adapters.active_adapters(live) == ["domain", "qv"]
+    domain_targets = set(live.peft_config["domain"].target_modules)
+    assert {"q_proj", "v_proj"} < domain_targets  # the domain adapter adapts modules "qv" does not
+    out = serve.export_combined(live, ["domain", "qv"], tmp_path / "union")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == domain_targets and config["r"] == DOMAIN.r + 2
+    served = adapters.load_adapter(
+        modeling.load_base(micro_profile, BaseRef(micro_profile.model.id), load_in_4bit=False), out, "stack"
+    )
+    adapters.activate(served, ["stack"])
+    report = serve.parity_report(live, served, X)
+    assert report["within_1e-5"] and report["top1_agreement"] == 1.0, report["verdict"]
 
+
+def test_refusals(micro_profile, adapter_dirs, tmp_path):
     four_bit_loader = lambda: modeling.load_base(micro_profile, BaseRef(micro_profile.model.id))  # noqa: E731
     with pytest.raises(serve.ExportError, match="quantized base"):
         serve.export_merged(four_bit_loader, adapter_dirs, tmp_path / "merged")
