@@ -6,6 +6,15 @@ import yaml
 from modft_utils.config import ProfileError, check_device, describe, load_profile, parse_override
 
 
+def test_every_shipped_profile_loads_and_is_documented(root):
+    docs = (root / "docs" / "profiles.md").read_text()
+    shipped = sorted((root / "params").glob("*.yaml"))
+    assert len(shipped) >= 9
+    for path in shipped:
+        assert load_profile(path).name == path.stem, path
+        assert f"`params/{path.name}`" in docs, f"docs/profiles.md does not name {path.name}"
+
+
 def test_shipped_profiles_validate(root):
     tiny = load_profile(root / "params" / "tiny.yaml")
     assert tiny.model.id == "tiny" and tiny.model.tiny.num_local_experts >= 2
