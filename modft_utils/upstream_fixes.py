@@ -8,9 +8,7 @@ transformers, a failing canary says which fix to delete (and its callers to simp
 ==========================================  =====================  ======================================
 fix                                         seen on                without it
 ==========================================  =====================  ======================================
-:func:`apply_peft_fixes`                    peft 0.21.2            an adapter cannot be saved, loaded or
-                                                                   merged beside one that trains token rows
-:func:`adapter_key_mismatch`                peft 0.21.2            an adapter file missing weights loads
+:func:`adapter_key_mismatch`                peft 0.21.2, 0.22.0    an adapter file missing weights loads
                                                                    with a warning and does nothing
 :func:`keep_cpu_4bit_exact`                 bitsandbytes 0.50.2    CPU eval drifts from training numerics;
                                                                    saving changes the base's logits
@@ -43,46 +41,10 @@ class UpstreamFixError(ModftError, RuntimeError):
 # ---------------------------------------------------------------- peft
 
 
-def apply_peft_fixes() -> None:
-    """Let PEFT save, load and merge an adapter without token rows next to one that has them.
-
-    peft 0.21.2 asks every trainable-token wrapper for the state of the adapter being saved or
-    loaded, and the wrapper raises KeyError for an adapter it does not hold: with a domain adapter
-    that trains new token rows (a vocabulary extension) loaded, a task adapter could be neither saved
-    nor loaded, nor the two merged. Adapters a wrapper does not hold now contribute nothing to it.
-    The originals stay reachable as ``_modft_original_*`` for the canary. Idempotent.
-    """
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    from peft.utils.other import TrainableTokensWrapper
-
-    if getattr(TrainableTokensWrapper, "_modft_fixed", False):
-        return
-    save, load_map = TrainableTokensWrapper.adapter_state_dict, TrainableTokensWrapper.adapter_state_dict_load_map
-    TrainableTokensWrapper._modft_original_adapter_state_dict = save
-
-    def holds(wrapper, adapter_name) -> bool:
-        return adapter_name in wrapper.token_adapter.trainable_tokens_delta or bool(wrapper.token_adapter.tied_adapter)
-
-    TrainableTokensWrapper.adapter_state_dict = lambda self, name, state: (
-        save(self, name, state) if holds(self, name) else {}
-    )
-    TrainableTokensWrapper.adapter_state_dict_load_map = lambda self, name: (
-        load_map(self, name) if holds(self, name) else {}
-    )
-    TrainableTokensWrapper._modft_fixed = True
-    merge = TrainableTokensLayer.merge
-
-    def merge_held(self, safe_merge: bool = False, adapter_names=None) -> None:
-        names = self.active_adapters if adapter_names is None else adapter_names
-        merge(self, safe_merge=safe_merge, adapter_names=[n for n in names if n in self.token_indices])
-
-    TrainableTokensLayer.merge = merge_held
-
-
 def adapter_key_mismatch(peft_model, weights: str | Path, adapter_name: str) -> tuple[list[str], list[str]]:
     """Weights of ``adapter_name`` the model expects but ``weights`` lacks, and tensors in it nothing used.
 
-    peft 0.21.2 only warns about missing keys when loading, and a missing ``lora_B`` stays at its
+    peft 0.21.2 and 0.22.0 only warn about missing keys when loading, and a missing ``lora_B`` stays at its
     zero initialisation: the adapter "loads" and does nothing. ``get_peft_model_state_dict`` yields
     exactly the keys ``save_pretrained`` writes for this adapter in this model, so comparing it with
     the file gives the missing and unexpected keys of a load, also for ``PeftModel.from_pretrained``

@@ -29,7 +29,7 @@ from modft_utils.store import (
     pickle_files,
     read_base_record,
 )
-from modft_utils.upstream_fixes import adapter_key_mismatch, apply_peft_fixes
+from modft_utils.upstream_fixes import adapter_key_mismatch
 
 
 class AdapterLoadError(AdapterError, IncompatibleAdapterError):
@@ -99,7 +99,6 @@ def load_adapter(
     """
     from peft import PeftModel
 
-    apply_peft_fixes()
     version = source if isinstance(source, AdapterVersion) else None
     if version is not None:
         label = f"adapter {name!r} ({version.ref})"

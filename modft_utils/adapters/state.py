@@ -23,7 +23,6 @@ import torch
 from modft_utils.errors import ModftError
 from modft_utils.modeling import check_lora_targets
 from modft_utils.store import BASE_RECORD, base_identity
-from modft_utils.upstream_fixes import apply_peft_fixes
 
 
 class AdapterError(ModftError, RuntimeError):
@@ -110,7 +109,6 @@ def add_adapter(model, name: str, lora_config, *, seed: int = 0, b_std: float = 
     from peft import PeftModel, get_peft_model
 
     check_lora_targets(model, lora_config)
-    apply_peft_fixes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if isinstance(model, PeftModel):
