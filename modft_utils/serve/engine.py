@@ -105,6 +105,8 @@ class Job:
     deliver: Callable[[tuple], None]
     stop: tuple[str, ...] = ()
     stream: bool = True
+    # OpenAI's logit_bias: added to these tokens' logits at every step (-100 bans a token, e.g. EOS)
+    logit_bias: dict[int, float] = field(default_factory=dict)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
 
@@ -582,10 +584,29 @@ class Engine:
             pad_token_id=pad,
             eos_token_id=tok.eos_token_id,
             stopping_criteria=StoppingCriteriaList([rows]),
+            logits_processor=_bias_processor(jobs),
         )
         for i in range(len(jobs)):  # generate ran all of max_new_tokens with a row still open
             if not rows.done[i]:
                 rows.finish(i, "length", rows.text(i))
+
+
+def _bias_processor(jobs: Sequence[Job]):
+    """Each row's ``logit_bias`` as one logits processor, or None when no job asks for one."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    if not any(j.logit_bias for j in jobs):
+        return None
+
+    class RowBias(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            bias = torch.zeros_like(scores)
+            for r, job in enumerate(jobs):
+                for token, value in job.logit_bias.items():
+                    bias[r, token] = value
+            return scores + bias
+
+    return LogitsProcessorList([RowBias()])
 
 
 class Conflict(ServeError):

@@ -179,7 +179,6 @@ def _unsupported(body: _Sampling) -> None:
         ("top_p", body.top_p not in (None, 1), "this server decodes greedily: top_p must be 1 or left out"),
         ("presence_penalty", body.presence_penalty not in (None, 0), "penalties are not supported"),
         ("frequency_penalty", body.frequency_penalty not in (None, 0), "penalties are not supported"),
-        ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
     ]
     if isinstance(body, ChatRequest):
         checks += [
@@ -206,6 +205,20 @@ def _unsupported(body: _Sampling) -> None:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
     if len(stop) > 4 or any(not s for s in stop):
         raise ApiError(400, "stop: up to 4 non-empty strings", param="stop")
+
+
+def _logit_bias(body: _Sampling, vocab_size: int) -> dict[int, float]:
+    """OpenAI's ``logit_bias``: token id (a string) -> a bias from -100 to 100 added to its logit each step."""
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise ApiError(
+                400, f"logit_bias: {key!r} is not a token id of this model (0 to {vocab_size - 1})", param="logit_bias"
+            )
+        if not -100 <= value <= 100:
+            raise ApiError(400, f"logit_bias[{key!r}]: {value} is outside -100 to 100", param="logit_bias")
+        bias[int(key)] = float(value)
+    return bias
 
 
 def _stops(body: _Sampling) -> tuple[str, ...]:
@@ -386,10 +399,11 @@ def create_app(engine: Engine, settings: Settings, registry: Registry | None = N
 
     # ------------------------------------------------------------- completions
 
-    def prepare(body: _Sampling, prompt: str) -> tuple[list[int], int]:
-        """Token ids of ``prompt`` and the max_tokens granted, or the ApiError that refuses the request."""
+    def prepare(body: _Sampling, prompt: str) -> tuple[list[int], int, dict[int, float]]:
+        """Token ids of ``prompt``, the max_tokens granted and the logit bias, or the ApiError that refuses it."""
         _unsupported(body)
         assert engine.loaded is not None
+        bias = _logit_bias(body, len(engine.loaded.tokenizer))
         asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
         param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
         if asked is not None and asked > settings.max_tokens:
@@ -409,7 +423,7 @@ def create_app(engine: Engine, settings: Settings, registry: Registry | None = N
                 param="messages" if isinstance(body, ChatRequest) else "prompt",
                 code="context_length_exceeded",
             )
-        return ids, max_tokens
+        return ids, max_tokens, bias
 
     def chat_prompt(body: ChatRequest) -> str:
         turns: list[tuple[str, str]] = []
@@ -441,7 +455,7 @@ def create_app(engine: Engine, settings: Settings, registry: Registry | None = N
 
     async def run_job(request: Request, kind: Literal["chat", "text"], body: _Sampling, prompt: str):
         """Queue the job and answer: one JSON body, or server-sent events with ``stream``."""
-        ids, max_tokens = prepare(body, prompt)
+        ids, max_tokens, bias = prepare(body, prompt)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -451,7 +465,7 @@ def create_app(engine: Engine, settings: Settings, registry: Registry | None = N
             except RuntimeError:  # the loop is gone (shutting down)
                 pass
 
-        job = Job(body.model, ids, max_tokens, deliver, _stops(body), stream=bool(body.stream))
+        job = Job(body.model, ids, max_tokens, deliver, _stops(body), stream=bool(body.stream), logit_bias=bias)
         t0 = time.monotonic()
         try:
             engine.submit(job)

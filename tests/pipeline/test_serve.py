@@ -216,6 +216,9 @@ def test_streaming_is_server_sent_events(server):
         ({"model": FULL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, 400, "temperature", "unsupported_parameter"),
         ({"model": FULL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}, 400, "max_tokens", None),
         ({"model": FULL, "messages": [{"role": "user", "content": "word " * 1100}]}, 400, "messages", "context_length_exceeded"),
+        ({"model": FULL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"eos": -100}}, 400, "logit_bias", None),
+        ({"model": FULL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"99999999": 1}}, 400, "logit_bias", None),
+        ({"model": FULL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 101}}, 400, "logit_bias", None),
     ],
 )  # fmt: skip
 def test_bad_requests_get_openai_errors(server, body, status, param, code):
@@ -242,6 +245,14 @@ def test_malformed_oversized_and_unknown_routes(server):
         long.create(model=FULL, prompt="word " * 1100, max_tokens=4)
     with pytest.raises(openai.NotFoundError):
         server.client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_logit_bias_bans_a_token(server, reference):
+    """OpenAI's logit_bias, -100 on EOS: the reply runs to max_tokens (finish_reason "length")."""
+    _, tok, _ = reference
+    ask = dict(model=FULL, messages=[{"role": "user", "content": "hi"}], max_tokens=24)
+    banned = server.client.chat.completions.create(**ask, logit_bias={str(tok.eos_token_id): -100})
+    assert banned.choices[0].finish_reason == "length" and banned.usage.completion_tokens == 24
 
 
 # ----------------------------------------------------------------- operators
@@ -403,13 +414,21 @@ def small(server):
         proc.stop()
 
 
-def _open_stream(url: str) -> tuple[httpx.Client, httpx.Response, Iterator[str]]:
+def _open_stream(url: str, eos: int) -> tuple[httpx.Client, httpx.Response, Iterator[str]]:
     """A streaming chat request of LONG tokens, its first event read; the caller closes it.
 
+    EOS is banned (logit_bias), so the stream decodes for seconds whatever the base would answer: a
+    tiny base rebuilt by newer libraries ended "hi" after 10 tokens, and the queue emptied early.
     The line iterator is returned to be kept: dropping it closes the connection (httpx closes the
     stream of a response it has not read to the end)."""
     http = httpx.Client(base_url=url, timeout=60)
-    body = {"model": FULL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": LONG, "stream": True}
+    body = {
+        "model": FULL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": LONG,
+        "stream": True,
+        "logit_bias": {str(eos): -100},
+    }
     response = http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
     assert response.status_code == 200
     lines = response.iter_lines()
@@ -421,10 +440,11 @@ def _queued(url: str) -> int:
     return httpx.get(f"{url}/ready", timeout=10).json()["queued"]
 
 
-def test_a_full_queue_answers_429_and_a_gone_stream_frees_its_slot(small):
-    first = _open_stream(small.url)  # decoding (one request at a time on this server)
+def test_a_full_queue_answers_429_and_a_gone_stream_frees_its_slot(small, reference):
+    eos = reference[1].eos_token_id
+    first = _open_stream(small.url, eos)  # decoding (one request at a time on this server)
     with ThreadPoolExecutor(1) as pool:
-        second = pool.submit(_open_stream, small.url)  # waits in the queue: it answers once it decodes
+        second = pool.submit(_open_stream, small.url, eos)  # waits in the queue: it answers once it decodes
         try:
             deadline = time.monotonic() + 10
             while _queued(small.url) < 2 and time.monotonic() < deadline:
@@ -458,9 +478,9 @@ def test_a_full_queue_answers_429_and_a_gone_stream_frees_its_slot(small):
     assert answer.chat.completions.create(model=FULL, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
 
 
-def test_killed_mid_stream_it_restarts_on_the_aliases_of_that_moment(small, server):
+def test_killed_mid_stream_it_restarts_on_the_aliases_of_that_moment(small, server, reference):
     store = server.registry
-    http, response, lines = _open_stream(small.url)
+    http, response, lines = _open_stream(small.url, reference[1].eos_token_id)
     small.kill()  # SIGKILL while the stream is being decoded
     with pytest.raises(httpx.HTTPError):
         for _ in lines:
