@@ -415,6 +415,18 @@ class DataSpec(_Section):
         description="JSONL of {'text': ...} prose outside the domain: every stack's perplexity on it measures "
         "what the domain adapter made the base forget (none: not measured)",
     )
+    replay_file: str | None = Field(
+        None,
+        description="JSONL of {'text': ...} general prose mixed into DAPT's training blocks (replay), so the domain "
+        "adapter forgets less of what the base knew; blocks that data.generic_eval_file measures are never replayed",
+    )
+    replay_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of DAPT's training blocks that are replay text from data.replay_file (0: none; 0.5: one "
+        "replay block per domain block)",
+    )
     knowledge_probe: str | None = Field(
         None,
         description="JSON lines of closed-book questions {'entity', 'question', 'answers', 'split': 'train'|'probe'} "
@@ -422,6 +434,15 @@ class DataSpec(_Section):
         "notebook 04's grid, so their score is what the domain adapter stored (none: held-out SQuAD questions the "
         "corpus answers); SQuAD-format SFT sets only",
     )
+
+    @model_validator(mode="after")
+    def _replay_has_a_file(self) -> DataSpec:
+        if self.replay_share > 0 and self.replay_file is None:
+            raise ValueError(
+                f"replay_share is {self.replay_share} but replay_file is not set: give data.replay_file, the general "
+                "text to mix into DAPT, or set data.replay_share to 0"
+            )
+        return self
 
 
 class LoraSpec(_Section):
@@ -531,6 +552,12 @@ class RollbackSpec(_Section):
         description="how far a candidate domain version may raise perplexity on data.generic_eval_file above "
         "the base's, relative (0.05: 5%); the domain gate refuses it beyond",
     )
+    force_first_domain: bool = Field(
+        False,
+        description="promote a run's own domain version to production even when the domain gate, against the "
+        "base, refuses it (audited as forced): for a profile whose domain adapter is known to forget, so "
+        "notebook 05's drills still run",
+    )
     probe_examples: int = Field(8, ge=1, description="held-out prompts whose logits are compared exactly")
 
 
@@ -635,6 +662,7 @@ _PATH_KEYS = (
     ("data.sft.validation_file", lambda p: p.data.sft.validation_file),
     ("model.tiny.generic_corpus", lambda p: p.model.tiny.generic_corpus if p.model.tiny else None),
     ("data.generic_eval_file", lambda p: p.data.generic_eval_file),
+    ("data.replay_file", lambda p: p.data.replay_file),
     ("data.knowledge_probe", lambda p: p.data.knowledge_probe),
 )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 # Where a profile names a file, relative to params/: the DAPT and SFT splits, the tiny base's corpus,
-# the generic text forgetting is measured on, the knowledge probe.
+# the generic text forgetting is measured on, the replay text, the knowledge probe.
 _PATHS = (
     ("data", "dapt", "train_file"),
     ("data", "dapt", "validation_file"),
@@ -15,6 +15,7 @@ _PATHS = (
     ("data", "sft", "validation_file"),
     ("model", "tiny", "generic_corpus"),
     ("data", "generic_eval_file"),
+    ("data", "replay_file"),
     ("data", "knowledge_probe"),
 )
 

@@ -61,6 +61,7 @@ class DaptData:
     reports: dict[str, list[StepReport]]
     pii_replacements: int
     leaked_eval_docs: int
+    replay_blocks: int = 0  # of train_blocks, the last ones: data.replay_file's
 
     @property
     def train_tokens(self) -> int:
@@ -149,6 +150,9 @@ def prepare_dapt(
     eval_blocks = pack(_tokenize_docs(cleaned.eval_docs, tokenizer, progress), block, tokenizer.eos_token_id)
     if not train_blocks or not eval_blocks:
         raise DataError(f"data.dapt: fewer tokens than one block of {block}; lower data.block_size")
+    # Replay blocks follow the domain's; the Trainer's sampler shuffles them together.
+    replay = replay_blocks(profile, tokenizer, len(train_blocks))
+    train_blocks += replay
     data = DaptData(
         train_docs=cleaned.train_docs,
         eval_docs=cleaned.eval_docs,
@@ -157,6 +161,7 @@ def prepare_dapt(
         reports=cleaned.reports,
         pii_replacements=cleaned.pii_replacements,
         leaked_eval_docs=cleaned.leaked_eval_docs,
+        replay_blocks=len(replay),
     )
     run = runs.folder(run_dir)
     data.train_blocks.save_to_disk(str(run.dapt_blocks("train")))
@@ -169,6 +174,20 @@ def load_dapt_blocks(run_dir: str | Path) -> tuple[Any, Any]:
     """The packed (train, eval) blocks notebook 01 saved."""
     run = runs.folder(run_dir)
     return run.load_dataset(run.dapt_blocks("train")), run.load_dataset(run.dapt_blocks("eval"))
+
+
+def _tail_blocks(texts: list[str], tokenizer, block: int, n: int) -> tuple[list[list[int]], int]:
+    """The last ``n`` packed blocks of ``texts`` and the index of the first text they draw on.
+
+    Only the tail is tokenized, 64 texts at a time from the end, until ``n + 1`` blocks' worth is read.
+    """
+    ids: list[list[int]] = []
+    end = len(texts)
+    while end > 0 and sum(len(t) + 1 for t in ids) < (n + 1) * block:
+        start = max(0, end - 64)
+        ids = tokenizer(texts[start:end], add_special_tokens=False)["input_ids"] + ids
+        end = start
+    return pack(ids, block, tokenizer.eos_token_id)[-n:], end
 
 
 def load_generic_blocks(profile: Profile, tokenizer, n: int) -> Any | None:
@@ -184,17 +203,49 @@ def load_generic_blocks(profile: Profile, tokenizer, n: int) -> Any | None:
     from modft_utils.data.validate import read_text_rows
 
     texts = read_text_rows(profile.resolve(profile.data.generic_eval_file), "data.generic_eval_file")
-    block = profile.data.block_size
-    ids: list[list[int]] = []
-    end = len(texts)
-    while end > 0 and sum(len(t) + 1 for t in ids) < (n + 1) * block:  # only the tail is tokenized
-        start = max(0, end - 64)
-        ids = tokenizer(texts[start:end], add_special_tokens=False)["input_ids"] + ids
-        end = start
-    blocks = pack(ids, block, tokenizer.eos_token_id)
+    blocks, _ = _tail_blocks(texts, tokenizer, profile.data.block_size, n)
     if not blocks:
         raise DataError(f"data.generic_eval_file: fewer tokens than one block of {profile.data.block_size}")
-    return _blocks_dataset(blocks[-n:])
+    return _blocks_dataset(blocks)
+
+
+def replay_blocks(profile: Profile, tokenizer, domain_blocks: int) -> list[list[int]]:
+    """The blocks of ``data.replay_file`` mixed into DAPT: ``data.replay_share`` of the training blocks.
+
+    Replay (general text beside the domain's) is how continued pretraining keeps what the base knew.
+    The blocks are drawn evenly over the file. When the file is also ``data.generic_eval_file``, the
+    texts that forgetting is measured on are left out, so the measure never sees trained-on text.
+    """
+    share = profile.data.replay_share
+    if share == 0 or profile.data.replay_file is None:
+        return []
+    from modft_utils.data.validate import read_text_rows
+
+    block = profile.data.block_size
+    want = round(domain_blocks * share / (1 - share))
+    path = profile.resolve(profile.data.replay_file)
+    texts = read_text_rows(path, "data.replay_file")
+    shared = profile.data.generic_eval_file is not None and profile.resolve(profile.data.generic_eval_file) == path
+    if shared:
+        _, measured_from = _tail_blocks(texts, tokenizer, block, profile.dapt.eval_blocks)
+        texts = texts[:measured_from]
+    # Every stride-th text, so a long file is replayed from end to end rather than from its first pages;
+    # 6 characters a token is generous for prose, so the picked texts hold enough blocks.
+    stride = max(1, sum(len(t) for t in texts) // ((want + 1) * block * 6))
+    for picked in (texts[::stride], texts) if stride > 1 else (texts,):
+        ids = tokenizer(picked, add_special_tokens=False)["input_ids"] if picked else []
+        packed = pack(ids, block, tokenizer.eos_token_id)
+        blocks = packed[:: max(1, len(packed) // max(1, want))][:want]  # spread over what was packed, too
+        if len(blocks) == want:
+            break
+    if len(blocks) < want:
+        raise DataError(
+            f"data.replay_file: {path} packs into {len(blocks)} blocks of {block} tokens"
+            + (" (after leaving out the text data.generic_eval_file measures)" if shared else "")
+            + f", and data.replay_share {share} of DAPT's training blocks is {want}; lower data.replay_share or "
+            "give a longer file"
+        )
+    return blocks
 
 
 def clean_metrics(reports: dict[str, list[StepReport]]) -> dict[str, int]:

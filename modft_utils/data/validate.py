@@ -70,6 +70,9 @@ def validate_inputs(profile: Profile) -> dict[str, int]:
     if profile.data.generic_eval_file is not None:
         path = profile.resolve(profile.data.generic_eval_file)
         counts[str(path)] = _check_text_rows(path, "data.generic_eval_file")
+    if profile.data.replay_file is not None:
+        path = profile.resolve(profile.data.replay_file)
+        counts[str(path)] = _check_text_rows(path, "data.replay_file")
     if profile.data.knowledge_probe is not None:
         if profile.data.sft.format != "squad":
             raise DataError(
