@@ -6,6 +6,8 @@ What notebooks, the CLI and tests call; the modules beside this file hold the re
 from modft_utils.evaluate.explorer import render_answers, rollback_panel, stack_explorer
 from modft_utils.evaluate.plots import grid_bars, loss_curves
 from modft_utils.evaluate.rollback import (
+    DomainGateRefused,
+    Promotion,
     force_and_roll_back,
     gate_candidate,
     gate_domain_candidate,
@@ -64,6 +66,8 @@ __all__ = [
     "max_abs_diff",
     "perplexity",
     "promote_published",
+    "Promotion",
+    "DomainGateRefused",
     "promotion_gate",
     "reference_logits",
     "render_answers",

@@ -46,6 +46,7 @@ from modft_utils.data.sft import SftData
 from modft_utils.evaluate.scores import (
     RecordedGrid,
     domain_gate,
+    gate_table,
     logits,
     max_abs_diff,
     perplexity,
@@ -71,12 +72,51 @@ def short_run(spec: TrainSpec, steps: int, *, seed: int | None = None) -> TrainS
     return spec.model_copy(update=update)
 
 
-def promote_published(run: Run, store: Registry) -> tuple[AdapterVersion, AdapterVersion]:
-    """Point ``production`` at the domain and task versions notebooks 02 and 03 published; return them."""
+class DomainGateRefused(AdapterError):
+    """A domain version the domain gate refused was about to reach production."""
+
+
+@dataclass
+class Promotion:
+    """The versions notebooks 02 and 03 published, now in production, and the gate the domain one met."""
+
+    domain: AdapterVersion
+    task: AdapterVersion
+    gate: dict[str, Any]  # domain_gate against the bare base, from notebook 04's grid
+    forced: bool  # refused, and promoted anyway (rollback.force_first_domain)
+
+
+def promote_published(run: Run, store: Registry, grid: RecordedGrid | None) -> Promotion:
+    """Point ``production`` at the domain and task versions the run published, once the domain one passed its gate.
+
+    A run's own domain version has no production version to beat, so it meets the domain gate against
+    the bare base: its domain perplexity must improve on the base's and its generic perplexity stay
+    within ``rollback.generic_ppl_tolerance`` of it (the perplexities of notebook 04's ``grid``). A
+    refused version raises :class:`DomainGateRefused` and moves no alias, unless
+    ``rollback.force_first_domain`` is set; then the audit log says it was forced and why.
+    """
+    profile = run.profile
+    base = grid.perplexities([]) if grid is not None else None
+    with_domain = grid.perplexities(["domain"]) if grid is not None else None
+    if base is None or with_domain is None:
+        raise AdapterError(
+            f"run {run.name}: notebook 04's grid (base and base + domain perplexities) is not recorded, and the "
+            "domain gate reads it; run notebook 04 before promoting"
+        )
+    tolerance = profile.rollback.generic_ppl_tolerance
+    gate = domain_gate(with_domain, base, base, task_tolerance=0.0, generic_tolerance=tolerance, reference="base")
     domain, task = run.published(store, "domain"), run.published(store, "task")
-    store.promote("domain", domain.version, reason=f"DAPT of run {run.name}")
+    forced = not gate["allowed"]
+    if forced and not profile.rollback.force_first_domain:
+        raise DomainGateRefused(
+            f"{domain.ref} (DAPT of run {run.name}) is refused by the domain gate against the base, and production "
+            f"is not moved:\n{gate_table(gate)}\nchange the DAPT budget (docs/knowledge.md), or set "
+            "rollback.force_first_domain: true to promote it anyway (audited as forced)"
+        )
+    why = f"; forced past the domain gate: {'; '.join(gate['refused_because'])}" if forced else ""
+    store.promote("domain", domain.version, reason=f"DAPT of run {run.name}{why}")
     store.promote("task", task.version, reason=f"SFT of run {run.name}")
-    return domain, task
+    return Promotion(domain, task, gate, forced)
 
 
 # --------------------------------------------------------------------------- drills 1 and 2

@@ -564,6 +564,7 @@ def domain_gate(
     metric: str = "f1",
     task_tolerance: float,
     generic_tolerance: float,
+    reference: str = "production",
 ) -> dict[str, Any]:
     """Refuse a candidate domain version unless it earns its place; every check is returned with its numbers.
 
@@ -573,11 +574,12 @@ def domain_gate(
     ``generic_tolerance`` (relative) above the base's (forgetting is measured against the base, which
     never saw the domain), or when the task adapter retrained on it (``task_candidate``: that stack's
     scores) loses more than ``task_tolerance`` on ``metric`` against the production stack
-    (``task_production``), as :func:`promotion_gate` decides for a task version.
+    (``task_production``), as :func:`promotion_gate` decides for a task version. ``reference`` names what
+    ``production`` holds in the checks' words (a run's first domain version is gated against the base).
     """
     checks = [
         {
-            "check": "domain perplexity improves on production's",
+            "check": f"domain perplexity improves on the {reference}'s",
             "candidate": candidate["domain_ppl"],
             "reference": production["domain_ppl"],
             "passed": candidate["domain_ppl"] < production["domain_ppl"],

@@ -2,17 +2,17 @@
 checked as a number, each store operation in the alias and the audit log."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 from datasets import Dataset
 
 from modft_utils import adapters, data, evaluate, modeling, runs
-from modft_utils.adapters import AdapterStack
+from modft_utils.adapters import AdapterError, AdapterStack
 from modft_utils.config import LoraSpec
 from modft_utils.data.sft import SftData, SftReport
-from modft_utils.evaluate import rollback
+from modft_utils.evaluate import RecordedGrid, rollback
 from modft_utils.modeling import BaseRef
 from modft_utils.store import registry
 
@@ -88,14 +88,66 @@ def _promote_first(store):
     store.promote("task", 1, reason="test")
 
 
+def _grid(domain_ppl: float, generic_ppl: float) -> RecordedGrid:
+    """Notebook 04's rows for the base (domain 10, generic 5) and base + domain."""
+    return RecordedGrid(
+        8,
+        {
+            "base": {"domain_ppl": 10.0, "generic_ppl": 5.0},
+            "base+domain": {"domain_ppl": domain_ppl, "generic_ppl": generic_ppl},
+        },
+    )
+
+
 def test_promote_published_points_production_at_what_the_run_published(published, profile):
     run, store = published
     before = len(store.audit("task"))
-    domain, task = rollback.promote_published(run, store)
-    assert (domain.ref, task.ref) == (store.get("domain", 1).ref, store.get("task", 1).ref)
+    promotion = rollback.promote_published(run, store, _grid(8.0, 5.2))  # generic +4%: within 5%
+    assert (promotion.domain.ref, promotion.task.ref) == (store.get("domain", 1).ref, store.get("task", 1).ref)
+    assert promotion.gate["allowed"] and not promotion.forced
+    assert [c["check"] for c in promotion.gate["checks"]] == [
+        "domain perplexity improves on the base's",
+        "generic perplexity within 5% of the base's",
+    ]
     assert store.aliases("domain")["production"] == 1 and store.aliases("task")["production"] == 1
     last = store.audit("task")[-1]
     assert len(store.audit("task")) == before + 1 and last["reason"] == f"SFT of run {run.name}"
+    assert store.audit("domain")[-1]["reason"] == f"DAPT of run {run.name}"
+
+
+@pytest.mark.parametrize(
+    "domain_ppl, generic_ppl, refused",
+    [
+        (8.0, 5.3, "generic perplexity within 5% of the base's"),  # +6%
+        (10.0, 5.0, "domain perplexity improves on the base's"),  # no better than the base
+    ],
+)
+def test_a_refused_first_domain_version_moves_no_alias(published, domain_ppl, generic_ppl, refused):
+    run, store = published
+    with pytest.raises(rollback.DomainGateRefused, match="rollback.force_first_domain") as err:
+        rollback.promote_published(run, store, _grid(domain_ppl, generic_ppl))
+    assert str(store.get("domain", 1).ref) in str(err.value) and f"FAIL  {refused}" in str(err.value)
+    assert "production" not in store.aliases("domain") and "production" not in store.aliases("task")
+
+
+def test_force_first_domain_promotes_a_refused_version_and_says_so(published, profile):
+    run, store = published
+    forcing = profile.model_copy(update={"rollback": profile.rollback.model_copy(update={"force_first_domain": True})})
+    run = replace(run, profile=forcing)
+    promotion = rollback.promote_published(run, store, _grid(8.0, 50.0))
+    assert promotion.forced and not promotion.gate["allowed"]
+    assert store.aliases("domain")["production"] == 1 and store.aliases("task")["production"] == 1
+    reason = store.audit("domain")[-1]["reason"]
+    assert reason == f"DAPT of run {run.name}; forced past the domain gate: generic perplexity within 5% of the base's"
+
+
+def test_promotion_without_notebook_04s_grid_names_it(published):
+    run, store = published
+    with pytest.raises(AdapterError, match="notebook 04"):
+        rollback.promote_published(run, store, None)
+    with pytest.raises(AdapterError, match="notebook 04"):
+        rollback.promote_published(run, store, RecordedGrid(8, {"base": {"domain_ppl": 1.0}}))
+    assert "production" not in store.aliases("domain")
 
 
 def test_task_off_and_all_off_equal_a_separately_loaded_base(published, profile):
@@ -278,7 +330,7 @@ def test_domain_rollback_flags_the_task_trained_on_it_until_it_follows(published
     ("candidate", "task", "refused"),
     [
         ({"domain_ppl": 9.0, "generic_ppl": 10.4}, {"f1": 50.0}, []),
-        ({"domain_ppl": 10.0, "generic_ppl": 10.0}, {"f1": 50.0}, ["domain perplexity improves on production's"]),
+        ({"domain_ppl": 10.0, "generic_ppl": 10.0}, {"f1": 50.0}, ["domain perplexity improves on the production's"]),
         ({"domain_ppl": 9.0, "generic_ppl": 10.6}, {"f1": 50.0}, ["generic perplexity within 5% of the base's"]),
         ({"domain_ppl": 9.0, "generic_ppl": 10.0}, {"f1": 48.9}, ["the task retrained on it loses at most 1 f1"]),
     ],
