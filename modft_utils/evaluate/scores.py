@@ -184,6 +184,7 @@ def generate_with_answer_nll(
     max_new_tokens: int,
     one_line: bool = True,
     progress: bool = False,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[str], float]:
     """:func:`generate`'s answers, and the mean NLL per token of the gold ``answers`` (token ids) after each prompt.
 
@@ -191,11 +192,12 @@ def generate_with_answer_nll(
     a second forward pass over every prompt: the first gold token from the prefill's own last-position
     logits, the rest from a forward over the gold tokens on the prompt's KV cache. Equal in exact
     arithmetic (on SmolLM2 in float32 to 3e-8; in bf16 the two layouts round apart by 0.4%); the
-    greedy answers are :func:`generate`'s, token for token.
+    greedy answers are :func:`generate`'s, token for token. ``prompt_ids``: the prompts as the tokenizer
+    encodes them, when the caller has them already.
     """
     if not prompts:
         return [], 0.0  # as answer_nll of no examples
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompt_ids is None else prompt_ids
     opts = dict(max_new_tokens=max_new_tokens, batch_size=32, share_prefix=True, one_line=one_line)
     return _greedy(model, tokenizer, encoded, answers, progress=progress, **opts)  # type: ignore[return-value]
 
@@ -645,23 +647,30 @@ def stack_scores(
     """
     one_line = example_format(qa_examples) == "squad"
     prompts = [e["prompt"] for e in qa_examples]
-    answers = _gold_answers(tokenizer, prompts, qa_tokenized)
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    answers = _gold_answers(encoded, qa_tokenized)
     if answers is None:
         qa = task_scores(model, tokenizer, qa_examples, max_new_tokens=max_new_tokens, progress=progress)
         nll = answer_nll(model, qa_tokenized, collator, progress=progress)
     else:
         preds, nll = generate_with_answer_nll(
-            model, tokenizer, prompts, answers, max_new_tokens=max_new_tokens, one_line=one_line, progress=progress
+            model,
+            tokenizer,
+            prompts,
+            answers,
+            max_new_tokens=max_new_tokens,
+            one_line=one_line,
+            progress=progress,
+            prompt_ids=encoded,
         )
         qa = score_predictions(qa_examples, preds)
     return {**{k: v for k, v in qa.items() if k != "predictions"}, "answer_nll": nll}
 
 
-def _gold_answers(tokenizer, prompts: Sequence[str], tokenized) -> list[list[int]] | None:
-    """Each tokenized example's labelled tokens, when it is exactly ``prompt`` + those tokens; else None."""
-    if len(prompts) != len(tokenized):
+def _gold_answers(encoded: Sequence[Sequence[int]], tokenized) -> list[list[int]] | None:
+    """Each tokenized example's labelled tokens, when it is exactly its prompt (``encoded``) + those tokens; else None."""
+    if len(encoded) != len(tokenized):
         return None
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     answers = []
     for prompt_ids, row in zip(encoded, tokenized):
         ids, labels = row["input_ids"], row["labels"]
