@@ -40,6 +40,8 @@ def calibrate(
     modules: list[str],
     sft_steps: int,
     probe_questions: int,
+    replay_share: float,
+    replay_file: str,
     work: Path,
 ) -> dict:
     from transformers import default_data_collator
@@ -61,6 +63,8 @@ def calibrate(
         "dapt.train.keep_checkpoints": points,  # every point of the curve is scored after training
         "dapt.train.eval_steps": steps,
         "compose.closed_book_examples": probe_questions,
+        "data.replay_share": replay_share,
+        "data.replay_file": replay_file if replay_share else None,
         "registry": str(work / "registry"),
         "cache_dir": str(ROOT / "outputs/cache"),
         "runs_dir": str(work / "runs"),
@@ -112,7 +116,17 @@ def calibrate(
         scores = evaluate.task_scores(model, tokenizer, asked, max_new_tokens=prof.sft.max_new_tokens)
         return {"exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": time.perf_counter() - start}
 
+    generic = data.load_generic_blocks(prof, tokenizer, prof.dapt.eval_blocks)
+
+    def perplexities(model) -> dict:
+        """Forgetting beside storing: the stack's perplexity on prose outside the domain and on held-out wikitext."""
+        return {
+            "generic_ppl": evaluate.perplexity(model, generic),
+            "domain_ppl": evaluate.perplexity(model, dapt.eval_blocks.select(range(prof.dapt.eval_blocks))),
+        }
+
     model = modeling.load_base(prof, run.base)
+    base_ppl = perplexities(model)
     floor = task_then_score(model, [], "task_floor")
     model = adapters.add_adapter(model, "domain", modeling.domain_lora_config(prof, run.base, model))
     adapters.activate(model, ["domain"], trainable="domain")
@@ -138,7 +152,10 @@ def calibrate(
         step = int(ckpt.name.split("-")[1])
         model = modeling.load_base(prof, run.base)
         model = adapters.load_adapter(model, ckpt / "domain", "domain")  # a checkpoint keeps each adapter in its folder
+        adapters.activate(model, ["domain"])
+        ppl = perplexities(model)
         point = task_then_score(model, ["domain"], f"task_{step}")
+        point.update(ppl)
         point.update(
             dapt_steps=step,
             exposures_median=medians[step - 1],
@@ -151,6 +168,10 @@ def calibrate(
         "profile": prof.name,
         "corpus": str(REGISTERS.relative_to(ROOT)),
         "train_blocks": len(dapt.train_blocks),
+        "replay_share": replay_share,
+        "replay_file": str(Path(replay_file).resolve().relative_to(ROOT)) if replay_share else None,
+        "replay_blocks": dapt.replay_blocks,
+        "base": base_ppl,
         "probe_questions": len(asked),
         "train_questions": len(probe.train),
         "lora": {"r": rank, "alpha": 2 * rank, "target_modules": modules},
@@ -176,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", default=",".join(MODULES))
     parser.add_argument("--sft-steps", type=int, default=60)
     parser.add_argument("--probe-questions", type=int, default=120)
+    parser.add_argument(
+        "--replay-share", type=float, default=0.0, help="share of DAPT blocks that are replay text (0: none)"
+    )
+    parser.add_argument(
+        "--replay-file",
+        default=str(ROOT / "data/sample/wikitext/train.jsonl"),
+        help="the replay text: by default the whole sample domain corpus, the registers' 5%% share of it included",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/knowledge_calibration.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             modules=args.modules.split(","),
             sft_steps=args.sft_steps,
             probe_questions=args.probe_questions,
+            replay_share=args.replay_share,
+            replay_file=args.replay_file,
             work=Path(tmp),
         )
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
