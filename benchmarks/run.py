@@ -1526,6 +1526,53 @@ def bench_step_profile(b: Bench) -> list[dict]:
     return rows
 
 
+def bench_head_loss(b: Bench) -> list[dict]:
+    """A DAPT step through train_adapter with the chunked LM-head loss (modeling.head_loss) against the
+    model's own loss (the batch's whole logits), alternating rounds in one process, same batches. Quick
+    mode times the tiny profile."""
+    from modft_utils import adapters, modeling
+    from modft_utils.modeling import head_loss
+
+    if b.quick:
+        prof, base, tok, dapt, sft, label = b.profile, b.base, b.tokenizer, b.dapt, b.sft, "tiny"
+    else:
+        prof, base, tok, dapt, sft = _smollm2_prepared(b, "head-loss")
+        label = "smollm2"
+    steps, rounds = b.steps(2, 4), b.steps(1, 2)
+    model = adapters.add_adapter(modeling.load_base(prof, base), "domain", modeling.lora_config(prof.dapt.lora))
+    stage, name, ds, collator = _training_stages(dapt, sft, tok)[0]
+    plain_head = head_loss.head_of
+    seconds = {"chunked head": [], "model": []}
+    paths = {}
+    for r in range(rounds + 1):  # round 0 warms both up
+        for path in seconds:
+            head_loss.head_of = plain_head if path == "chunked head" else (lambda model, **kw: None)
+            try:
+                adapters.activate(model, ["domain"], trainable=name)
+                result = adapters.train_adapter(
+                    model, name, ds, None, _spec(prof.dapt, steps), b.tmp / "head-loss" / f"{path}-{r}", collator,
+                    compute_dtype=prof.model.compute_dtype, progress=False, resume=False,
+                )  # fmt: skip
+            finally:
+                head_loss.head_of = plain_head
+            paths[path] = result.loss_path
+            if r:
+                seconds[path].append(_train_only_seconds(result) / steps)
+    ours, theirs = min(seconds["chunked head"]), min(seconds["model"])
+    return [
+        entry(
+            f"DAPT step, {label}: chunked LM-head loss vs the model's own (s a step)",
+            round(ours, 3),
+            "s",
+            round(theirs, 3),
+            "<= 0.95",
+            ours / theirs <= 0.95 and paths["chunked head"] == "chunked head",
+            note=f"best of {rounds} alternating rounds of {steps} steps, batch {prof.dapt.train.batch_size} x "
+            f"{prof.data.block_size} tokens, {prof.model.compute_dtype}; loss paths taken: {paths}",
+        )
+    ]
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
@@ -1581,6 +1628,7 @@ BENCHES = [
     bench_serve,
     bench_roofline,
     bench_step_profile,
+    bench_head_loss,
     bench_end_to_end,
     bench_gpu,
     bench_vllm,

@@ -18,6 +18,7 @@ import torch
 
 from modft_utils.adapters import state
 from modft_utils.config import TrainSpec
+from modft_utils.modeling import head_loss
 from modft_utils.upstream_fixes import last_complete_checkpoint, restore_adapter
 
 
@@ -40,6 +41,9 @@ class TrainResult:
     # last digits depend on it (the tiny profile's DAPT loss differs by 0.17% between 1 and 2).
     threads: int = 1
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    # How the language-modeling loss was computed: "chunked head" (modeling.head_loss, checked against
+    # the model's own loss on the first batch) or "model" with the reason.
+    loss_path: str = "model"
 
 
 @functools.cache
@@ -52,6 +56,50 @@ def _adapter_trainer():
         adapter_name: str = ""
         on_batch: Callable[[Any], None] | None = None
         _parameter_count: int | None = None
+        # None until the first batch decides; then the head (chunked loss) or False (the model's own loss).
+        _head: Any = None
+        loss_path: str = "model"
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Packed language-modeling batches (DAPT's) take the loss a chunk of tokens at a time, never
+            # holding the batch's logits (modeling.head_loss); everything else is the Trainer's own.
+            if return_outputs or set(inputs) - {"input_ids", "attention_mask", "labels"} or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self._head is None:
+                self._head = self._checked_head(model, inputs) or False
+            if self._head is False:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self._chunked_loss(self._head, inputs, num_items_in_batch)
+
+        def _chunked_loss(self, head, inputs, num_items_in_batch):
+            items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            hidden = head_loss.decoder_hidden(head, inputs["input_ids"], inputs.get("attention_mask"))
+            loss = head_loss.causal_lm_loss(head, hidden, inputs["labels"], num_items=items)
+            if self.args.average_tokens_across_devices and items is not None:
+                # As Trainer.compute_loss: the token count is summed over ranks, so each rank's share scales up.
+                loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+            return loss
+
+        def _checked_head(self, model, inputs):
+            head = head_loss.head_of(model)
+            if head is None:
+                self.loss_path = "model (the architecture or head is not a plain frozen linear head)"
+                return None
+            # On the batch's first sequence (the check is of the computation, not of the data), both from
+            # the same generator state (the same dropout masks), which is restored afterwards, so the
+            # training forward draws as it would have without the check.
+            first = {k: v[:1] for k, v in inputs.items()}
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.no_grad():
+                with torch.random.fork_rng(devices=devices):
+                    own = float(super().compute_loss(model, first, False, None))
+                with torch.random.fork_rng(devices=devices):
+                    ours = float(self._chunked_loss(head, first, None))
+            if not abs(ours - own) <= 1e-3 * max(1.0, abs(own)):
+                self.loss_path = f"model (the chunked loss {ours:.6g} differs from the model's {own:.6g})"
+                return None
+            self.loss_path = "chunked head"
+            return head
 
         def training_step(self, model, inputs, *args, **kwargs):
             # Every batch trained on, as trained (evaluation batches never come here).
@@ -202,6 +250,7 @@ def train_adapter(
         world_size=trainer.args.world_size,
         threads=torch.get_num_threads(),
         log_history=history,
+        loss_path=trainer.loss_path,
     )
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from modft_utils import adapters
 from modft_utils.adapters import AdapterError
 from modft_utils.data import squad_metrics, text_metrics
+from modft_utils.modeling import head_loss
 from modft_utils.store import RegistryError
 
 
@@ -31,11 +32,18 @@ def token_nll(model, batches, *, progress: bool = False, desc: str = "scoring") 
 
     total, count = 0.0, 0
     device = _device(model)
+    head = head_loss.head_of(model, training=False)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         input_ids = batch["input_ids"].to(device)
         labels = batch["labels"].to(device)
         mask = batch.get("attention_mask")
         attention = None if mask is None else mask.to(device)
+        if head is not None and "logits_to_keep" not in batch:
+            # The head a chunk of tokens at a time (modeling.head_loss): the same sum, without the batch's logits.
+            nll, predicted = head_loss.nll_sum(head, input_ids, labels, attention)
+            total += nll
+            count += predicted
+            continue
         if "logits_to_keep" in batch:
             # The collator kept the head to the positions the loss reads (sft_collator): same sum, less work.
             keep = batch["logits_to_keep"].to(device)

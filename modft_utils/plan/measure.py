@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from modft_utils import adapters
 from modft_utils.config import Profile
-from modft_utils.modeling import REPO_ROOT, BaseRef, PlanError, load_base, lora_config, read_model_config
+from modft_utils.modeling import REPO_ROOT, BaseRef, PlanError, head_loss, load_base, lora_config, read_model_config
 
 
 def _status(key: str) -> int:
@@ -31,7 +31,12 @@ def _status(key: str) -> int:
 
 
 def _step(model, ids):
-    loss = model(input_ids=ids, labels=ids).loss
+    # The loss as train_adapter takes it on packed blocks: through the chunked head where the model has one.
+    head = head_loss.head_of(model)
+    if head is None:
+        loss = model(input_ids=ids, labels=ids).loss
+    else:
+        loss = head_loss.causal_lm_loss(head, head_loss.decoder_hidden(head, ids), ids)
     loss.backward()
     return loss
 

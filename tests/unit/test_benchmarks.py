@@ -56,6 +56,7 @@ def test_quick_benchmarks_write_the_results_schema(root, tmp_path):
         "alias follow",
         "machine matmul peak",
         "step profile",
+        "chunked LM-head loss",
         "end to end",
         "GPU",
     ):
