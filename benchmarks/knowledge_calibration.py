@@ -43,6 +43,7 @@ def calibrate(
     replay_share: float,
     replay_file: str,
     work: Path,
+    replay_label: str | None = None,
 ) -> dict:
     from transformers import default_data_collator
 
@@ -169,7 +170,7 @@ def calibrate(
         "corpus": str(REGISTERS.relative_to(ROOT)),
         "train_blocks": len(dapt.train_blocks),
         "replay_share": replay_share,
-        "replay_file": str(Path(replay_file).resolve().relative_to(ROOT)) if replay_share else None,
+        "replay_file": (replay_label or str(Path(replay_file).resolve().relative_to(ROOT))) if replay_share else None,
         "replay_blocks": dapt.replay_blocks,
         "base": base_ppl,
         "probe_questions": len(asked),
@@ -185,6 +186,33 @@ def calibrate(
         "floor_base_task": floor,
         "curve": curve,
     }
+
+
+def write_base_samples(profile_path: str, out: Path, texts: int, *, new_tokens: int = 160, seed: int = 0) -> Path:
+    """``texts`` continuations of the base's BOS token, sampled at temperature 1 with no top-k or top-p
+    (the base's own distribution), as a JSON-lines replay file: self-synthesized rehearsal (Huang et al.,
+    ACL 2024), general text from another source than any forgetting measure."""
+    import torch
+
+    from modft_utils import config, modeling
+
+    prof = config.load_profile(profile_path, {"cache_dir": str(ROOT / "outputs/cache")})
+    base = modeling.ensure_base(prof, progress=False)
+    tokenizer = modeling.load_tokenizer(base)
+    model = modeling.load_base(prof, base).eval()
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for first in range(0, texts, 32):
+            ids = torch.full((min(32, texts - first), 1), start)
+            out_ids = model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+            rows += [t.strip() for t in tokenizer.batch_decode(out_ids[:, 1:], skip_special_tokens=True)]
+    out.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows if t))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,9 +233,19 @@ def main(argv: list[str] | None = None) -> int:
         default=str(ROOT / "data/sample/wikitext/train.jsonl"),
         help="the replay text: by default the whole sample domain corpus, the registers' 5%% share of it included",
     )
+    parser.add_argument(
+        "--replay-self",
+        type=int,
+        default=0,
+        help="replay this many texts sampled from the base itself (write_base_samples) instead of --replay-file",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/knowledge_calibration.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
+        label = None
+        if args.replay_self:
+            args.replay_file = str(write_base_samples(args.profile, Path(tmp) / "replay_self.jsonl", args.replay_self))
+            label = f"{args.replay_self} texts sampled from the base (--replay-self)"
         out = calibrate(
             args.profile,
             steps=args.steps,
@@ -220,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             replay_share=args.replay_share,
             replay_file=args.replay_file,
             work=Path(tmp),
+            replay_label=label,
         )
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "curve"}, indent=1))
