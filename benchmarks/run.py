@@ -1402,7 +1402,7 @@ PROFILE_CATEGORIES = (
     ("4-bit dequantize", ("bitsandbytes", "dequantize", "4bit")),
     ("attention (sdpa)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")),
-    ("LM-head loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("LM-head loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy", "chunkedheadloss")),
     ("optimizer (AdamW)", ("_foreach", "adamw", "lerp", "addcdiv", "addcmul")),
     ("copies and casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::clone", "aten::cat")),
     ("elementwise (norms, activations, RoPE, adds)", ("aten::",)),
@@ -1419,14 +1419,24 @@ def profile_step(model, batches, *, lr: float) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from modft_utils.modeling import head_loss
+
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    head = head_loss.head_of(model)
+
+    def loss_of(batch):
+        # As AdapterTrainer.compute_loss: packed LM batches through the chunked head, the rest the model's own.
+        if head is None or set(batch) - {"input_ids", "attention_mask", "labels"}:
+            return model(**batch).loss
+        hidden = head_loss.decoder_hidden(head, batch["input_ids"], batch.get("attention_mask"))
+        return head_loss.causal_lm_loss(head, hidden, batch["labels"])
 
     def step(batch, timed: bool) -> None:
         t0 = time.perf_counter()
-        loss = model(**batch).loss
+        loss = loss_of(batch)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
