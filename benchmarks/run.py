@@ -1429,10 +1429,9 @@ def profile_step(model, batches, *, lr: float) -> dict:
 
     def loss_of(batch):
         # As AdapterTrainer.compute_loss: packed LM batches through the chunked head, the rest the model's own.
-        if head is None or set(batch) - {"input_ids", "attention_mask", "labels"}:
+        if head is None or not head_loss.is_lm_batch(batch):
             return model(**batch).loss
-        hidden = head_loss.decoder_hidden(head, batch["input_ids"], batch.get("attention_mask"))
-        return head_loss.causal_lm_loss(head, hidden, batch["labels"])
+        return head_loss.batch_loss(head, batch)
 
     def step(batch, timed: bool) -> None:
         t0 = time.perf_counter()

@@ -63,7 +63,7 @@ def _adapter_trainer():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # Packed language-modeling batches (DAPT's) take the loss a chunk of tokens at a time, never
             # holding the batch's logits (modeling.head_loss); everything else is the Trainer's own.
-            if return_outputs or set(inputs) - {"input_ids", "attention_mask", "labels"} or "labels" not in inputs:
+            if return_outputs or not head_loss.is_lm_batch(inputs):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self._head is None:
                 self._head = self._checked_head(model, inputs) or False
@@ -73,8 +73,7 @@ def _adapter_trainer():
 
         def _chunked_loss(self, head, inputs, num_items_in_batch):
             items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            hidden = head_loss.decoder_hidden(head, inputs["input_ids"], inputs.get("attention_mask"))
-            loss = head_loss.causal_lm_loss(head, hidden, inputs["labels"], num_items=items)
+            loss = head_loss.batch_loss(head, inputs, num_items=items)
             if self.args.average_tokens_across_devices and items is not None:
                 # As Trainer.compute_loss: the token count is summed over ranks, so each rank's share scales up.
                 loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)

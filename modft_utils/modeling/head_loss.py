@@ -116,9 +116,20 @@ def decoder_hidden(head: Head, input_ids, attention_mask=None) -> torch.Tensor:
     return head.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
+def is_lm_batch(batch) -> bool:
+    """A packed language-modeling batch (``input_ids``, ``labels``, maybe ``attention_mask``): the loss
+    reads every position. Batches that keep the head to some positions (``logits_to_keep``) are not."""
+    return "labels" in batch and not set(batch) - {"input_ids", "attention_mask", "labels"}
+
+
+def batch_loss(head: Head, batch, *, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`causal_lm_loss` of a language-modeling batch, the decoder run on it first."""
+    hidden = decoder_hidden(head, batch["input_ids"], batch.get("attention_mask"))
+    return causal_lm_loss(head, hidden, batch["labels"], num_items=num_items)
+
+
 def nll_sum(head: Head, input_ids, labels, attention_mask=None) -> tuple[float, int]:
     """(summed next-token NLL, predicted tokens) of one batch, as ``cross_entropy(reduction="sum")`` on
     the model's logits gives it; for scoring (no gradient)."""
-    hidden = decoder_hidden(head, input_ids, attention_mask)
-    count = int((labels[:, 1:] != -100).sum())
-    return float(causal_lm_loss(head, hidden, labels, num_items=1)), count
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    return float(batch_loss(head, batch, num_items=1)), int((labels[:, 1:] != -100).sum())

@@ -36,7 +36,7 @@ def _step(model, ids):
     if head is None:
         loss = model(input_ids=ids, labels=ids).loss
     else:
-        loss = head_loss.causal_lm_loss(head, head_loss.decoder_hidden(head, ids), ids)
+        loss = head_loss.batch_loss(head, {"input_ids": ids, "labels": ids})
     loss.backward()
     return loss
 
