@@ -24,7 +24,7 @@ from typing import Any
 
 from modft_utils import plan, record, runs
 from modft_utils.config import ProfileError, describe, load_profile, parse_override
-from modft_utils.data import validate_inputs
+from modft_utils.data import validate_inputs, write_base_samples
 from modft_utils.errors import ModftError
 from modft_utils.modeling import PlanError, preflight
 from modft_utils.runner import NotebookFailed, make_baseline, run_notebooks
@@ -113,6 +113,14 @@ def _cmd_validate(args) -> int:
         f"{profile.source}: profile {profile.name!r} is valid (model {spec.id}); "
         f"{len(rows)} local data file(s), {sum(rows.values()):,} rows read{gpu}"
     )
+    return 0
+
+
+def _cmd_base_samples(args) -> int:
+    profile = load_profile(args.profile, _overrides(args.set))
+    out = write_base_samples(profile, args.out, args.texts, new_tokens=args.new_tokens, seed=args.seed)
+    rows = sum(1 for _ in out.open())
+    print(f"{out}: {rows} texts sampled from {profile.model.id} (seed {args.seed}); use it as data.replay_file")
     return 0
 
 
@@ -457,6 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--profile", required=True)
     val.add_argument("--set", action="append", metavar="KEY=VALUE")
     val.set_defaults(func=_cmd_validate)
+
+    smp = sub.add_parser(
+        "base-samples", help="sample general text from the profile's base, as a replay file (data.replay_file)"
+    )
+    smp.add_argument("--profile", required=True)
+    smp.add_argument("--out", required=True, help="JSON-lines file to write ({'text': ...} per line)")
+    smp.add_argument("--texts", type=int, default=224, help="how many texts (default: 224)")
+    smp.add_argument("--new-tokens", type=int, default=160, help="tokens sampled per text (default: 160)")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    smp.set_defaults(func=_cmd_base_samples)
 
     prm = sub.add_parser("params", help="list every profile key with its type, default and meaning")
     prm.set_defaults(func=_cmd_params)

@@ -3,6 +3,7 @@ cleaned, scrubbed of personal data, tokenized and saved in the run folder by not
 
 What notebooks, the CLI and tests call; the modules beside this file hold the rest."""
 
+from modft_utils.data.base_samples import write_base_samples
 from modft_utils.data.clean import CleanConfig, StepReport, clean_corpus, report_table
 from modft_utils.data.closed_book import load_closed_book, prepare_closed_book
 from modft_utils.data.coverage import decide_tokenizer
@@ -64,4 +65,5 @@ __all__ = [
     "squad_metrics",
     "text_metrics",
     "validate_inputs",
+    "write_base_samples",
 ]
