@@ -44,6 +44,7 @@ def calibrate(
     replay_file: str,
     work: Path,
     replay_label: str | None = None,
+    replay_loss: str = "text",
 ) -> dict:
     from transformers import default_data_collator
 
@@ -66,6 +67,7 @@ def calibrate(
         "compose.closed_book_examples": probe_questions,
         "data.replay_share": replay_share,
         "data.replay_file": replay_file if replay_share else None,
+        "data.replay_loss": replay_loss if replay_share else "text",
         "registry": str(work / "registry"),
         "cache_dir": str(ROOT / "outputs/cache"),
         "runs_dir": str(work / "runs"),
@@ -172,6 +174,7 @@ def calibrate(
         "replay_share": replay_share,
         "replay_file": (replay_label or str(Path(replay_file).resolve().relative_to(ROOT))) if replay_share else None,
         "replay_blocks": dapt.replay_blocks,
+        "replay_loss": prof.data.replay_loss,
         "base": base_ppl,
         "probe_questions": len(asked),
         "train_questions": len(probe.train),
@@ -186,33 +189,6 @@ def calibrate(
         "floor_base_task": floor,
         "curve": curve,
     }
-
-
-def write_base_samples(profile_path: str, out: Path, texts: int, *, new_tokens: int = 160, seed: int = 0) -> Path:
-    """``texts`` continuations of the base's BOS token, sampled at temperature 1 with no top-k or top-p
-    (the base's own distribution), as a JSON-lines replay file: self-synthesized rehearsal (Huang et al.,
-    ACL 2024), general text from another source than any forgetting measure."""
-    import torch
-
-    from modft_utils import config, modeling
-
-    prof = config.load_profile(profile_path, {"cache_dir": str(ROOT / "outputs/cache")})
-    base = modeling.ensure_base(prof, progress=False)
-    tokenizer = modeling.load_tokenizer(base)
-    model = modeling.load_base(prof, base).eval()
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    torch.manual_seed(seed)
-    rows = []
-    with torch.no_grad():
-        for first in range(0, texts, 32):
-            ids = torch.full((min(32, texts - first), 1), start)
-            out_ids = model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                max_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-            rows += [t.strip() for t in tokenizer.batch_decode(out_ids[:, 1:], skip_special_tokens=True)]
-    out.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows if t))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,14 +213,23 @@ def main(argv: list[str] | None = None) -> int:
         "--replay-self",
         type=int,
         default=0,
-        help="replay this many texts sampled from the base itself (write_base_samples) instead of --replay-file",
+        help="replay this many texts sampled from the base itself (modft_utils.data.write_base_samples) instead of --replay-file",
+    )
+    parser.add_argument(
+        "--replay-loss",
+        choices=["text", "distill"],
+        default="text",
+        help="data.replay_loss: the replay blocks' own tokens, or the base's next-token distributions on them (KL)",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/knowledge_calibration.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         label = None
         if args.replay_self:
-            args.replay_file = str(write_base_samples(args.profile, Path(tmp) / "replay_self.jsonl", args.replay_self))
+            from modft_utils import config, data
+
+            prof = config.load_profile(args.profile, {"cache_dir": str(ROOT / "outputs/cache")})
+            args.replay_file = str(data.write_base_samples(prof, Path(tmp) / "replay_self.jsonl", args.replay_self))
             label = f"{args.replay_self} texts sampled from the base (--replay-self)"
         out = calibrate(
             args.profile,
@@ -259,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             replay_file=args.replay_file,
             work=Path(tmp),
             replay_label=label,
+            replay_loss=args.replay_loss,
         )
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "curve"}, indent=1))

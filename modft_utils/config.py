@@ -427,6 +427,19 @@ class DataSpec(_Section):
         description="share of DAPT's training blocks that are replay text from data.replay_file (0: none; 0.5: one "
         "replay block per domain block)",
     )
+    replay_loss: Literal["text", "distill"] = Field(
+        "text",
+        description="what a replay block teaches: text, its own next tokens (cross-entropy, as any block); distill, "
+        "the next-token distributions of the stack below the adapter being trained (for DAPT the base) on it, as a "
+        "KL divergence, so the adapter is pulled back to what the base predicts rather than to the replay text",
+    )
+    replay_weight: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="with replay_loss distill: how much a replay token's KL counts against a domain token's "
+        "cross-entropy (1: the same); a stronger pull towards the base without more replay tokens to compute",
+    )
     knowledge_probe: str | None = Field(
         None,
         description="JSON lines of closed-book questions {'entity', 'question', 'answers', 'split': 'train'|'probe'} "
@@ -441,6 +454,16 @@ class DataSpec(_Section):
             raise ValueError(
                 f"replay_share is {self.replay_share} but replay_file is not set: give data.replay_file, the general "
                 "text to mix into DAPT, or set data.replay_share to 0"
+            )
+        if self.replay_weight != 1.0 and self.replay_loss != "distill":
+            raise ValueError(
+                f"replay_weight is {self.replay_weight} but replay_loss is {self.replay_loss!r}: the weight applies "
+                "to distilled replay only; set data.replay_loss: distill or data.replay_weight: 1"
+            )
+        if self.replay_loss == "distill" and self.replay_share == 0:
+            raise ValueError(
+                "replay_loss is 'distill' but replay_share is 0: nothing would be distilled; set data.replay_share "
+                "(and data.replay_file) or data.replay_loss: text"
             )
         return self
 

@@ -185,6 +185,12 @@ def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
         raise AdapterError(f"adapter(s) {unknown} are not loaded; loaded: {loaded_adapters(model)}")
     if trainable is not None and trainable not in names:
         raise AdapterError(f"adapter {trainable!r} must be active to train")
+    _set_active(model, names)
+    if getattr(model, "_modft_trainable", _UNKNOWN) != trainable:
+        set_trainable(model, trainable)
+
+
+def _set_active(model, names: list[str]) -> None:
     index = _index(model)
     full, shared = index.full, index.shared
     if full and full[0]._active_adapter is not shared:
@@ -200,8 +206,19 @@ def activate(model, names: Sequence[str], trainable: str | None = None) -> None:
             layer._active_adapter = mine
     if names:
         model.base_model.active_adapter = list(names)
-    if getattr(model, "_modft_trainable", _UNKNOWN) != trainable:
-        set_trainable(model, trainable)
+
+
+@contextmanager
+def without(model, name: str):
+    """The active stack less ``name`` for the length of the block, with trainability untouched: what the
+    model computed before ``name`` was added, e.g. the teacher that distilled replay trains ``name``
+    towards. Nothing may train inside the block (use it under ``torch.no_grad``)."""
+    before = active_adapters(model)
+    _set_active(model, [n for n in before if n != name])
+    try:
+        yield model
+    finally:
+        _set_active(model, before)
 
 
 def active_adapters(model) -> list[str]:

@@ -67,17 +67,44 @@ def _adapter_trainer():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self._head is None:
                 self._head = self._checked_head(model, inputs) or False
+            if self._head is False and "replay" in inputs:
+                return self._scaled(self._logits_loss(model, inputs, num_items_in_batch), num_items_in_batch)
             if self._head is False:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return self._chunked_loss(self._head, inputs, num_items_in_batch)
 
-        def _chunked_loss(self, head, inputs, num_items_in_batch):
-            items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            loss = head_loss.batch_loss(head, inputs, num_items=items)
-            if self.args.average_tokens_across_devices and items is not None:
+        def _items(self, num_items_in_batch):
+            return num_items_in_batch if self.model_accepts_loss_kwargs else None
+
+        def _scaled(self, loss, num_items_in_batch):
+            if self.args.average_tokens_across_devices and self._items(num_items_in_batch) is not None:
                 # As Trainer.compute_loss: the token count is summed over ranks, so each rank's share scales up.
                 loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
             return loss
+
+        def _chunked_loss(self, head, inputs, num_items_in_batch):
+            teacher = None
+            if "replay" in inputs:
+
+                def teacher(input_ids, attention_mask):
+                    # Distilled replay's teacher: the stack below the adapter being trained (for DAPT, the base).
+                    with state.without(self.model, self.adapter_name):
+                        return head_loss.decoder_hidden(head, input_ids, attention_mask)
+
+            items = self._items(num_items_in_batch)
+            return self._scaled(
+                head_loss.batch_loss(head, inputs, num_items=items, teacher=teacher), num_items_in_batch
+            )
+
+        def _logits_loss(self, model, inputs, num_items_in_batch):
+            # Distilled replay where the chunked head does not apply: the whole batch's logits, twice.
+            text = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+            with torch.no_grad(), state.without(self.model, self.adapter_name):
+                teacher_logits = model(**text, use_cache=False).logits
+            logits = model(**text, use_cache=False).logits
+            return head_loss.logits_batch_loss(
+                logits, teacher_logits, inputs["labels"], inputs["replay"], num_items=self._items(num_items_in_batch)
+            )
 
         def _checked_head(self, model, inputs):
             head = head_loss.head_of(model)
@@ -87,7 +114,7 @@ def _adapter_trainer():
             # On the batch's first sequence (the check is of the computation, not of the data), both from
             # the same generator state (the same dropout masks), which is restored afterwards, so the
             # training forward draws as it would have without the check.
-            first = {k: v[:1] for k, v in inputs.items()}
+            first = {k: v[:1] for k, v in inputs.items() if k != "replay"}  # the text's loss, either way
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
             with torch.no_grad():
                 with torch.random.fork_rng(devices=devices):

@@ -82,10 +82,16 @@ def _tokenize_docs(docs: list[str], tokenizer, progress: bool) -> list[list[int]
     return ds["ids"]
 
 
-def _blocks_dataset(blocks: list[list[int]]):
+def _blocks_dataset(blocks: list[list[int]], replayed: int | None = None, weight: float = 1.0):
+    """Blocks as a dataset; with ``replayed``, a ``replay`` column gives the last ``replayed`` rows (the
+    replay blocks that data.replay_loss distill distils rather than reads as text) their ``weight``, the
+    others 0."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    columns = {"input_ids": blocks, "labels": blocks}
+    if replayed is not None:
+        columns["replay"] = [0.0] * (len(blocks) - replayed) + [float(weight)] * replayed
+    return Dataset.from_dict(columns)
 
 
 def _text_rows(table, batch_size: int = 10_000):
@@ -156,7 +162,11 @@ def prepare_dapt(
     data = DaptData(
         train_docs=cleaned.train_docs,
         eval_docs=cleaned.eval_docs,
-        train_blocks=_blocks_dataset(train_blocks),
+        train_blocks=_blocks_dataset(
+            train_blocks,
+            len(replay) if profile.data.replay_loss == "distill" else None,
+            profile.data.replay_weight,
+        ),
         eval_blocks=_blocks_dataset(eval_blocks),
         reports=cleaned.reports,
         pii_replacements=cleaned.pii_replacements,

@@ -101,11 +101,17 @@ def loss_peak_bytes_per_token(arch: Arch, s: int) -> int:
     return arch.vocab * (12 + (2 if s < 4 else 0)) + 16
 
 
-def chunked_loss_peak_bytes(arch: Arch, tokens: int, s: int) -> int:
+def chunked_loss_peak_bytes(arch: Arch, tokens: int, s: int, *, distilled: bool = False) -> int:
     """The loss's peak through modeling.head_loss: the hidden states' gradient for every token (kept from
     the forward) and labels, and one chunk's fp32 logits beside their fp32 log-softmax (the 16-bit
-    matmul output is freed by the upcast, the 16-bit gradient made after the logits are)."""
+    matmul output is freed by the upcast, the 16-bit gradient made after the logits are).
+
+    ``distilled`` (data.replay_loss distill) prices every token as a replay token, the most it can be:
+    the teacher's hidden states, and in a chunk the teacher's fp32 log-softmax and probabilities
+    beside the student's log-softmax and one fp32 temporary."""
     chunk = min(tokens, head_loss.CHUNK_TOKENS)
+    if distilled:
+        return tokens * (2 * s * arch.hidden + 16) + chunk * arch.vocab * 16
     return tokens * (s * arch.hidden + 16) + chunk * arch.vocab * 8
 
 
@@ -120,7 +126,15 @@ class Activations:
 
 
 def activations(
-    arch: Arch, *, batch: int, seq: int, s: int, lora_rank_sum: int, attn: str, experts_impl: str
+    arch: Arch,
+    *,
+    batch: int,
+    seq: int,
+    s: int,
+    lora_rank_sum: int,
+    attn: str,
+    experts_impl: str,
+    distilled: bool = False,
 ) -> Activations:
     """Activation memory for ``batch`` sequences of ``seq`` tokens, with and without checkpointing.
 
@@ -136,7 +150,10 @@ def activations(
     )
     boundary = n * s * arch.hidden
     final = n * (4 * arch.hidden + 4)  # final RMSNorm
-    loss = chunked_loss_peak_bytes(arch, n, s) if arch.chunked_head else n * loss_peak_bytes_per_token(arch, s)
+    if arch.chunked_head:
+        loss = chunked_loss_peak_bytes(arch, n, s, distilled=distilled)
+    else:  # distilled: the teacher's whole logits, then their fp32 log-softmax and probabilities
+        loss = n * (loss_peak_bytes_per_token(arch, s) + (arch.vocab * (s + 8) if distilled else 0))
     # The chunked loss's peak is small and comes on top of every saved tensor (measured on the tiny
     # profile: 4 x 36.2 MB saved + 4.3 MB loss + 2.1 MB final norm, 2.6% under the measured growth).
     full = arch.layers * per_layer + final + (loss if arch.chunked_head else max(loss, per_layer))

@@ -559,7 +559,11 @@ def _price(profile: Profile, config, *, experts_4bit: bool, stage: str) -> _Pric
         per_layer_rank = lora.r * sum(1 for t in targets if t.layer == 0)
         # 4-bit experts run through NF4Experts whatever experts_implementation says.
         impl = "nf4" if spec.load_in_4bit and experts_4bit else (spec.experts_implementation or "grouped_mm")
-        act_args = dict(s=s, lora_rank_sum=per_layer_rank, attn=spec.attn_implementation, experts_impl=impl)
+        # Distilled replay (DAPT only) adds the teacher's states and a second chunk of logits to the loss.
+        distilled = name == "dapt" and profile.data.replay_loss == "distill"
+        act_args = dict(
+            s=s, lora_rank_sum=per_layer_rank, attn=spec.attn_implementation, experts_impl=impl, distilled=distilled
+        )
         acts = act.activations(arch, batch=section.train.batch_size, seq=seq, **act_args)
         phases.append(
             _Phase(

@@ -98,3 +98,45 @@ def test_prepare_dapt_appends_the_replay_blocks_and_counts_them(micro_profile, m
     assert mixed.eval_blocks["input_ids"] == plain.eval_blocks["input_ids"]  # held-out domain text: unchanged
     saved, _ = data.load_dapt_blocks(tmp_path / "mixed")
     assert len(saved) == len(mixed.train_blocks)
+    assert "replay" not in saved.column_names  # replay read as text needs no flags
+
+
+def test_distilled_replay_flags_exactly_the_replay_blocks(micro_profile, micro_tokenizer, tmp_path):
+    path = tmp_path / "replay.jsonl"
+    _lines(path, 3000)
+    profile = _with(micro_profile, replay_file=str(path), replay_share=0.05, replay_loss="distill", replay_weight=3)
+    mixed = data.prepare_dapt(profile, micro_tokenizer, tmp_path / "mixed", progress=False)
+    saved, _ = data.load_dapt_blocks(tmp_path / "mixed")  # what notebook 02 trains on
+    flags = saved["replay"]
+    domain = len(flags) - mixed.replay_blocks
+    assert mixed.replay_blocks > 0 and flags == [0.0] * domain + [3.0] * mixed.replay_blocks
+
+
+def test_distilling_without_replay_is_refused_by_the_profile(micro_profile):
+    fields = micro_profile.data.model_dump()
+    with pytest.raises(ValueError, match="replay_loss is 'distill' but replay_share is 0"):
+        DataSpec.model_validate({**fields, "replay_loss": "distill"})
+    with pytest.raises(ValueError, match="replay_loss"):
+        DataSpec.model_validate({**fields, "replay_loss": "kl"})
+    replay = {"replay_file": "x.jsonl", "replay_share": 0.5}
+    with pytest.raises(ValueError, match="replay_weight is 2.0 but replay_loss is 'text'"):
+        DataSpec.model_validate({**fields, **replay, "replay_weight": 2})
+    assert DataSpec.model_validate({**fields, **replay, "replay_loss": "distill", "replay_weight": 2}).replay_weight == 2
+
+
+def test_base_samples_are_a_replay_file_the_same_for_a_seed(tiny, tmp_path, capsys):
+    from modft_utils import cli
+    from modft_utils.data.validate import read_text_rows
+
+    profile = tiny.profile
+    first = data.write_base_samples(profile, tmp_path / "a.jsonl", 5, new_tokens=8, seed=1, batch=2)
+    again = data.write_base_samples(profile, tmp_path / "b.jsonl", 5, new_tokens=8, seed=1, batch=2)
+    other = data.write_base_samples(profile, tmp_path / "c.jsonl", 5, new_tokens=8, seed=2, batch=2)
+    rows = read_text_rows(first, "data.replay_file")  # the reader replay uses
+    assert 0 < len(rows) <= 5 and first.read_text() == again.read_text() != other.read_text()
+    out = tmp_path / "cli.jsonl"
+    argv = ["base-samples", "--profile", profile.source, "--out", str(out), "--set", f"cache_dir={profile.cache_dir}"]
+    assert cli.main([*argv, "--texts", "3", "--new-tokens", "4"]) == 0
+    assert f"{out}: " in capsys.readouterr().out and out.is_file()
+    assert cli.main([*argv, "--texts", "0"]) == 2
+    assert "texts (0) and new_tokens (160) must be at least 1" in capsys.readouterr().err

@@ -162,5 +162,123 @@ def test_planner_prices_the_chunk_not_the_batch_of_logits():
     chunked = act.activations(chunked_arch, batch=8, seq=128, s=2, lora_rank_sum=64, attn="sdpa", experts_impl="eager")
     assert plain.loss_peak == 1024 * (49152 * 14 + 16)
     assert chunked.loss_peak == 1024 * (2 * 576 + 16) + head_loss.CHUNK_TOKENS * 49152 * 8
+    distilled = act.activations(
+        chunked_arch, batch=8, seq=128, s=2, lora_rank_sum=64, attn="sdpa", experts_impl="eager", distilled=True
+    )
+    assert distilled.loss_peak == 1024 * (2 * 2 * 576 + 16) + head_loss.CHUNK_TOKENS * 49152 * 16
+    assert distilled.full - chunked.full == distilled.loss_peak - chunked.loss_peak
     assert act.arch(_llama().config, []).chunked_head
     assert not act.arch(_micro_minimax(output_router_logits=True).config, []).chunked_head
+
+
+# --------------------------------------------------------------------------- distilled replay
+
+
+def _teacher_of(model, name="domain"):
+    head = head_loss.head_of(model)
+
+    def teacher(ids, mask):
+        with adapters.state.without(model, name):
+            return head_loss.decoder_hidden(head, ids, mask)
+
+    return head, teacher
+
+
+@pytest.mark.parametrize("chunk", [4, 1000], ids=["uneven-chunks", "one-chunk"])
+def test_distilled_rows_take_the_kl_the_whole_logits_give_with_its_gradients(chunk, random_adapter, monkeypatch):
+    """Replay rows count KL(base || adapted) per token, text rows their cross-entropy, over one denominator:
+    the chunked loss and its LoRA gradients equal the same loss on the whole batch's logits."""
+    model = _with_lora(_micro_minimax(), random_adapter)
+    ids, labels = _batch(model.config.vocab_size)
+    replay = torch.tensor([1, 0, 1])
+    head, teacher = _teacher_of(model)
+    model.train()
+    with torch.no_grad(), adapters.state.without(model, "domain"):
+        teacher_logits = model(input_ids=ids).logits
+    assert adapters.active_adapters(model) == ["domain"]  # restored after the block
+    want_loss = head_loss.logits_batch_loss(model(input_ids=ids).logits, teacher_logits, labels, replay, num_items=40)
+    want_loss.backward()
+    want = _lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(head_loss, "CHUNK_TOKENS", chunk)
+    batch = {"input_ids": ids, "labels": labels, "replay": replay}
+    hidden = head_loss.decoder_hidden(head, ids)
+    got_loss = head_loss.causal_lm_kl(
+        head, hidden[[0, 2]], teacher(ids[[0, 2]], None), labels[[0, 2]], num_items=40, chunk=chunk
+    ) + head_loss.causal_lm_loss(head, hidden[[1]], labels[[1]], num_items=40, chunk=chunk)
+    assert float(got_loss) == pytest.approx(float(head_loss.batch_loss(head, batch, num_items=40, teacher=teacher)))
+    got_loss.backward()
+    got = _lora_grads(model)
+    assert float(got_loss) == pytest.approx(float(want_loss), rel=1e-5)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+    # Against the text-only loss the replay rows changed what the loss is: KL, not their tokens' NLL.
+    text_only = head_loss.logits_batch_loss(model(input_ids=ids).logits, None, labels, None, num_items=40)
+    assert abs(float(text_only) - float(want_loss)) > 0.1
+
+
+def test_a_replay_weight_scales_the_distilled_rows_only(random_adapter):
+    """Rows 0 and 2 replayed at weight w, row 1 text: loss(w) = CE(row 1) / 40 + w * KL(rows 0, 2) / 40."""
+    model = _with_lora(_llama(), random_adapter)
+    ids, labels = _batch(model.config.vocab_size)
+    head, teacher = _teacher_of(model)
+
+    def loss(w):
+        batch = {"input_ids": ids, "labels": labels, "replay": torch.tensor([w, 0.0, w])}
+        return float(head_loss.batch_loss(head, batch, num_items=40, teacher=teacher))
+
+    with torch.no_grad():
+        text_row = float(
+            head_loss.causal_lm_loss(head, head_loss.decoder_hidden(head, ids[[1]]), labels[[1]], num_items=40)
+        )
+        kl = loss(1.0) - text_row
+        assert kl > 1e-3
+        assert loss(3.0) == pytest.approx(text_row + 3 * kl, rel=1e-5)
+        assert loss(0.5) == pytest.approx(text_row + 0.5 * kl, rel=1e-5)
+
+
+def test_distilled_replay_of_the_base_from_the_base_is_zero_with_zero_gradient(random_adapter):
+    """A fresh LoRA adapter (B = 0) computes the base exactly: the KL and its gradient are zero."""
+    model = adapters.add_adapter(_llama(), "domain", adapters_lora(), seed=0)
+    adapters.activate(model, ["domain"], trainable="domain")
+    ids, labels = _batch(model.config.vocab_size)
+    head, teacher = _teacher_of(model)
+    loss = head_loss.batch_loss(head, {"input_ids": ids, "labels": labels, "replay": torch.ones(3)}, teacher=teacher)
+    loss.backward()
+    assert abs(float(loss)) < 1e-6
+    assert all(float(g.abs().max()) == 0.0 for g in _lora_grads(model).values())
+
+
+def adapters_lora():
+    from modft_utils import modeling
+
+    return modeling.lora_config(LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+
+
+def _replay_blocks(vocab, flags):
+    from datasets import Dataset
+
+    ids, _ = _batch(vocab, pad_tail=False)
+    rows = [{"input_ids": r, "labels": r, "replay": f} for r, f in zip(ids.tolist(), flags, strict=True)]
+    return Dataset.from_list(rows * 2)
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-head", "whole-logits"])
+def test_training_on_distilled_replay_keeps_the_frozen_adapters_and_trains_the_one(
+    tmp_path, random_adapter, monkeypatch, chunked
+):
+    """The teacher is the stack below the adapter in training (here base + a frozen adapter), switched in
+    and out each step without touching trainability: the frozen adapter stays bit-identical."""
+    if not chunked:
+        monkeypatch.setattr(head_loss, "head_of", lambda m, **k: None)
+    model = random_adapter(_llama(), "frozen", LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=["o_proj"]), 7)
+    model = adapters.add_adapter(model, "domain", adapters_lora(), seed=0)
+    adapters.activate(model, ["frozen", "domain"], trainable="domain")
+    before = adapters.fingerprint(adapters.adapter_state(model, "domain"))
+    result = _train(tmp_path, model, _replay_blocks(model.config.vocab_size, [0, 1, 0]))
+    assert result.frozen_unchanged == {"frozen": True}
+    assert result.loss_path == (
+        "chunked head" if chunked else "model (the architecture or head is not a plain frozen linear head)"
+    )
+    assert adapters.fingerprint(adapters.adapter_state(model, "domain")) != before
+    assert adapters.active_adapters(model) == ["frozen", "domain"]

@@ -464,3 +464,17 @@ def test_training_peak_matches_the_plan(measured):
         f"(ratio {ratio:.3f}); growth {measured_growth / 2**20:.1f} vs {planned_growth / 2**20:.1f} MiB; fixed {fixed / 2**20:.1f} MiB"
     )
     assert 1.0 <= ratio < 1.15  # the planner is within the 15% the benchmark asks
+
+
+def test_distilled_replay_is_priced_in_dapt_only(root):
+    """data.replay_loss distill adds the teacher's states and a second chunk of logits to DAPT's loss."""
+    plain = load_profile(root / "params" / "smollm2.yaml")
+    distill = load_profile(
+        root / "params" / "smollm2.yaml",
+        {"data.replay_file": "../data/sample/generic/train.jsonl", "data.replay_share": 0.5, "data.replay_loss": "distill"},
+    )
+    tokens = plain.dapt.train.batch_size * plain.data.block_size
+    s = 2  # bf16 compute
+    want = tokens * s * 576 + activations.head_loss.CHUNK_TOKENS * 49152 * 8  # SmolLM2: hidden 576, vocab 49,152
+    assert plan(distill, stage="dapt").training_bytes - plan(plain, stage="dapt").training_bytes == want
+    assert plan(distill, stage="sft").training_bytes == plan(plain, stage="sft").training_bytes
