@@ -121,7 +121,9 @@ def test_distilling_without_replay_is_refused_by_the_profile(micro_profile):
     replay = {"replay_file": "x.jsonl", "replay_share": 0.5}
     with pytest.raises(ValueError, match="replay_weight is 2.0 but replay_loss is 'text'"):
         DataSpec.model_validate({**fields, **replay, "replay_weight": 2})
-    assert DataSpec.model_validate({**fields, **replay, "replay_loss": "distill", "replay_weight": 2}).replay_weight == 2
+    assert (
+        DataSpec.model_validate({**fields, **replay, "replay_loss": "distill", "replay_weight": 2}).replay_weight == 2
+    )
 
 
 def test_base_samples_are_a_replay_file_the_same_for_a_seed(tiny, tmp_path, capsys):

@@ -471,7 +471,11 @@ def test_distilled_replay_is_priced_in_dapt_only(root):
     plain = load_profile(root / "params" / "smollm2.yaml")
     distill = load_profile(
         root / "params" / "smollm2.yaml",
-        {"data.replay_file": "../data/sample/generic/train.jsonl", "data.replay_share": 0.5, "data.replay_loss": "distill"},
+        {
+            "data.replay_file": "../data/sample/generic/train.jsonl",
+            "data.replay_share": 0.5,
+            "data.replay_loss": "distill",
+        },
     )
     tokens = plain.dapt.train.batch_size * plain.data.block_size
     s = 2  # bf16 compute
