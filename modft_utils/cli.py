@@ -119,7 +119,7 @@ def _cmd_validate(args) -> int:
 def _cmd_base_samples(args) -> int:
     profile = load_profile(args.profile, _overrides(args.set))
     out = write_base_samples(profile, args.out, args.texts, new_tokens=args.new_tokens, seed=args.seed)
-    rows = sum(1 for _ in out.open())
+    rows = len(out.read_text().splitlines())
     print(f"{out}: {rows} texts sampled from {profile.model.id} (seed {args.seed}); use it as data.replay_file")
     return 0
 

@@ -113,6 +113,15 @@ def _shifted(labels: torch.Tensor, device) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1).to(device)
 
 
+def _token_weights(labels: torch.Tensor, device, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each flat position's weight in the loss: 0 where its next token is not labelled, else its row's
+    weight (default 1)."""
+    weights = (_shifted(labels, device) != -100).to(torch.float32)
+    if row_weights is not None:
+        weights = weights * row_weights.to(device, torch.float32).repeat_interleave(labels.shape[-1])
+    return weights
+
+
 def _denominator(labels: torch.Tensor, num_items, device) -> torch.Tensor:
     if num_items is None:
         return (_shifted(labels, device) != -100).sum().clamp(min=1).to(torch.float32)
@@ -132,9 +141,9 @@ def causal_lm_loss(
     ``hidden`` states ``(batch, seq, hidden)``, without the batch's whole logits."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     denominator = _denominator(labels, num_items, hidden.device)
-    shifted = _shifted(labels, hidden.device)
-    valid = (shifted != -100).to(torch.float32)
-    return _ChunkedHeadLoss.apply(flat, head.weight, shifted.clamp(min=0), valid, None, denominator, chunk)
+    targets = _shifted(labels, hidden.device).clamp(min=0)
+    weights = _token_weights(labels, hidden.device)
+    return _ChunkedHeadLoss.apply(flat, head.weight, targets, weights, None, denominator, chunk)
 
 
 def causal_lm_kl(
@@ -153,12 +162,9 @@ def causal_lm_kl(
     without gradient), the head is the shared frozen one."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     teacher = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).to(hidden.dtype)
-    per_token = (labels != -100).to(torch.float32)
-    if row_weights is not None:
-        per_token = per_token * row_weights.to(torch.float32)[:, None]
-    per_token = _shifted(per_token.masked_fill(labels == -100, -100), hidden.device).clamp(min=0)
+    weights = _token_weights(labels, hidden.device, row_weights)
     denominator = _denominator(labels, num_items, hidden.device)
-    return _ChunkedHeadLoss.apply(flat, head.weight, None, per_token, teacher, denominator, chunk)
+    return _ChunkedHeadLoss.apply(flat, head.weight, None, weights, teacher, denominator, chunk)
 
 
 def decoder_hidden(head: Head, input_ids, attention_mask=None) -> torch.Tensor:
